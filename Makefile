@@ -1,0 +1,35 @@
+# `make demo` and `make test` do all set-up from a bare Python 3.11 with pip.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL := 2
+export TF_ENABLE_ONEDNN_OPTS := 0
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on a real pretrained model (musicnn's TF1 checkpoint, fetched from its PyPI wheel):
+# profile it, strip the Adam slots, profile the result.
+demo: $(STAMP)
+	@model=$$($(PY) -m wcompress.samples musicnn) && \
+	rm -rf demo-out && \
+	$(VENV)/bin/wcompress profile "$$model" | tail -n 25 && \
+	$(VENV)/bin/wcompress strip "$$model" -o demo-out/ && \
+	$(VENV)/bin/wcompress profile demo-out/ | tail -n 3
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	$(PY) bench/bench_profile.py
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

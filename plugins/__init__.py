@@ -1,0 +1,1 @@
+"""Built-in wcompress passes, one module each. Installed as `wcompress_plugins`."""

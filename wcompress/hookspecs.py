@@ -1,0 +1,16 @@
+"""Hook specifications: what a wcompress plugin may implement."""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("wcompress")
+hookimpl = pluggy.HookimplMarker("wcompress")
+
+
+@hookspec
+def register_passes(register):
+    """Register compression passes: call register(pass_instance) for each one."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands to the wcompress command line."""

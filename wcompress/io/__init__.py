@@ -1,0 +1,47 @@
+"""The only code that knows file formats. `open_model` detects the format and returns a ModelStore."""
+
+import os
+import zipfile
+
+from ..errors import WcompressError
+from .store import ModelStore, WriteResult, write_safely
+from .tensors import ROLES, TRAINING_STATE, TensorInfo, read_order_file
+
+FORMATS = ("tf1-checkpoint", "tf2-checkpoint", "savedmodel", "keras", "keras-h5", "weights-h5", "keras-weights-h5")
+
+__all__ = ["open_model", "write_safely", "ModelStore", "WriteResult", "TensorInfo", "ROLES", "TRAINING_STATE",
+           "FORMATS"]
+
+
+def open_model(path, order_file=None):
+    """Open any supported model lazily: the tensor index is read, no tensor values are."""
+    path = os.fspath(path)
+    sequence = read_order_file(order_file) if order_file else None
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        from .checkpoint import SavedModelStore
+
+        return SavedModelStore(path, sequence)
+    from .checkpoint import CheckpointStore, find_checkpoint_prefix
+
+    prefix = find_checkpoint_prefix(path)
+    if prefix is not None:
+        return CheckpointStore(path, prefix, sequence)
+    if not os.path.exists(path):
+        raise WcompressError("no such file or folder (nor a checkpoint prefix with a .index file)", path)
+    if os.path.isdir(path):
+        raise WcompressError("folder holds no checkpoint (.index) and no saved_model.pb", path)
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            raise WcompressError("truncated or damaged zip archive", path)
+        from .keras_h5 import KerasZipStore
+
+        return KerasZipStore(path, sequence)
+    if magic == b"\x89HDF\r\n\x1a\n":
+        from .keras_h5 import H5Store
+
+        return H5Store(path, layer_sequence=sequence)
+    raise WcompressError(
+        "unrecognised model format (expected a TF checkpoint, SavedModel folder, .keras or Keras .h5)", path
+    )

@@ -1,0 +1,198 @@
+"""TF1 name-based checkpoints (+ .meta), TF2 object checkpoints and SavedModel variables."""
+
+import os
+import re
+import shutil
+
+from ..errors import WcompressError
+from . import tf1_meta
+from .bundle import OBJECT_GRAPH_KEY, BundleReader, bundle_files, data_files, prune_object_graph, write_bundle
+from .store import ModelStore
+from .tensors import OPTIMIZER, TensorInfo, assign_layer_order, classify, natural_key
+
+_TF2_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+_SLOT_MARK = "/.OPTIMIZER_SLOT/"
+
+
+def find_checkpoint_prefix(path):
+    """The bundle prefix a user meant: a prefix, one of its files, or a folder with a `checkpoint` file."""
+    if os.path.isdir(path):
+        state = os.path.join(path, "checkpoint")
+        if os.path.isfile(state):
+            named = _checkpoint_state_path(state)
+            if named is not None:
+                # The recorded path is often absolute and stale (moved or downloaded checkpoints):
+                # fall back to the same name inside this folder, which may be empty ("dir/").
+                for candidate in (named, os.path.join(path, named), os.path.join(path, os.path.basename(named))):
+                    if os.path.exists(candidate + ".index"):
+                        return candidate
+        indexes = sorted(f for f in os.listdir(path) if f.endswith(".index"))
+        if len(indexes) == 1:
+            return os.path.join(path, indexes[0][: -len(".index")])
+        if len(indexes) > 1:
+            names = ", ".join(i[: -len(".index")] or "(empty)" for i in indexes)
+            raise WcompressError(f"folder holds several checkpoints ({names}); name one prefix", path)
+        return None
+    for suffix in (".index", ".meta"):
+        if path.endswith(suffix) and os.path.exists(path):
+            return path[: -len(suffix)]
+    m = re.match(r"^(.*)\.data-\d{5}-of-\d{5}$", path)
+    if m:
+        return m.group(1)
+    if os.path.exists(path + ".index"):
+        return path
+    return None
+
+
+def _checkpoint_state_path(state_file):
+    with open(state_file, errors="replace") as fh:
+        for line in fh:
+            m = re.match(r'\s*model_checkpoint_path:\s*"(.*)"\s*$', line)
+            if m:
+                return m.group(1)
+    return None
+
+
+def _split_key(key):
+    """(variable path, is a TF2 key, is an optimizer slot) for a checkpoint key."""
+    if _SLOT_MARK in key:
+        return key.split(_SLOT_MARK)[0], True, True
+    if key.endswith(_TF2_SUFFIX):
+        return key[: -len(_TF2_SUFFIX)], True, False
+    return key, False, False
+
+
+def _describe(key, shape, dtype):
+    var, _, slot = _split_key(key)
+    parts = var.split("/")
+    leaf = parts[-1]
+    parents = parts[:-1] + ([".OPTIMIZER_SLOT"] if slot else [])
+    role = OPTIMIZER if slot else classify(leaf, shape, dtype, parents)
+    # An optimizer slot belongs to the layer of the variable it tracks: strip slot suffixes first.
+    layer_parts = list(parts)
+    if role == OPTIMIZER and not slot and len(layer_parts) > 1:
+        layer_parts = layer_parts[:-1]
+    layer = "/".join(layer_parts[:-1]) or var
+    return TensorInfo(name=key, shape=shape, dtype=dtype, layer=layer, role=role)
+
+
+class CheckpointStore(ModelStore):
+    """A checkpoint bundle. TF2 when it carries an object graph, TF1 otherwise (with an optional .meta)."""
+
+    def __init__(self, path, prefix, layer_sequence=None):
+        super().__init__(path)
+        self.prefix = prefix
+        self.reader = BundleReader(prefix)
+        self.object_graph = OBJECT_GRAPH_KEY in self.reader.shapes
+        self.meta = prefix + ".meta" if os.path.isfile(prefix + ".meta") else None
+        self.format = "tf2-checkpoint" if self.object_graph else "tf1-checkpoint"
+        keys = sorted((k for k in self.reader.shapes if k != OBJECT_GRAPH_KEY), key=natural_key)
+        self.tensors = [_describe(k, self.reader.shapes[k], self.reader.dtypes[k]) for k in keys]
+        if layer_sequence is None and self.meta:
+            layer_sequence = [_describe(n, (), "float32").layer for n in tf1_meta.variable_names(self.meta)]
+            self.order_source = "graph"
+        elif layer_sequence is not None:
+            self.order_source = "file"
+        assign_layer_order(self.tensors, layer_sequence)
+
+    def load(self, name):
+        return self.reader.get(name)
+
+    def files(self):
+        files = bundle_files(self.prefix) + ([self.meta] if self.meta else [])
+        state = os.path.join(os.path.dirname(self.prefix), "checkpoint")
+        return files + ([state] if os.path.isfile(state) else [])
+
+    def resolve_output(self, dest):
+        if os.path.isdir(dest) or dest.endswith(os.sep):
+            return os.path.join(dest, os.path.basename(self.prefix) or "model.ckpt")
+        return dest
+
+    def output_files(self, dest):
+        folder = os.path.dirname(dest) or "."
+        if not os.path.isdir(folder):
+            return []
+        found = [dest + s for s in (".index", ".meta") if os.path.exists(dest + s)]
+        return found + data_files(dest)
+
+    def write(self, target, produce):
+        kept, retyped = [], {}
+
+        def items():
+            for info in self.tensors:
+                value = produce(info)
+                if value is None:
+                    continue
+                kept.append(info.name)
+                if value.dtype != info.dtype:
+                    retyped[info.name] = value.dtype
+                yield info.name, value
+            if self.object_graph:
+                graph = self.reader.get(OBJECT_GRAPH_KEY).item()
+                if len(kept) != len(self.tensors):
+                    graph = prune_object_graph(graph, set(kept) | {OBJECT_GRAPH_KEY})
+                yield OBJECT_GRAPH_KEY, _string_scalar(graph)
+
+        files = write_bundle(target, items())
+        if self.meta:
+            meta_out = target + ".meta"
+            if len(kept) == len(self.tensors) and not retyped:
+                shutil.copyfile(self.meta, meta_out)
+            else:
+                tf1_meta.rewrite(self.meta, meta_out, kept, retyped)
+            files.append(meta_out)
+        state = os.path.join(os.path.dirname(target), "checkpoint")
+        with open(state, "w") as fh:
+            name = os.path.basename(target)
+            fh.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+        files.append(state)
+        return files
+
+
+def _string_scalar(data):
+    import numpy as np
+
+    arr = np.empty((), dtype=object)
+    arr[()] = data
+    return arr
+
+
+class SavedModelStore(CheckpointStore):
+    """A SavedModel folder: its variables bundle is the tensor store; everything else is copied untouched."""
+
+    def __init__(self, path, layer_sequence=None):
+        prefix = os.path.join(path, "variables", "variables")
+        if not os.path.exists(prefix + ".index"):
+            raise WcompressError("SavedModel has no variables/variables.index", path)
+        super().__init__(path, prefix, layer_sequence)
+        self.format = "savedmodel"
+        self.meta = None
+
+    def files(self):
+        return [os.path.join(r, n) for r, _, ns in os.walk(self.path) for n in ns]
+
+    def resolve_output(self, dest):
+        return dest.rstrip(os.sep)
+
+    def output_files(self, dest):
+        return [dest] if os.path.exists(dest) else []
+
+    def write(self, target, produce):
+        dropped = []
+
+        def keep_track(info):
+            value = produce(info)
+            if value is None:
+                dropped.append(info.name)
+            return value
+
+        shutil.copytree(self.path, target, ignore=lambda d, names: ["variables"] if d == self.path else [])
+        os.makedirs(os.path.join(target, "variables"))
+        for extra in os.listdir(os.path.join(self.path, "variables")):
+            if not extra.startswith("variables."):
+                shutil.copy2(os.path.join(self.path, "variables", extra), os.path.join(target, "variables", extra))
+        CheckpointStore.write(self, os.path.join(target, "variables", "variables"), keep_track)
+        os.remove(os.path.join(target, "variables", "checkpoint"))
+        if dropped:
+            tf1_meta.prune_savedmodel_restore(os.path.join(target, "saved_model.pb"), dropped)
+        return [target]

@@ -1,0 +1,236 @@
+"""Keras files: `.keras` (zip), Keras 3 `.weights.h5`, legacy full-model `.h5` and legacy weights-only `.h5`."""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+
+import h5py
+import numpy as np
+
+from ..errors import WcompressError
+from .store import ModelStore
+from .tensors import OTHER, TensorInfo, assign_layer_order, classify, natural_key
+
+# Keras 3 stores a layer's variables as vars/0, vars/1, ...: their names, by layer class.
+_KERAS3_VARS = {
+    "dense": ["kernel", "bias"],
+    "einsum_dense": ["kernel", "bias"],
+    "conv": ["kernel", "bias"],
+    "depthwise_conv": ["kernel", "bias"],
+    "separable_conv": ["depthwise_kernel", "pointwise_kernel", "bias"],
+    "batch_normalization": ["gamma", "beta", "moving_mean", "moving_variance"],
+    "layer_normalization": ["gamma", "beta"],
+    "embedding": ["embeddings"],
+    "cell": ["kernel", "recurrent_kernel", "bias"],
+}
+
+
+def _snake(name):
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _keras3_leaf(kind, index):
+    kind = re.sub(r"_\d+$", "", kind)
+    if re.match(r"(conv\d+d|conv\d+d_transpose)$", kind):
+        kind = "conv"
+    kind = re.sub(r"^(depthwise_conv|separable_conv)\d+d$", r"\1", kind)
+    if kind.endswith("cell") or kind in ("lstm", "gru", "simple_rnn"):
+        kind = "cell"
+    names = _KERAS3_VARS.get(kind)
+    return names[index] if names and index < len(names) else f"var{index}"
+
+
+class H5Store(ModelStore):
+    """Any Keras HDF5 weights layout. Tensor names are dataset paths inside the HDF5 file."""
+
+    def __init__(self, path, h5_path=None, config=None, layer_sequence=None):
+        super().__init__(path)
+        self.h5_path = h5_path or path
+        try:
+            self.h5 = h5py.File(self.h5_path, "r")
+            self.layout = self._detect_layout()
+        except WcompressError:
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            raise WcompressError(f"not a readable HDF5 model file ({str(exc).splitlines()[0]})", path) from exc
+        self.config = config
+        if self.layout == "legacy":
+            self.format = "keras-h5" if "model_config" in self.h5.attrs else "weights-h5"
+            infos, model_order = self._legacy_tensors()
+        else:
+            self.format = "keras" if config is not None else "keras-weights-h5"
+            infos, model_order = self._keras3_tensors()
+        if layer_sequence is not None:
+            self.order_source = "file"
+        elif model_order:
+            self.order_source = "model"
+            layer_sequence = model_order
+        self.tensors = assign_layer_order(infos, layer_sequence)
+
+    def _detect_layout(self):
+        root = self.h5
+        if "layer_names" in root.attrs or ("model_weights" in root and "layer_names" in root["model_weights"].attrs):
+            return "legacy"
+        if "layers" in root or "vars" in root:
+            return "keras3"
+        raise WcompressError("HDF5 file holds no Keras weights (no layer_names, no layers/ group)", self.path)
+
+    def _legacy_tensors(self):
+        weights = self.h5["model_weights"] if "model_weights" in self.h5 else self.h5
+        prefix = "model_weights/" if "model_weights" in self.h5 else ""
+        layers = [_text(n) for n in weights.attrs["layer_names"]]
+        infos = []
+        for layer in layers:
+            if layer not in weights:
+                raise WcompressError(f"layer {layer!r} listed in layer_names is missing", self.path)
+            for wname in (_text(n) for n in weights[layer].attrs.get("weight_names", [])):
+                infos.append(self._info(prefix + layer + "/" + wname, layer, wname.split("/")[-1].split(":")[0], ()))
+        if "optimizer_weights" in self.h5:
+            group = self.h5["optimizer_weights"]
+            names = []
+            group.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            for n in sorted(names, key=natural_key):
+                infos.append(self._info("optimizer_weights/" + n, "(optimizer)", n.split("/")[-1].split(":")[0],
+                                        ("optimizer_weights",)))
+        return infos, layers
+
+    def _keras3_tensors(self):
+        class_of = {}
+        order = []
+        if self.config is not None:
+            for layer in _config_layers(self.config):
+                class_of[layer["config"].get("name", "")] = layer.get("class_name", "")
+                order.append(layer["config"].get("name", ""))
+        infos = []
+        datasets = []
+        self.h5.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
+        for name in sorted(datasets, key=natural_key):
+            parts = name.split("/")
+            if parts[0] == "optimizer":
+                infos.append(self._info(name, "(optimizer)", parts[-1], ("optimizer",)))
+                continue
+            group_path = "/".join(parts[:-1])
+            top = "/".join(parts[:2]) if parts[0] == "layers" else group_path
+            vars_group = self.h5.get(top + "/vars")
+            layer = _text(vars_group.attrs["name"]) if vars_group is not None and "name" in vars_group.attrs else top
+            kind = parts[-3] if len(parts) >= 3 else ""
+            if layer in class_of and kind in ("vars",) + tuple(parts[1:2]):
+                kind = _snake(class_of[layer])
+            leaf = _keras3_leaf(kind, int(parts[-1])) if parts[-1].isdigit() else parts[-1]
+            infos.append(self._info(name, layer, leaf, parts[:-1]))
+        return infos, order
+
+    def _info(self, name, layer, leaf, parents):
+        ds = self.h5[name]
+        return TensorInfo(name=name, shape=tuple(ds.shape), dtype=ds.dtype, layer=layer,
+                          role=classify(leaf, tuple(ds.shape), ds.dtype, parents) if ds.dtype.kind in "fiub" else OTHER)
+
+    def load(self, name):
+        try:
+            value = self.h5[name][()]
+        except (OSError, KeyError, ValueError) as exc:
+            raise WcompressError(f"cannot read {name!r} ({str(exc).splitlines()[0]})", self.path) from exc
+        return np.asarray(value)
+
+    def files(self):
+        return [self.path]
+
+    def write(self, target, produce):
+        self._write_h5(target, produce)
+        return [target]
+
+    def _write_h5(self, target, produce):
+        by_name = {t.name: t for t in self.tensors}
+        with h5py.File(target, "w") as out:
+            _copy_attrs(self.h5, out)
+            self._copy_group(self.h5, out, by_name, produce)
+
+    def _copy_group(self, src, dst, by_name, produce):
+        for key, item in src.items():
+            if isinstance(item, h5py.Group):
+                child = dst.create_group(key)
+                _copy_attrs(item, child)
+                had_data = _has_dataset(item)
+                self._copy_group(item, child, by_name, produce)
+                if had_data and not _has_dataset(child):
+                    del dst[key]  # every weight of this group was dropped: drop the group too
+                elif "weight_names" in item.attrs:
+                    kept = [n for n in item.attrs["weight_names"] if _text(n) in child]
+                    if len(kept) != len(item.attrs["weight_names"]):
+                        child.attrs["weight_names"] = np.array(kept, dtype=item.attrs["weight_names"].dtype)
+            else:
+                info = by_name.get(item.name.lstrip("/"))
+                if info is None:
+                    src.copy(item, dst, name=key)
+                    continue
+                value = produce(info)
+                if value is not None:
+                    ds = dst.create_dataset(key, data=value)
+                    _copy_attrs(item, ds)
+        if "layer_names" in src.attrs and isinstance(src, h5py.Group):
+            kept = [n for n in src.attrs["layer_names"] if _text(n) in dst]
+            if len(kept) != len(src.attrs["layer_names"]):
+                dst.attrs["layer_names"] = np.array(kept, dtype=src.attrs["layer_names"].dtype)
+
+
+class KerasZipStore(H5Store):
+    """A Keras 3 `.keras` archive: config.json + metadata.json + model.weights.h5."""
+
+    WEIGHTS = "model.weights.h5"
+
+    def __init__(self, path, layer_sequence=None):
+        try:
+            archive = zipfile.ZipFile(path)
+            names = archive.namelist()
+            if self.WEIGHTS not in names or "config.json" not in names:
+                raise WcompressError("not a Keras archive (no config.json / model.weights.h5)", path)
+            config = json.loads(archive.read("config.json"))
+            self._tmp = tempfile.mkdtemp(prefix="wcompress-keras-")
+            archive.extract(self.WEIGHTS, self._tmp)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise WcompressError(f"not a readable .keras archive ({str(exc).splitlines()[0]})", path) from exc
+        self.archive = archive
+        super().__init__(path, os.path.join(self._tmp, self.WEIGHTS), config, layer_sequence)
+        self.format = "keras"
+
+    def write(self, target, produce):
+        weights = target + ".weights-tmp.h5"
+        self._write_h5(weights, produce)
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as out:
+            for item in self.archive.infolist():
+                if item.filename == self.WEIGHTS:
+                    out.write(weights, self.WEIGHTS)
+                else:
+                    out.writestr(item, self.archive.read(item.filename))
+        os.remove(weights)
+        return [target]
+
+    def __del__(self):
+        shutil.rmtree(getattr(self, "_tmp", ""), ignore_errors=True)
+
+
+def _config_layers(config):
+    """Layers of a Keras config in model order, nested models flattened."""
+    inner = config.get("config", {})
+    for layer in inner.get("layers", []) if isinstance(inner, dict) else []:
+        yield layer
+        if isinstance(layer.get("config"), dict) and "layers" in layer["config"]:
+            yield from _config_layers(layer)
+
+
+def _copy_attrs(src, dst):
+    for k, v in src.attrs.items():
+        dst.attrs[k] = v
+
+
+def _has_dataset(group):
+    found = []
+    group.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
+    return bool(found)
+
+
+def _text(value):
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)

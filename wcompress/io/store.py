@@ -1,0 +1,106 @@
+"""The common face of every format: a lazy tensor index, one-tensor loads, and a streaming writer."""
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+from ..errors import WcompressError
+
+
+@dataclass
+class WriteResult:
+    """What a write produced: every file, and bytes measured with os.path.getsize after the rename."""
+
+    path: str
+    files: list = field(default_factory=list)
+
+    @property
+    def bytes(self):
+        return sum(os.path.getsize(f) for f in self.files)
+
+
+class ModelStore:
+    """Base class. Subclasses fill `tensors` (TensorInfo, in layer order) without loading values."""
+
+    format = "?"
+    order_source = "name"  # "model", "graph", "name" or "file" (--order)
+
+    def __init__(self, path):
+        self.path = path
+        self.tensors = []
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def info(self, name):
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def load(self, name):
+        raise NotImplementedError
+
+    def files(self):
+        """Every file the model consists of (for sizes and for never writing over the input)."""
+        raise NotImplementedError
+
+    @property
+    def bytes(self):
+        return sum(os.path.getsize(f) for f in self.files())
+
+    def resolve_output(self, dest):
+        """Where the output really goes for a user-given -o path."""
+        return dest
+
+    def output_files(self, dest):
+        """Existing files that writing to `dest` would replace."""
+        return [dest] if os.path.exists(dest) else []
+
+    def write(self, target, produce):
+        """Write the model to `target`, tensor by tensor: produce(info) gives the array or None to drop it."""
+        raise NotImplementedError
+
+
+def write_safely(store, dest, produce, force=False):
+    """Write through a temp path in the destination folder, then rename into place.
+
+    Refuses to write over any input file and, without `force`, over any existing file.
+    """
+    dest = store.resolve_output(dest)
+    inputs = {os.path.realpath(f) for f in store.files()} | {os.path.realpath(store.path)}
+    real_dest = os.path.realpath(dest)
+    clobbered = [os.path.realpath(f) for f in store.output_files(dest)]
+    if real_dest in inputs or any(f in inputs for f in clobbered) or _same_prefix(store, dest):
+        raise WcompressError("output would overwrite the input; choose another -o path", dest)
+    if clobbered and not force:
+        raise WcompressError("output exists; pass --force to overwrite it", dest)
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".wcompress-", dir=parent)
+    try:
+        target = os.path.join(stage, os.path.basename(dest) or "model")
+        produced = store.write(target, produce)
+        for old in clobbered:
+            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+        final = []
+        for path in produced:
+            rel = os.path.relpath(path, stage)
+            out = os.path.join(parent, rel)
+            os.replace(path, out)
+            final.append(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    files = []
+    for f in final:
+        if os.path.isdir(f):
+            files += [os.path.join(r, n) for r, _, ns in os.walk(f) for n in ns]
+        else:
+            files.append(f)
+    return WriteResult(path=dest, files=sorted(files))
+
+
+def _same_prefix(store, dest):
+    prefix = getattr(store, "prefix", None)
+    return prefix is not None and os.path.realpath(prefix) == os.path.realpath(dest)

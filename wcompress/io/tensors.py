@@ -1,0 +1,108 @@
+"""What the tensor store knows about a tensor without loading it: name, shape, dtype, layer, role."""
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+KERNEL = "kernel"
+BIAS = "bias"
+BATCHNORM = "batchnorm"
+EMBEDDING = "embedding"
+RECURRENT = "recurrent_kernel"
+OPTIMIZER = "optimizer"
+STEP = "step"
+METRIC = "metric"
+OTHER = "other"
+
+ROLES = (KERNEL, BIAS, BATCHNORM, EMBEDDING, RECURRENT, OPTIMIZER, STEP, METRIC, OTHER)
+# Roles that are training state rather than model: `strip` drops them, profile totals them apart.
+TRAINING_STATE = (OPTIMIZER, STEP, METRIC)
+
+_OPTIMIZER_LEAF = re.compile(
+    r"^(Adam|Adam_\d+|Momentum|RMSProp|RMSProp_\d+|Adagrad|Adadelta|Adadelta_\d+|Ftrl|Ftrl_\d+|"
+    r"ExponentialMovingAverage|accumulator|m|v|velocity|momentum)$"
+)
+_STEP_LEAF = {"global_step", "save_counter", "iter", "iterations", "step"}
+_BN_LEAF = {"gamma", "beta", "moving_mean", "moving_variance", "moving_var"}
+_KERNEL_LEAF = {"kernel", "depthwise_kernel", "pointwise_kernel", "weights", "weight", "w", "W"}
+_BIAS_LEAF = {"bias", "biases", "b", "depthwise_bias"}
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple
+    dtype: np.dtype
+    layer: str
+    role: str
+    order: int = 0
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self):
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @property
+    def is_float(self):
+        return np.issubdtype(np.dtype(self.dtype), np.floating)
+
+
+def classify(leaf, shape, dtype, parents=()):
+    """Role of a variable from its own name, its parents' names and its shape."""
+    dtype = np.dtype(dtype) if not isinstance(dtype, np.dtype) else dtype
+    parts = set(parents)
+    if "metrics" in parts and "keras_api" in parts:
+        return METRIC
+    if ".OPTIMIZER_SLOT" in parts or "optimizer" in parts or "optimizer_weights" in parts:
+        return OPTIMIZER
+    if leaf in ("beta1_power", "beta2_power") or _OPTIMIZER_LEAF.match(leaf):
+        # A bare `m`/`v` is only a slot under an optimizer; elsewhere it is a model variable.
+        if leaf not in ("m", "v", "momentum") or parts & {"Adam", "optimizer"}:
+            return OPTIMIZER
+    if leaf in _STEP_LEAF and len(shape) == 0:
+        return STEP
+    if not np.issubdtype(dtype, np.floating):
+        return STEP if len(shape) == 0 else OTHER
+    if leaf in _BN_LEAF:
+        return BATCHNORM
+    if leaf in ("embeddings", "embedding", "embedding_weights"):
+        return EMBEDDING
+    if leaf == "recurrent_kernel":
+        return RECURRENT
+    if leaf in _KERNEL_LEAF or ("weight" in leaf.lower() and len(shape) >= 2):
+        return KERNEL
+    if leaf in _BIAS_LEAF or "bias" in leaf.lower():
+        return BIAS
+    if len(shape) >= 2:
+        return KERNEL
+    return OTHER
+
+
+def natural_key(text):
+    """Sort 'layer_10' after 'layer_9'."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
+
+
+def assign_layer_order(infos, layer_sequence=None):
+    """Set `order` on every tensor: position of its layer in `layer_sequence`, else natural order.
+
+    The sort is stable: tensors of one layer keep the order the caller gave them.
+    """
+    seq = list(dict.fromkeys(layer_sequence or []))
+    # Layers with no place in the model (optimizer state, "(optimizer)") go last.
+    rest = sorted({i.layer for i in infos} - set(seq), key=lambda n: (n.startswith("("), natural_key(n)))
+    index = {layer: n for n, layer in enumerate(seq + rest)}
+    for info in infos:
+        info.order = index[info.layer]
+    infos.sort(key=lambda i: i.order)
+    return infos
+
+
+def read_order_file(path):
+    """An --order file: one layer name per line, '#' comments allowed."""
+    with open(path) as fh:
+        return [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]

@@ -1,0 +1,129 @@
+"""TF1 MetaGraphs (`.meta`) and SavedModel graphs: variable order, and keeping their savers in step
+with a checkpoint whose tensors were dropped."""
+
+from .tfenv import tf
+
+_VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp"}
+
+
+def load_meta_graph_def(path):
+    """Parse a .meta; drop `_output_shapes`, which old graphs carry and TF 2.21 refuses to import."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    meta = meta_graph_pb2.MetaGraphDef()
+    with open(path, "rb") as fh:
+        meta.ParseFromString(fh.read())
+    for node in meta.graph_def.node:
+        if "_output_shapes" in node.attr:
+            del node.attr["_output_shapes"]
+    return meta
+
+
+def variable_names(path):
+    """Variable names in graph order: the order the model's author created them."""
+    meta = load_meta_graph_def(path)
+    return [n.name for n in meta.graph_def.node if n.op in _VARIABLE_OPS]
+
+
+def rewrite(meta_in, meta_out, kept, retyped):
+    """Write a .meta whose Saver saves and restores exactly the `kept` variables."""
+    if retyped:
+        raise NotImplementedError("changing variable dtypes in a .meta is done by the fp16 pass")
+    meta = load_meta_graph_def(meta_in)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.train.import_meta_graph(meta, clear_devices=False)
+        variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+        saver = tf.compat.v1.train.Saver(
+            var_list={name: variables[name] for name in kept if name in variables}, name="wcompress_saver"
+        )
+        tf.compat.v1.train.export_meta_graph(filename=meta_out, graph=graph, saver_def=saver.as_saver_def())
+
+
+def prune_savedmodel_restore(pb_path, dropped):
+    """Make a SavedModel's restore function stop asking for checkpoint keys that were dropped.
+
+    The restore op named by the SaverDef calls a function holding one RestoreV2 whose outputs feed
+    Identity → AssignVariableOp pairs; dropped keys lose their entry and that pair.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as fh:
+        saved.ParseFromString(fh.read())
+    dropped = set(dropped)
+    for meta in saved.meta_graphs:
+        restore = meta.saver_def.restore_op_name.split(":")[0]
+        calls = [n for n in meta.graph_def.node if n.name == restore and "f" in n.attr]
+        names = {c.attr["f"].func.name for c in calls}
+        for func in meta.graph_def.library.function:
+            if func.signature.name in names:
+                _prune_restore_function(func, dropped)
+        for node in meta.graph_def.node:
+            if node.op in ("RestoreV2",):
+                raise NotImplementedError("graph-mode RestoreV2 in a SavedModel")
+    with open(pb_path, "wb") as fh:
+        fh.write(saved.SerializeToString())
+
+
+def _prune_restore_function(func, dropped):
+    nodes = {n.name: n for n in func.node_def}
+    removed = set()
+    for restore in [n for n in func.node_def if n.op == "RestoreV2"]:
+        names_node = nodes[restore.input[1].split(":")[0]]
+        slices_node = nodes[restore.input[2].split(":")[0]]
+        keys = [k.decode() for k in names_node.attr["value"].tensor.string_val]
+        keep = [i for i, k in enumerate(keys) if k not in dropped]
+        if len(keep) == len(keys):
+            continue
+        remap = {old: new for new, old in enumerate(keep)}
+        for const in (names_node, slices_node):
+            tensor = const.attr["value"].tensor
+            values = list(tensor.string_val)
+            del tensor.string_val[:]
+            tensor.string_val.extend(values[i] for i in keep)
+            tensor.tensor_shape.dim[0].size = len(keep)
+            if "_output_shapes" in const.attr:
+                const.attr["_output_shapes"].list.shape[0].dim[0].size = len(keep)
+        for attr in ("dtypes",):
+            types = list(restore.attr[attr].list.type)
+            del restore.attr[attr].list.type[:]
+            restore.attr[attr].list.type.extend(types[i] for i in keep)
+        if "_output_shapes" in restore.attr:
+            shapes = list(restore.attr["_output_shapes"].list.shape)
+            del restore.attr["_output_shapes"].list.shape[:]
+            restore.attr["_output_shapes"].list.shape.extend(shapes[i] for i in keep)
+        out = restore.name + ":tensors:"
+        for node in func.node_def:
+            for pos, inp in enumerate(node.input):
+                if inp.startswith(out):
+                    k = int(inp[len(out):])
+                    if k in remap:
+                        node.input[pos] = out + str(remap[k])
+                    else:
+                        removed.add(node.name)
+    # Whatever consumed a removed node's value goes too (Identity → AssignVariableOp).
+    grew = True
+    while grew:
+        grew = False
+        for node in func.node_def:
+            if node.name not in removed and any(
+                not i.startswith("^") and i.split(":")[0] in removed for i in node.input
+            ):
+                removed.add(node.name)
+                grew = True
+    if not removed:
+        return
+    kept_nodes = [n for n in func.node_def if n.name not in removed]
+    for node in kept_nodes:
+        inputs = [i for i in node.input if not (i.startswith("^") and i[1:] in removed)]
+        del node.input[:]
+        node.input.extend(inputs)
+    del func.node_def[:]
+    func.node_def.extend(kept_nodes)
+    for mapping in (func.ret, func.control_ret):
+        for key in [k for k, v in mapping.items() if v.split(":")[0] in removed]:
+            del mapping[key]
+    outputs = [c for c in func.signature.control_output if c in func.control_ret]
+    del func.signature.control_output[:]
+    func.signature.control_output.extend(outputs)

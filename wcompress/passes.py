@@ -1,0 +1,48 @@
+"""What a compression pass is. Passes see TensorInfo metadata and numpy arrays, never files."""
+
+import copy
+
+from .errors import WcompressError
+
+
+class TensorSource:
+    """A read-only view of a model for passes: tensor metadata in layer order, and one-tensor loads."""
+
+    def __init__(self, store):
+        self._store = store
+        self.tensors = list(store.tensors)
+
+    def load(self, name):
+        return self._store.load(name)
+
+
+class Pass:
+    """Base class for compression passes.
+
+    `prepare` runs once before any tensor is written (e.g. to compute thresholds from the whole
+    model); `apply` then sees each tensor in layer order and returns the array to write, or None to
+    drop it. `summary` (a dict) is shown by the command that ran the pass.
+    """
+
+    name = ""
+    help = ""
+    plugin = None
+
+    def new(self, **options):
+        """A fresh, configured copy of the registered pass."""
+        fresh = copy.copy(self)
+        fresh.configure(**options)
+        return fresh
+
+    def configure(self, **options):
+        if options:
+            raise WcompressError(f"pass {self.name!r} takes no options (got {', '.join(options)})")
+
+    def prepare(self, source):
+        pass
+
+    def apply(self, info, array):
+        return array
+
+    def summary(self):
+        return {}

@@ -1,0 +1,24 @@
+"""Progress bars on stderr for long work; silent for small models and for --json."""
+
+import contextlib
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+# Below this many bytes a run is over before a bar would help.
+SHOW_ABOVE_BYTES = 64 * 2**20
+
+
+@contextlib.contextmanager
+def tensor_progress(tensors, label, enabled=True):
+    """Yields advance(info): call it once per tensor handled."""
+    total = sum(t.nbytes for t in tensors)
+    if not enabled or total < SHOW_ABOVE_BYTES:
+        yield lambda info: None
+        return
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[tensor]}"))
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total, tensor="")
+        yield lambda info: bar.update(task, advance=info.nbytes, tensor=info.name[-40:])

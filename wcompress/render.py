@@ -1,0 +1,83 @@
+"""Tables for the terminal. Only formatting here: every figure arrives already measured."""
+
+from rich.console import Console
+from rich.table import Table
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+import sys
+
+# Pipes and CI logs get the full table rather than 80 folded columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+
+def human(n):
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+
+
+def sparkline(counts):
+    if not counts:
+        return ""
+    top = max(counts) or 1
+    return "".join(_BARS[min(8, -(-8 * c // top))] for c in counts)
+
+
+def _num(x, fmt="{:.4g}"):
+    return "" if x is None else fmt.format(x)
+
+
+def _short(name, layer):
+    if name.startswith(layer + "/"):
+        return name[len(layer) + 1:] or name
+    marker = "/" + layer + "/"
+    return name.split(marker, 1)[1] if marker in name else name
+
+
+def profile_table(profile):
+    t = profile["totals"]
+    table = Table(title=f"{profile['path']}  ({profile['format']}, layer order: {profile['order']})",
+                  show_lines=False, header_style="bold")
+    for col, justify in (("tensor", "left"), ("role", "left"), ("shape", "left"), ("dtype", "left"),
+                         ("params", "right"), ("bytes", "right"), ("share", "right"), ("min", "right"),
+                         ("max", "right"), ("span", "right"), ("std", "right"), ("zeros", "right"),
+                         ("|w|<1e-3", "right"), ("histogram", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "tensor")
+    last_layer = None
+    for r in profile["tensors"]:
+        if r["layer"] != last_layer:
+            table.add_row(f"[bold]{r['layer']}[/]", *[""] * 13)
+            last_layer = r["layer"]
+        pct = (lambda k: f"{100 * r[k] / r['params']:.1f}%" if k in r and r["params"] else "")
+        table.add_row(
+            "  " + _short(r["name"], r["layer"]), r["role"], "×".join(map(str, r["shape"])) or "scalar", r["dtype"],
+            f"{r['params']:,}", f"{r['bytes']:,}", f"{100 * r['share']:.2f}%", _num(r.get("min")),
+            _num(r.get("max")), _num(r.get("span")), _num(r.get("std")), pct("zeros"), pct("small"),
+            sparkline(r.get("hist")),
+        )
+    console.print(table)
+    console.print(
+        f"params {t['params']:,} (with training state {t['params_with_training_state']:,}) · "
+        f"model tensors {t['model_bytes']:,} B · optimizer slots {t['optimizer_bytes']:,} B · "
+        f"all training state {t['training_state_bytes']:,} B · files on disk {profile['file_bytes']:,} B · "
+        f"{t['tensors_holding_98pct']} of {t['model_tensors']} model tensors hold 98% of the bytes"
+    )
+
+
+def size_change(label, before, after):
+    saved = before - after
+    pct = 100 * saved / before if before else 0.0
+    console.print(f"{label}: {before:,} B ({human(before)}) → {after:,} B ({human(after)}), "
+                  f"saved {saved:,} B ({pct:.1f}%)")
+
+
+def plugins_table(rows):
+    table = Table(title="wcompress plugins", header_style="bold")
+    for col in ("plugin", "passes", "source", "file"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["plugin"], ", ".join(r["passes"]), r["source"], r["file"] or "")
+    console.print(table)
