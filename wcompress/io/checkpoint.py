@@ -62,8 +62,10 @@ def _split_key(key):
     return key, False, False
 
 
-def _describe(key, shape, dtype):
+def _describe(key, shape, dtype, model_path=None):
     var, _, slot = _split_key(key)
+    if model_path is not None:
+        var, slot = model_path, False
     parts = var.split("/")
     leaf = parts[-1]
     parents = parts[:-1] + ([".OPTIMIZER_SLOT"] if slot else [])
@@ -74,6 +76,30 @@ def _describe(key, shape, dtype):
         layer_parts = layer_parts[:-1]
     layer = "/".join(layer_parts[:-1]) or var
     return TensorInfo(name=key, shape=shape, dtype=dtype, layer=layer, role=role)
+
+
+def model_paths(serialized_graph):
+    """checkpoint key -> the variable's path from the root that does not pass through an optimizer.
+
+    Keras 3 optimizers track the model's own variables (`optimizer/_trainable_variables/0`), and
+    TensorFlow may store a shared variable under that key: the object graph tells model from slot.
+    """
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(serialized_graph)
+    path = {0: []}
+    queue = [0]
+    while queue:
+        node_id = queue.pop(0)
+        for child in graph.nodes[node_id].children:
+            if "optimizer" in child.local_name.lower() or child.node_id in path:
+                continue
+            path[child.node_id] = path[node_id] + [child.local_name]
+            queue.append(child.node_id)
+    return {attr.checkpoint_key: "/".join(path[node_id])
+            for node_id, node in enumerate(graph.nodes) if node_id in path and path[node_id]
+            for attr in node.attributes}
 
 
 class CheckpointStore(ModelStore):
@@ -87,7 +113,8 @@ class CheckpointStore(ModelStore):
         self.meta = prefix + ".meta" if os.path.isfile(prefix + ".meta") else None
         self.format = "tf2-checkpoint" if self.object_graph else "tf1-checkpoint"
         keys = sorted((k for k in self.reader.shapes if k != OBJECT_GRAPH_KEY), key=natural_key)
-        self.tensors = [_describe(k, self.reader.shapes[k], self.reader.dtypes[k]) for k in keys]
+        paths = model_paths(self.reader.get(OBJECT_GRAPH_KEY).item()) if self.object_graph else {}
+        self.tensors = [_describe(k, self.reader.shapes[k], self.reader.dtypes[k], paths.get(k)) for k in keys]
         if layer_sequence is None and self.meta:
             layer_sequence = [_describe(n, (), "float32").layer for n in tf1_meta.variable_names(self.meta)]
             self.order_source = "graph"

