@@ -35,7 +35,7 @@ class BundleReader:
     def get(self, key):
         try:
             value = self._reader.get_tensor(key)
-        except (tf.errors.OpError, ValueError, RuntimeError) as exc:
+        except (tf.errors.OpError, ValueError, RuntimeError, IndexError) as exc:  # IndexError: truncated data
             raise WcompressError(f"cannot read tensor {key!r} ({_first_line(exc)})", self.prefix) from exc
         if not isinstance(value, np.ndarray):
             value = np.asarray(value)

@@ -1,0 +1,51 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from helpers import run_json
+
+from wcompress.errors import WcompressError
+from wcompress.plugins import get_pass
+
+
+def test_builtin_passes_load_through_entry_points():
+    rows = {r["plugin"]: r for r in run_json("plugins")}
+    assert "strip" in rows["strip"]["passes"]
+    assert rows["strip"]["source"].startswith("entry point wcompress_plugins.strip")
+
+
+def test_unknown_pass_is_a_clear_error():
+    with pytest.raises(WcompressError, match="unknown pass 'nope'; available: .*strip"):
+        get_pass("nope")
+
+
+def test_third_party_plugin_via_entry_point(tmp_path):
+    """A package installed beside wcompress registers a pass through the same entry-point group."""
+    (tmp_path / "wc_extra.py").write_text(textwrap.dedent('''
+        from wcompress.hookspecs import hookimpl
+        from wcompress.passes import Pass
+
+        class Negate(Pass):
+            name = "negate"
+            def apply(self, info, array):
+                return -array
+
+        @hookimpl
+        def register_passes(register):
+            register(Negate())
+    '''))
+    dist = tmp_path / "wc_extra-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wc-extra\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[wcompress.passes]\nnegate = wc_extra\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "wcompress.cli", "plugins", "--json"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    import json
+
+    rows = {r["plugin"]: r for r in json.loads(out)}
+    assert rows["negate"]["passes"] == ["negate"]
+    assert "(wc-extra)" in rows["negate"]["source"]
+    assert "strip" in rows
