@@ -19,6 +19,12 @@ class Cli(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if ctx.params.get("debug"):
+                raise
+            where = f" (see 'wcompress {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
+            click.echo(f"wcompress: error: {exc.format_message()}{where}", err=True)
+            ctx.exit(2)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
@@ -119,6 +125,146 @@ def strip(model, output, force, order_file, unsafe, as_json):
     click.echo(f"dropped {len(dropped)} of {len(result.tensors)} tensors "
                f"({sum(t.size for t in dropped):,} values of training state)")
     size_change(f"{store.format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
+
+
+def container_options(f):
+    f = click.option("--codec", type=click.Choice(["none", "gzip", "lzf", "zstd"]), default="none",
+                     show_default=True, help="Entropy-code the container's streams.")(f)
+    f = click.option("--values", "values_dtype", type=click.Choice(["float32", "float16"]), default="float32",
+                     show_default=True, help="Store non-zero float values as float16 (half the value bytes).")(f)
+    return f
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), help="Where to write the result (not needed with --dry-run).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--method", help="flat, triangular or relative (or a plugin's thresholding method).")
+@click.option("--delta", type=float, help="flat: fraction of the smallest layer span; relative: fraction to zero.")
+@click.option("--sparsity", type=float, help="relative: the fraction of each layer to zero (same as --delta).")
+@click.option("--dconv", type=float, help="triangular: fraction of the first layer's span.")
+@click.option("--dfc", type=float, help="triangular: fraction of the last layer's span.")
+@click.option("--include", multiple=True, help="Only tensors or layers matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Never tensors or layers matching this glob (repeatable).")
+@click.option("--layer", "layers", multiple=True, help="Per-layer override 'GLOB=DELTA' (repeatable).")
+@click.option("--plan", "plan_path", type=click.Path(), help="Read exact thresholds from this JSON/YAML plan "
+              "(with --dry-run: write the plan there).")
+@click.option("--dry-run", is_flag=True, help="Print thresholds and sparsity per tensor; write nothing but --plan.")
+@click.option("--pack", is_flag=True, help="Write the sparse container instead of the input's format.")
+@container_options
+@model_options
+@json_option
+def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include, exclude, layers, plan_path,
+             dry_run, pack, codec, values_dtype, order_file, unsafe, as_json):
+    """Zero small weights without retraining: flat, triangular or relative thresholds (seed 004).
+
+    Example: wcompress sparsify model.ckpt --method triangular --dconv 0.1 --dfc 0.3 -o sparse.ckpt
+    """
+    from .io import open_model
+    from .io.container import ContainerWriter
+    from .plan import read_plan, write_plan
+    from .plugins import get_pass
+    from .runner import dry_run as simulate
+    from .runner import run_passes
+
+    plan = None
+    if plan_path and not dry_run:
+        plan_method, plan = read_plan(plan_path)
+        method = method or plan_method
+    if not method:
+        raise WcompressError("--method is required (flat, triangular or relative)")
+    template = get_pass(method)
+    if getattr(template, "family", None) != "sparsify":
+        raise WcompressError(f"{method!r} is not a sparsification method")
+    sparsifier = template.new(delta=delta, dconv=dconv, dfc=dfc, sparsity=sparsity, include=include,
+                              exclude=exclude, layers=layers, plan=plan)
+    store = open_model(model, order_file=order_file)
+    if dry_run:
+        outcomes = simulate(store, [sparsifier], show_progress=not as_json)
+        summary = sparsifier.summary()
+        if plan_path:
+            write_plan(plan_path, sparsifier.plan_document(), force=force)
+        _print_sparsity(summary, outcomes, None, as_json)
+        return
+    if not output:
+        raise WcompressError("-o/--output is required unless --dry-run")
+    writer = ContainerWriter(store, values=values_dtype, codec=codec) if pack else None
+    result = run_passes(store, [sparsifier], output, force=force, show_progress=not as_json, writer=writer)
+    _print_sparsity(result.summaries[sparsifier.name], result.tensors, result, as_json)
+
+
+def _print_sparsity(summary, outcomes, result, as_json):
+    if as_json:
+        emit_json({**(result.as_dict() if result else {}), "sparsify": summary,
+                   "tensors": [o.__dict__ for o in outcomes]})
+        return
+    from .render import size_change, sparsity_table
+
+    sparsity_table(summary, outcomes)
+    if result:
+        size_change(f"{result.input_format} → {result.output.path}", result.input_bytes, result.output_bytes)
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@output_options
+@container_options
+@model_options
+@json_option
+def pack(model, output, force, codec, values_dtype, order_file, unsafe, as_json):
+    """Write any model into the sparse HDF5 container: each tensor in its smallest encoding."""
+    from .io import open_model
+    from .io.container import ContainerWriter
+    from .runner import run_passes
+
+    store = open_model(model, order_file=order_file)
+    result = run_passes(store, [], output, force=force, show_progress=not as_json,
+                        writer=ContainerWriter(store, values=values_dtype, codec=codec))
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    from .render import size_change
+
+    size_change(f"{store.format} {model} → container {result.output.path}", result.input_bytes,
+                result.output_bytes)
+
+
+@cli.command("restore")
+@click.argument("container", type=click.Path(exists=True, dir_okay=False))
+@output_options
+@json_option
+def restore_command(container, output, force, as_json):
+    """Turn a container back into its original format (bit-exact for float32 values)."""
+    from .io.container import ContainerStore, restore
+
+    source = ContainerStore(container)
+    written = restore(container, output, force=force)
+    if as_json:
+        emit_json({"container": container, "format": source.source_format, "output": written.path,
+                   "output_files": written.files, "output_bytes": written.bytes,
+                   "container_bytes": source.bytes})
+        return
+    from .render import size_change
+
+    size_change(f"container → {source.source_format} {written.path}", source.bytes, written.bytes)
+
+
+@cli.command("report")
+@click.argument("path", type=click.Path())
+@click.option("--against", type=click.Path(), help="The original (dense) model, to compare sizes on disk.")
+@click.option("--no-gzip", is_flag=True, help="Skip measuring gzip of the dense file (slow on big models).")
+@json_option
+def report_command(path, against, no_gzip, as_json):
+    """Per tensor: sparsity, encoding, bytes original / stored, information bound; totals against gzip."""
+    from .report import report
+
+    result = report(path, against=against, gzip=not no_gzip)
+    if as_json:
+        emit_json(result)
+        return
+    from .render import report_table
+
+    report_table(result)
 
 
 @cli.command("plugins")

@@ -15,6 +15,7 @@ ENTRY_POINT_GROUP = "wcompress.passes"
 # third-party packages use; this list lets a source checkout without installed metadata load them too.
 BUILTIN_PLUGINS = {
     "strip": "wcompress_plugins.strip",
+    "threshold": "wcompress_plugins.threshold",
 }
 
 pm = pluggy.PluginManager("wcompress")

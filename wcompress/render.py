@@ -81,3 +81,43 @@ def plugins_table(rows):
     for r in rows:
         table.add_row(r["plugin"], ", ".join(r["passes"]), r["source"], r["file"] or "")
     console.print(table)
+
+
+def sparsity_table(summary, outcomes):
+    table = Table(title=f"sparsify: {summary['method']}", header_style="bold")
+    for col, justify in (("tensor", "left"), ("role", "left"), ("threshold", "right"), ("zeros", "right"),
+                         ("elements", "right"), ("sparsity", "right")):
+        table.add_column(col, justify=justify)
+    thresholds = summary["thresholds"]
+    for o in outcomes:
+        if o.name not in thresholds:
+            continue
+        table.add_row(o.name, o.role, f"{thresholds[o.name]:.6g}", f"{o.zeros:,}", f"{o.size:,}",
+                      f"{100 * o.zeros / o.size:.2f}%" if o.size else "")
+    console.print(table)
+    model = [o for o in outcomes if not o.dropped and o.role not in ("optimizer", "step", "metric")]
+    zeros, total = sum(o.zeros for o in model), sum(o.size for o in model)
+    console.print(f"sparsified tensors: {summary['zeros']:,} zeros of {summary['eligible_params']:,} "
+                  f"({100 * summary['eligible_sparsity']:.2f}%) · whole model: {zeros:,} of {total:,} "
+                  f"({100 * zeros / total if total else 0:.2f}%)")
+
+
+def report_table(result):
+    t = result["totals"]
+    table = Table(title=f"{result['path']} ({result['kind']}, {result['format']})", header_style="bold")
+    for col in ("tensor", "sparsity", "encoding", "values", "original B", "stored B", "bound B", "stored/bound"):
+        table.add_column(col, justify="left" if col in ("tensor", "encoding", "values") else "right")
+    for r in result["tensors"]:
+        ratio = r["stored_over_bound"]
+        table.add_row(r["name"], f"{100 * r['sparsity']:.2f}%", r["encoding"], r["value_dtype"],
+                      f"{r['original_bytes']:,}", f"{r['stored_bytes']:,}", f"{r['bound_bytes']:,.0f}",
+                      "" if ratio is None else f"{ratio:.3f}")
+    console.print(table)
+    console.print(f"sparsity {100 * t['sparsity']:.2f}% · file {t['file_bytes']:,} B · "
+                  f"information bound {t['bound_bytes']:,.0f} B (file/bound {t['file_over_bound']:.3f}) · "
+                  f"dense tensors {t['dense_bytes']:,} B (file/dense {t['file_over_dense']:.3f})")
+    if t.get("gzip_dense_bytes") is not None:
+        console.print(f"dense file {t['dense_model_file_bytes']:,} B, gzip -6 of it {t['gzip_dense_bytes']:,} B "
+                      f"(file/gzip {t['file_bytes'] / t['gzip_dense_bytes']:.3f})")
+    if "against_bytes" in t:
+        console.print(f"against {t['against']}: {t['against_bytes']:,} B (file/original {t['file_over_against']:.3f})")

@@ -47,8 +47,9 @@ class RunResult:
         }
 
 
-def run_passes(store, passes, dest, force=False, show_progress=True):
-    """Prepare every pass, then stream tensors from the store through the passes into the writer."""
+def run_passes(store, passes, dest, force=False, show_progress=True, writer=None):
+    """Prepare every pass, then stream tensors from the store through the passes into the writer
+    (the store's own format, or e.g. a ContainerWriter)."""
     if not hasattr(store, "tensors"):
         store = open_model(store)
     source = TensorSource(store)
@@ -67,8 +68,26 @@ def run_passes(store, passes, dest, force=False, show_progress=True):
             advance(info)
             return array
 
-        written = write_safely(store, dest, produce, force=force)
+        written = write_safely(store, dest, produce, force=force, writer=writer)
     return RunResult(store.path, store.format, store.bytes, written, outcomes, {p.name: p.summary() for p in passes})
+
+
+def dry_run(store, passes, show_progress=True):
+    """Run the passes over every tensor in memory, write nothing; return per-tensor outcomes."""
+    source = TensorSource(store)
+    for p in passes:
+        p.prepare(source)
+    outcomes = []
+    with tensor_progress(store.tensors, "computing", enabled=show_progress) as advance:
+        for info in store.tensors:
+            array = store.load(info.name)
+            for p in passes:
+                array = p.apply(info, array)
+                if array is None:
+                    break
+            outcomes.append(_outcome(info, array))
+            advance(info)
+    return outcomes
 
 
 def _outcome(info, array):

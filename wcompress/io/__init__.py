@@ -39,8 +39,11 @@ def open_model(path, order_file=None):
 
         return KerasZipStore(path, sequence)
     if magic == b"\x89HDF\r\n\x1a\n":
+        from .container import ContainerStore, is_container
         from .keras_h5 import H5Store
 
+        if is_container(path):
+            return ContainerStore(path)
         return H5Store(path, layer_sequence=sequence)
     raise WcompressError(
         "unrecognised model format (expected a TF checkpoint, SavedModel folder, .keras or Keras .h5)", path

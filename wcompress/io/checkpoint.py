@@ -105,10 +105,10 @@ def model_paths(serialized_graph):
 class CheckpointStore(ModelStore):
     """A checkpoint bundle. TF2 when it carries an object graph, TF1 otherwise (with an optional .meta)."""
 
-    def __init__(self, path, prefix, layer_sequence=None):
+    def __init__(self, path, prefix, layer_sequence=None, reader=None):
         super().__init__(path)
         self.prefix = prefix
-        self.reader = BundleReader(prefix)
+        self.reader = reader or BundleReader(prefix)
         self.object_graph = OBJECT_GRAPH_KEY in self.reader.shapes
         self.meta = prefix + ".meta" if os.path.isfile(prefix + ".meta") else None
         self.format = "tf2-checkpoint" if self.object_graph else "tf1-checkpoint"
@@ -162,18 +162,38 @@ class CheckpointStore(ModelStore):
 
         files = write_bundle(target, items())
         if self.meta:
-            meta_out = target + ".meta"
-            if len(kept) == len(self.tensors) and not retyped:
-                shutil.copyfile(self.meta, meta_out)
-            else:
-                tf1_meta.rewrite(self.meta, meta_out, kept, retyped)
-            files.append(meta_out)
+            files.append(self._write_meta(target + ".meta", kept, retyped))
         state = os.path.join(os.path.dirname(target), "checkpoint")
         with open(state, "w") as fh:
             name = os.path.basename(target)
             fh.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
         files.append(state)
         return files
+
+
+    def _write_meta(self, meta_out, kept, retyped):
+        if len(kept) == len(self.tensors) and not retyped:
+            shutil.copyfile(self.meta, meta_out)
+        else:
+            tf1_meta.rewrite(self.meta, meta_out, kept, retyped)
+        return meta_out
+
+    def skeleton(self, kept, retyped, workdir):
+        """What a container needs besides tensors to rebuild this checkpoint: (files, raw blobs)."""
+        files, raw = {}, {}
+        if self.meta:
+            with open(self._write_meta(os.path.join(workdir, "model.meta"), kept, retyped), "rb") as fh:
+                files["model.meta"] = fh.read()
+        if self.object_graph:
+            graph = self.reader.get(OBJECT_GRAPH_KEY).item()
+            raw[OBJECT_GRAPH_KEY] = graph if len(kept) == len(self.tensors) else prune_object_graph(
+                graph, set(kept) | {OBJECT_GRAPH_KEY})
+        return files, raw
+
+    @classmethod
+    def from_skeleton(cls, folder, reader):
+        prefix = os.path.join(folder, "model")
+        return cls(prefix, prefix, reader=reader)
 
 
 def _string_scalar(data):
@@ -187,11 +207,11 @@ def _string_scalar(data):
 class SavedModelStore(CheckpointStore):
     """A SavedModel folder: its variables bundle is the tensor store; everything else is copied untouched."""
 
-    def __init__(self, path, layer_sequence=None):
+    def __init__(self, path, layer_sequence=None, reader=None):
         prefix = os.path.join(path, "variables", "variables")
-        if not os.path.exists(prefix + ".index"):
+        if reader is None and not os.path.exists(prefix + ".index"):
             raise WcompressError("SavedModel has no variables/variables.index", path)
-        super().__init__(path, prefix, layer_sequence)
+        super().__init__(path, prefix, layer_sequence, reader)
         self.format = "savedmodel"
         self.meta = None
 
@@ -223,3 +243,26 @@ class SavedModelStore(CheckpointStore):
         if dropped:
             tf1_meta.prune_savedmodel_restore(os.path.join(target, "saved_model.pb"), dropped)
         return [target]
+
+    def skeleton(self, kept, retyped, workdir):
+        files, raw = CheckpointStore.skeleton(self, kept, retyped, workdir)
+        bundle = set(bundle_files(self.prefix))
+        for root, _, names in os.walk(self.path):
+            for name in names:
+                full = os.path.join(root, name)
+                if full not in bundle:
+                    with open(full, "rb") as fh:
+                        files[os.path.relpath(full, self.path)] = fh.read()
+        dropped = [t.name for t in self.tensors if t.name not in set(kept)]
+        if dropped:
+            pb = os.path.join(workdir, "saved_model.pb")
+            with open(pb, "wb") as fh:
+                fh.write(files["saved_model.pb"])
+            tf1_meta.prune_savedmodel_restore(pb, dropped)
+            with open(pb, "rb") as fh:
+                files["saved_model.pb"] = fh.read()
+        return files, raw
+
+    @classmethod
+    def from_skeleton(cls, folder, reader):
+        return cls(folder, reader=reader)

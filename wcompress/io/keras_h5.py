@@ -43,6 +43,13 @@ def _keras3_leaf(kind, index):
     return names[index] if names and index < len(names) else f"var{index}"
 
 
+class Placeholder:
+    """Stands for a tensor in a skeleton file: the dataset keeps shape, dtype and attributes, no data."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
+
+
 class H5Store(ModelStore):
     """Any Keras HDF5 weights layout. Tensor names are dataset paths inside the HDF5 file."""
 
@@ -167,13 +174,32 @@ class H5Store(ModelStore):
                     src.copy(item, dst, name=key)
                     continue
                 value = produce(info)
-                if value is not None:
-                    ds = dst.create_dataset(key, data=value)
-                    _copy_attrs(item, ds)
+                if isinstance(value, Placeholder):
+                    _copy_attrs(item, dst.create_dataset(key, shape=value.shape, dtype=value.dtype))
+                elif value is not None:
+                    _copy_attrs(item, dst.create_dataset(key, data=value))
         if "layer_names" in src.attrs and isinstance(src, h5py.Group):
             kept = [n for n in src.attrs["layer_names"] if _text(n) in dst]
             if len(kept) != len(src.attrs["layer_names"]):
                 dst.attrs["layer_names"] = np.array(kept, dtype=src.attrs["layer_names"].dtype)
+
+
+    def skeleton(self, kept, retyped, workdir):
+        """The file with every tensor an empty placeholder: structure, attributes and config only."""
+        target = os.path.join(workdir, "model.h5")
+        self.write(target, self._placeholders(kept, retyped))
+        with open(target, "rb") as fh:
+            return {"model.h5": fh.read()}, {}
+
+    def _placeholders(self, kept, retyped):
+        kept = set(kept)
+        return lambda info: Placeholder(info.shape, retyped.get(info.name, info.dtype)) if info.name in kept else None
+
+    @classmethod
+    def from_skeleton(cls, folder, reader):
+        store = cls(os.path.join(folder, "model.h5"))
+        store.load = reader.get
+        return store
 
 
 class KerasZipStore(H5Store):
@@ -207,6 +233,18 @@ class KerasZipStore(H5Store):
                     out.writestr(item, self.archive.read(item.filename))
         os.remove(weights)
         return [target]
+
+    def skeleton(self, kept, retyped, workdir):
+        target = os.path.join(workdir, "model.keras")
+        self.write(target, self._placeholders(kept, retyped))
+        with open(target, "rb") as fh:
+            return {"model.keras": fh.read()}, {}
+
+    @classmethod
+    def from_skeleton(cls, folder, reader):
+        store = cls(os.path.join(folder, "model.keras"))
+        store.load = reader.get
+        return store
 
     def __del__(self):
         shutil.rmtree(getattr(self, "_tmp", ""), ignore_errors=True)

@@ -63,15 +63,22 @@ class ModelStore:
         raise NotImplementedError
 
 
-def write_safely(store, dest, produce, force=False):
+def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()):
     """Write through a temp path in the destination folder, then rename into place.
 
-    Refuses to write over any input file and, without `force`, over any existing file.
+    `writer(target, produce)` replaces the store's own writer (e.g. the sparse container), in which
+    case `dest` is a single file. Refuses to write over any input file and, without `force`, over
+    any existing file.
     """
-    dest = store.resolve_output(dest)
-    inputs = {os.path.realpath(f) for f in store.files()} | {os.path.realpath(store.path)}
+    if writer is None:
+        dest = store.resolve_output(dest)
+        existing = store.output_files(dest)
+        writer = store.write
+    else:
+        existing = [dest] if os.path.exists(dest) else []
+    inputs = {os.path.realpath(f) for f in list(store.files()) + list(extra_inputs)} | {os.path.realpath(store.path)}
     real_dest = os.path.realpath(dest)
-    clobbered = [os.path.realpath(f) for f in store.output_files(dest)]
+    clobbered = [os.path.realpath(f) for f in existing]
     if real_dest in inputs or any(f in inputs for f in clobbered) or _same_prefix(store, dest):
         raise WcompressError("output would overwrite the input; choose another -o path", dest)
     if clobbered and not force:
@@ -81,13 +88,15 @@ def write_safely(store, dest, produce, force=False):
     stage = tempfile.mkdtemp(prefix=".wcompress-", dir=parent)
     try:
         target = os.path.join(stage, os.path.basename(dest) or "model")
-        produced = store.write(target, produce)
+        produced = writer(target, produce)
         for old in clobbered:
             shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
         final = []
         for path in produced:
             rel = os.path.relpath(path, stage)
             out = os.path.join(parent, rel)
+            if rel == "checkpoint" and os.path.exists(out):
+                continue  # leave an existing checkpoint state file as it is
             os.replace(path, out)
             final.append(out)
     finally:

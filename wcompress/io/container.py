@@ -1,0 +1,251 @@
+"""The wcompress sparse container: one HDF5 file holding every tensor in its smallest encoding and
+everything else needed to rebuild the original model (see docs/format.md)."""
+
+import json
+import os
+import shutil
+import tempfile
+
+import h5py
+import numpy as np
+
+from ..errors import WcompressError
+from . import encodings
+from .store import ModelStore
+from .tensors import TensorInfo
+
+MAGIC = "wcompress-sparse-container"
+VERSION = 1
+CODECS = ("none", "gzip", "lzf", "zstd")
+# A crafted file may declare any shape: refuse tensors that would decode to more than this many
+# times the container's own size (real sparse models stay far below it).
+MAX_EXPANSION = 4096
+_VALUE_DTYPES = {"float32", "float16", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                 "uint32", "uint64", "bool"}
+
+
+def _stream_options(codec, array):
+    if codec == "none" or array.size < 1024:
+        return {}
+    if codec == "zstd":
+        try:
+            import hdf5plugin
+        except ImportError as exc:
+            raise WcompressError("--codec zstd needs the hdf5plugin package (pip install hdf5plugin)") from exc
+        return dict(hdf5plugin.Zstd(clevel=9), chunks=True)
+    return {"compression": codec, "shuffle": True, "chunks": True}
+
+
+class ContainerWriter:
+    """Writes tensors one at a time, each in its smallest encoding; the index and skeleton at the end."""
+
+    def __init__(self, store, values="float32", codec="none"):
+        if codec not in CODECS:
+            raise WcompressError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+        if values not in ("float32", "float16"):
+            raise WcompressError(f"--values takes float32 or float16, not {values!r}")
+        self.store, self.values, self.codec = store, values, codec
+
+    def __call__(self, target, produce):
+        entries, kept, retyped = [], [], {}
+        with h5py.File(target, "w", libver="latest") as h5:
+            name = os.path.basename(getattr(self.store, "prefix", "") if self.store.format.endswith("checkpoint")
+                                    else os.path.normpath(self.store.path))
+            h5.attrs.update(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
+                            codec=self.codec, values=self.values)
+            streams = h5.create_group("streams")
+            for info in self.store.tensors:
+                array = produce(info)
+                if array is None:
+                    continue
+                kept.append(info.name)
+                if array.dtype != info.dtype:
+                    retyped[info.name] = array.dtype
+                entries.append(self._write_tensor(streams, len(entries), info, array))
+            with tempfile.TemporaryDirectory() as work:
+                files, raw = self.store.skeleton(kept, retyped, work)
+            skeleton = h5.create_group("skeleton")
+            for n, (rel, data) in enumerate(sorted(files.items())):
+                # Graphs and configs are text-like: always worth gzip, whatever the tensors' codec.
+                blob = np.frombuffer(data, dtype=np.uint8)
+                ds = skeleton.create_dataset(str(n), data=blob, **_stream_options("gzip", blob))
+                ds.attrs["path"] = rel
+            blobs = h5.create_group("raw")
+            for key, data in raw.items():
+                blobs.create_dataset(str(len(blobs)), data=np.frombuffer(data, dtype=np.uint8)).attrs["key"] = key
+            index = json.dumps({"tensors": entries}).encode()
+            h5.create_dataset("index", data=np.frombuffer(index, dtype=np.uint8))
+        return [target]
+
+    def _value_dtype(self, array):
+        if self.values == "float16" and array.dtype in (np.float32, np.float64):
+            finite = array[np.isfinite(array)]
+            if finite.size and np.abs(finite).max() > np.finfo(np.float16).max:
+                return array.dtype, True  # would overflow: keep full precision for this tensor
+            return np.dtype(np.float16), False
+        return array.dtype, False
+
+    def _write_tensor(self, group, number, info, array):
+        value_dtype, overflow = self._value_dtype(array)
+        if array.dtype == object or array.ndim == 0:
+            candidates, nnz = {"dense": array.nbytes}, int(np.count_nonzero(array))
+        else:
+            candidates, nnz = encodings.sizes(array, value_dtype)
+        encoding = min(candidates, key=lambda k: (candidates[k], encodings.ENCODINGS.index(k)))
+        streams = encodings.encode(array, encoding, value_dtype)
+        names = {}
+        for stream, data in streams.items():
+            name = f"{number}.{stream}"
+            group.create_dataset(name, data=data, **_stream_options(self.codec, data))
+            names[stream] = name
+        return {
+            "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
+            "role": info.role, "order": info.order, "encoding": encoding, "streams": names, "nnz": nnz,
+            "entries": int(streams["values"].size), "value_dtype": str(np.dtype(value_dtype)),
+            "fp16_overflow": overflow, "candidates": candidates,
+        }
+
+
+class ContainerStore(ModelStore):
+    """Reads a container: the tensor index (validated), and one decoded tensor at a time."""
+
+    format = "wcompress-container"
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.file_bytes = os.path.getsize(path)
+        try:
+            self.h5 = h5py.File(path, "r")
+            attrs = dict(self.h5.attrs)
+            if attrs.get("format") != MAGIC:
+                raise WcompressError("HDF5 file is not a wcompress container", path)
+            if int(attrs.get("version", 0)) != VERSION:
+                raise WcompressError(f"container version {attrs.get('version')} is not supported (expected {VERSION})",
+                                     path)
+            index = json.loads(bytes(self.h5["index"][()]).decode())
+        except WcompressError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise WcompressError(f"damaged container ({str(exc).splitlines()[0]})", path) from exc
+        self.source_format = str(attrs["source_format"])
+        self.source_name = str(attrs.get("source_name", "model"))
+        self.codec = str(attrs.get("codec", "none"))
+        self.entries = {}
+        for entry in index.get("tensors", []):
+            self._validate(entry)
+            self.entries[entry["name"]] = entry
+        self.tensors = [
+            TensorInfo(name=e["name"], shape=tuple(e["shape"]), dtype=np.dtype(e["dtype"]), layer=e["layer"],
+                       role=e["role"], order=e["order"]) for e in self.entries.values()
+        ]
+        self.raw = {}
+        for ds in self.h5.get("raw", {}).values():
+            self.raw[str(ds.attrs["key"])] = ds
+
+    def _validate(self, e):
+        """Check declared shapes, counts and stream lengths against each other before reading data."""
+        try:
+            shape = tuple(int(d) for d in e["shape"])
+            n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if any(d < 0 for d in shape):
+                raise ValueError("negative dimension")
+            if str(e["dtype"]) not in _VALUE_DTYPES or str(e["value_dtype"]) not in _VALUE_DTYPES:
+                raise ValueError(f"dtype {e['dtype']}/{e['value_dtype']} not allowed")
+            if n * np.dtype(e["dtype"]).itemsize > MAX_EXPANSION * max(self.file_bytes, 1 << 20):
+                raise ValueError(f"declared shape {shape} is implausibly large for this file")
+            nnz, entries = int(e["nnz"]), int(e["entries"])
+            if not 0 <= nnz <= n or entries < nnz:
+                raise ValueError(f"non-zero count {nnz} impossible for {n} elements")
+            expected = encodings.stream_lengths(e["encoding"], shape, nnz, entries)
+            if set(expected) != set(e["streams"]):
+                raise ValueError(f"streams {sorted(e['streams'])} do not match encoding {e['encoding']}")
+            for stream, length in expected.items():
+                ds = self.h5["streams"][e["streams"][stream]]
+                if ds.ndim != 1 or ds.shape[0] != length:
+                    raise ValueError(f"stream {stream} holds {ds.shape} entries, expected {length}")
+                if ds.compression is None and ds.id.get_storage_size() < ds.size * ds.dtype.itemsize:
+                    raise ValueError(f"stream {stream} is truncated")
+        except (KeyError, ValueError, TypeError) as exc:
+            raise WcompressError(f"tensor {e.get('name', '?')!r}: {exc}", self.path) from exc
+
+    def load(self, name):
+        e = self.entries[name]
+        try:
+            streams = {s: self.h5["streams"][ds][()] for s, ds in e["streams"].items()}
+        except (OSError, KeyError, ValueError) as exc:
+            raise WcompressError(f"cannot read tensor {name!r} ({str(exc).splitlines()[0]})", self.path) from exc
+        return encodings.decode(e["encoding"], streams, tuple(e["shape"]), e["dtype"], what=f"{self.path}: {name!r}")
+
+    def stored_bytes(self, name):
+        """Bytes the tensor's streams occupy in the file (after any codec)."""
+        return sum(int(self.h5["streams"][ds].id.get_storage_size()) for ds in self.entries[name]["streams"].values())
+
+    def files(self):
+        return [self.path]
+
+    # The reader interface CheckpointStore expects, so the original store can be rebuilt on top of it.
+    @property
+    def shapes(self):
+        shapes = {t.name: t.shape for t in self.tensors}
+        shapes.update({k: () for k in self.raw})
+        return shapes
+
+    @property
+    def dtypes(self):
+        dtypes = {t.name: t.dtype for t in self.tensors}
+        dtypes.update({k: np.dtype(object) for k in self.raw})
+        return dtypes
+
+    def get(self, key):
+        if key in self.raw:
+            value = np.empty((), dtype=object)
+            value[()] = bytes(self.raw[key][()])
+            return value
+        return self.load(key)
+
+    def original(self, workdir):
+        """The original-format store, rebuilt from the skeleton in `workdir`, reading tensors from here."""
+        from .checkpoint import CheckpointStore, SavedModelStore
+        from .keras_h5 import H5Store, KerasZipStore
+
+        root = os.path.join(workdir, "model")
+        for ds in self.h5.get("skeleton", {}).values():
+            rel = str(ds.attrs["path"])
+            if os.path.isabs(rel) or ".." in rel.split("/"):
+                raise WcompressError(f"skeleton path {rel!r} escapes the model folder", self.path)
+            target = os.path.join(root, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.write(ds[()].tobytes())
+        os.makedirs(root, exist_ok=True)
+        kinds = {"tf1-checkpoint": CheckpointStore, "tf2-checkpoint": CheckpointStore, "savedmodel": SavedModelStore,
+                 "keras": KerasZipStore, "keras-h5": H5Store, "weights-h5": H5Store, "keras-weights-h5": H5Store}
+        if self.source_format not in kinds:
+            raise WcompressError(f"unknown source format {self.source_format!r}", self.path)
+        store = kinds[self.source_format].from_skeleton(root, self)
+        store.format = self.source_format
+        return store
+
+
+def is_container(path):
+    try:
+        with h5py.File(path, "r") as h5:
+            return h5.attrs.get("format") == MAGIC
+    except (OSError, ValueError):
+        return False
+
+
+def restore(container_path, dest, force=False):
+    """Write the container back in its original format."""
+    from .store import write_safely
+
+    container = ContainerStore(container_path)
+    work = tempfile.mkdtemp(prefix="wcompress-restore-")
+    try:
+        store = container.original(work)
+        if store.format.endswith("checkpoint") and (os.path.isdir(dest) or dest.endswith(os.sep)):
+            dest = os.path.join(dest, container.source_name or "model.ckpt")  # the original's name
+        return write_safely(store, dest, lambda info: store.load(info.name), force=force,
+                            extra_inputs=[container_path])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,94 @@
+"""`report`: sparsity, encodings, bytes stored, and how close each tensor is to its information bound."""
+
+import math
+import os
+import tempfile
+import zlib
+
+import numpy as np
+
+from .io import open_model
+from .io.container import ContainerStore, restore
+
+
+def binary_entropy(p):
+    if p <= 0 or p >= 1:
+        return 0.0
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def information_bound(n, nnz, value_bits):
+    """Bytes needed at least: the zero mask's entropy plus the non-zero values at `value_bits` each."""
+    return (n * binary_entropy(nnz / n if n else 0) + nnz * value_bits) / 8
+
+
+def gzip_bytes(paths):
+    """What `gzip -6` would make of these files, measured by compressing them (streamed)."""
+    total = 0
+    for path in paths:
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                total += len(packer.compress(block))
+        total += len(packer.flush())
+    return total
+
+
+def report(path, against=None, gzip=True):
+    store = open_model(path)
+    rows = []
+    if isinstance(store, ContainerStore):
+        for info in store.tensors:
+            e = store.entries[info.name]
+            rows.append(_row(info, e["nnz"], store.stored_bytes(info.name), e["encoding"],
+                             np.dtype(e["value_dtype"]).itemsize * 8, e["value_dtype"]))
+        if gzip:
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as work:
+                written = restore(path, os.path.join(work, "dense") + (os.sep if "checkpoint" in store.source_format
+                                                                      else ""))
+                gz = gzip_bytes(written.files)
+                dense_file = written.bytes
+        kind = store.source_format
+    else:
+        for info in store.tensors:
+            array = store.load(info.name)
+            nnz = int(np.count_nonzero(array)) if array.dtype != object else info.size
+            rows.append(_row(info, nnz, info.nbytes, "dense", np.dtype(info.dtype).itemsize * 8, str(info.dtype)))
+        gz = gzip_bytes(store.files()) if gzip else None
+        dense_file = store.bytes
+        kind = store.format
+    n = sum(r["elements"] for r in rows)
+    nnz = sum(r["nonzeros"] for r in rows)
+    bound = sum(r["bound_bytes"] for r in rows)
+    stored = sum(r["stored_bytes"] for r in rows)
+    dense_f32 = sum(r["elements"] * 4 for r in rows if r["dtype"].startswith("float"))
+    totals = {
+        "file_bytes": store.bytes,
+        "tensor_stored_bytes": stored,
+        "dense_bytes": sum(r["original_bytes"] for r in rows),
+        "dense_float32_bytes": dense_f32,
+        "bound_bytes": bound,
+        "sparsity": 1 - nnz / n if n else 0.0,
+        "file_over_bound": store.bytes / bound if bound else None,
+        "file_over_dense": store.bytes / sum(r["original_bytes"] for r in rows) if rows else None,
+        "dense_model_file_bytes": dense_file if gzip or not isinstance(store, ContainerStore) else None,
+        "gzip_dense_bytes": gz if gzip else None,
+    }
+    if against:
+        original = open_model(against)
+        totals["against"] = against
+        totals["against_bytes"] = original.bytes
+        totals["file_over_against"] = store.bytes / original.bytes
+    return {"path": path, "kind": "container" if isinstance(store, ContainerStore) else "model",
+            "format": kind, "tensors": rows, "totals": totals}
+
+
+def _row(info, nnz, stored, encoding, value_bits, value_dtype):
+    bound = information_bound(info.size, nnz, value_bits)
+    return {
+        "name": info.name, "layer": info.layer, "role": info.role, "dtype": str(np.dtype(info.dtype)),
+        "shape": list(info.shape), "elements": info.size, "nonzeros": nnz,
+        "sparsity": 1 - nnz / info.size if info.size else 0.0, "encoding": encoding, "value_dtype": value_dtype,
+        "original_bytes": info.nbytes, "stored_bytes": stored, "bound_bytes": bound,
+        "stored_over_bound": stored / bound if bound else None,
+    }
