@@ -137,7 +137,8 @@ def container_options(f):
 
 @cli.command()
 @click.argument("model", type=click.Path())
-@click.option("-o", "--output", type=click.Path(), help="Where to write the result (not needed with --dry-run).")
+@click.option("-o", "--output", type=click.Path(),
+              help="Where to write the result (default: beside the input, named NAME.sparse.EXT).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--method", help="flat, triangular or relative (or a plugin's thresholding method).")
 @click.option("--delta", type=float, help="flat: fraction of the smallest layer span; relative: fraction to zero.")
@@ -186,11 +187,24 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
             write_plan(plan_path, sparsifier.plan_document(), force=force)
         _print_sparsity(summary, outcomes, None, as_json)
         return
-    if not output:
-        raise WcompressError("-o/--output is required unless --dry-run")
+    output = output or default_output(store, "sparse", pack)
     writer = ContainerWriter(store, values=values_dtype, codec=codec) if pack else None
     result = run_passes(store, [sparsifier], output, force=force, show_progress=not as_json, writer=writer)
     _print_sparsity(result.summaries[sparsifier.name], result.tensors, result, as_json)
+
+
+def default_output(store, tag, container=False):
+    """`model.ckpt` -> `model.sparse.ckpt`, `m.keras` -> `m.sparse.keras`, folders -> `folder-sparse`."""
+    import os
+
+    path = getattr(store, "prefix", None) if store.format.endswith("checkpoint") else store.path
+    path = os.path.normpath(path) if path and os.path.basename(path) else os.path.normpath(store.path)
+    if container:
+        return os.path.splitext(path)[0] + f".{tag}.h5"
+    if os.path.isdir(path):
+        return f"{path}-{tag}"
+    root, ext = os.path.splitext(path)
+    return f"{root}.{tag}{ext}"
 
 
 def _print_sparsity(summary, outcomes, result, as_json):

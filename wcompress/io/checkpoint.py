@@ -235,7 +235,8 @@ class SavedModelStore(CheckpointStore):
 
         shutil.copytree(self.path, target, ignore=lambda d, names: ["variables"] if d == self.path else [])
         os.makedirs(os.path.join(target, "variables"))
-        for extra in os.listdir(os.path.join(self.path, "variables")):
+        source_vars = os.path.join(self.path, "variables")
+        for extra in os.listdir(source_vars) if os.path.isdir(source_vars) else []:
             if not extra.startswith("variables."):
                 shutil.copy2(os.path.join(self.path, "variables", extra), os.path.join(target, "variables", extra))
         CheckpointStore.write(self, os.path.join(target, "variables", "variables"), keep_track)

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 
 import h5py
 import numpy as np
@@ -20,6 +21,11 @@ CODECS = ("none", "gzip", "lzf", "zstd")
 # A crafted file may declare any shape: refuse tensors that would decode to more than this many
 # times the container's own size (real sparse models stay far below it).
 MAX_EXPANSION = 4096
+# Streams smaller than this share pooled byte datasets: an HDF5 dataset costs hundreds of bytes of
+# headers, which would dominate models with many small tensors.
+POOL_STREAM_BYTES = 64 * 1024
+POOL_FLUSH_BYTES = 4 * 2**20
+_INDEX_DTYPES = {"uint8", "uint16", "uint32", "uint64"}
 _VALUE_DTYPES = {"float32", "float16", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "uint16",
                  "uint32", "uint64", "bool"}
 
@@ -34,6 +40,19 @@ def _stream_options(codec, array):
             raise WcompressError("--codec zstd needs the hdf5plugin package (pip install hdf5plugin)") from exc
         return dict(hdf5plugin.Zstd(clevel=9), chunks=True)
     return {"compression": codec, "shuffle": True, "chunks": True}
+
+
+def _zipped(data):
+    """Metadata blobs (index, graphs, configs) are zlib-compressed by us and stored contiguous:
+    an HDF5 compression filter would add chunk-index overhead bigger than many small models."""
+    return np.frombuffer(zlib.compress(data, 9), dtype=np.uint8)
+
+
+def _unzipped(dataset):
+    try:
+        return zlib.decompress(dataset[()].tobytes())
+    except zlib.error as exc:
+        raise ValueError(f"damaged metadata blob {dataset.name}") from exc
 
 
 class ContainerWriter:
@@ -54,6 +73,7 @@ class ContainerWriter:
             h5.attrs.update(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
                             codec=self.codec, values=self.values)
             streams = h5.create_group("streams")
+            self._pool, self._pool_bytes, self._pools = [], 0, 0
             for info in self.store.tensors:
                 array = produce(info)
                 if array is None:
@@ -62,20 +82,22 @@ class ContainerWriter:
                 if array.dtype != info.dtype:
                     retyped[info.name] = array.dtype
                 entries.append(self._write_tensor(streams, len(entries), info, array))
+            self._flush_pool(streams)
             with tempfile.TemporaryDirectory() as work:
                 files, raw = self.store.skeleton(kept, retyped, work)
-            skeleton = h5.create_group("skeleton")
+            skeleton = h5.create_group("skeleton") if files else None
             for n, (rel, data) in enumerate(sorted(files.items())):
-                # Graphs and configs are text-like: always worth gzip, whatever the tensors' codec.
-                blob = np.frombuffer(data, dtype=np.uint8)
-                ds = skeleton.create_dataset(str(n), data=blob, **_stream_options("gzip", blob))
-                ds.attrs["path"] = rel
-            blobs = h5.create_group("raw")
+                skeleton.create_dataset(str(n), data=_zipped(data)).attrs["path"] = rel
+            blobs = h5.create_group("raw") if raw else None
             for key, data in raw.items():
-                blobs.create_dataset(str(len(blobs)), data=np.frombuffer(data, dtype=np.uint8)).attrs["key"] = key
-            index = json.dumps({"tensors": entries}).encode()
-            h5.create_dataset("index", data=np.frombuffer(index, dtype=np.uint8))
+                blobs.create_dataset(str(len(blobs)), data=_zipped(data)).attrs["key"] = key
+            h5.create_dataset("index", data=_zipped(json.dumps({"tensors": entries}, separators=(",", ":")).encode()))
         return [target]
+
+    def _flush_pool(self, group):
+        if self._pool:
+            group.create_dataset(f"pool{self._pools}", data=np.concatenate(self._pool))
+        self._pool, self._pool_bytes, self._pools = [], 0, self._pools + (1 if self._pool else 0)
 
     def _value_dtype(self, array):
         if self.values == "float16" and array.dtype in (np.float32, np.float64):
@@ -95,14 +117,23 @@ class ContainerWriter:
         streams = encodings.encode(array, encoding, value_dtype)
         names = {}
         for stream, data in streams.items():
-            name = f"{number}.{stream}"
-            group.create_dataset(name, data=data, **_stream_options(self.codec, data))
-            names[stream] = name
+            data = np.ascontiguousarray(data)
+            if data.nbytes < POOL_STREAM_BYTES and self.codec == "none":
+                names[stream] = {"pool": f"pool{self._pools}", "offset": self._pool_bytes, "count": int(data.size),
+                                 "dtype": str(data.dtype)}
+                self._pool.append(data.view(np.uint8).reshape(-1))
+                self._pool_bytes += data.nbytes
+                if self._pool_bytes >= POOL_FLUSH_BYTES:
+                    self._flush_pool(group)
+            else:
+                name = f"{number}.{stream}"
+                group.create_dataset(name, data=data, **_stream_options(self.codec, data))
+                names[stream] = {"dataset": name, "count": int(data.size), "dtype": str(data.dtype)}
         return {
             "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
             "role": info.role, "order": info.order, "encoding": encoding, "streams": names, "nnz": nnz,
             "entries": int(streams["values"].size), "value_dtype": str(np.dtype(value_dtype)),
-            "fp16_overflow": overflow, "candidates": candidates,
+            "fp16_overflow": overflow,
         }
 
 
@@ -122,7 +153,7 @@ class ContainerStore(ModelStore):
             if int(attrs.get("version", 0)) != VERSION:
                 raise WcompressError(f"container version {attrs.get('version')} is not supported (expected {VERSION})",
                                      path)
-            index = json.loads(bytes(self.h5["index"][()]).decode())
+            index = json.loads(_unzipped(self.h5["index"]).decode())
         except WcompressError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -160,9 +191,21 @@ class ContainerStore(ModelStore):
             if set(expected) != set(e["streams"]):
                 raise ValueError(f"streams {sorted(e['streams'])} do not match encoding {e['encoding']}")
             for stream, length in expected.items():
-                ds = self.h5["streams"][e["streams"][stream]]
-                if ds.ndim != 1 or ds.shape[0] != length:
-                    raise ValueError(f"stream {stream} holds {ds.shape} entries, expected {length}")
+                ref = e["streams"][stream]
+                dtype = str(ref["dtype"])
+                if dtype not in (_INDEX_DTYPES | _VALUE_DTYPES):
+                    raise ValueError(f"stream {stream} has dtype {dtype}")
+                if int(ref["count"]) != length:
+                    raise ValueError(f"stream {stream} holds {ref['count']} entries, expected {length}")
+                if "pool" in ref:
+                    ds = self.h5["streams"][str(ref["pool"])]
+                    end = int(ref["offset"]) + length * np.dtype(dtype).itemsize
+                    if ds.dtype != np.uint8 or int(ref["offset"]) < 0 or end > ds.shape[0]:
+                        raise ValueError(f"stream {stream} lies outside its pool")
+                else:
+                    ds = self.h5["streams"][str(ref["dataset"])]
+                    if ds.ndim != 1 or ds.shape[0] != length or str(ds.dtype) != dtype:
+                        raise ValueError(f"stream {stream} holds {ds.shape} {ds.dtype}, expected {length} {dtype}")
                 if ds.compression is None and ds.id.get_storage_size() < ds.size * ds.dtype.itemsize:
                     raise ValueError(f"stream {stream} is truncated")
         except (KeyError, ValueError, TypeError) as exc:
@@ -171,14 +214,28 @@ class ContainerStore(ModelStore):
     def load(self, name):
         e = self.entries[name]
         try:
-            streams = {s: self.h5["streams"][ds][()] for s, ds in e["streams"].items()}
+            streams = {s: self._read_stream(ref) for s, ref in e["streams"].items()}
         except (OSError, KeyError, ValueError) as exc:
             raise WcompressError(f"cannot read tensor {name!r} ({str(exc).splitlines()[0]})", self.path) from exc
         return encodings.decode(e["encoding"], streams, tuple(e["shape"]), e["dtype"], what=f"{self.path}: {name!r}")
 
+    def _read_stream(self, ref):
+        dtype = np.dtype(str(ref["dtype"]))
+        if "pool" in ref:
+            start = int(ref["offset"])
+            raw = self.h5["streams"][str(ref["pool"])][start:start + int(ref["count"]) * dtype.itemsize]
+            return raw.view(dtype)
+        return self.h5["streams"][str(ref["dataset"])][()]
+
     def stored_bytes(self, name):
-        """Bytes the tensor's streams occupy in the file (after any codec)."""
-        return sum(int(self.h5["streams"][ds].id.get_storage_size()) for ds in self.entries[name]["streams"].values())
+        """Bytes the tensor's streams occupy in the file (after any codec; pooled streams: their slice)."""
+        total = 0
+        for ref in self.entries[name]["streams"].values():
+            if "pool" in ref:
+                total += int(ref["count"]) * np.dtype(str(ref["dtype"])).itemsize
+            else:
+                total += int(self.h5["streams"][str(ref["dataset"])].id.get_storage_size())
+        return total
 
     def files(self):
         return [self.path]
@@ -199,7 +256,7 @@ class ContainerStore(ModelStore):
     def get(self, key):
         if key in self.raw:
             value = np.empty((), dtype=object)
-            value[()] = bytes(self.raw[key][()])
+            value[()] = _unzipped(self.raw[key])
             return value
         return self.load(key)
 
@@ -216,7 +273,7 @@ class ContainerStore(ModelStore):
             target = os.path.join(root, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "wb") as fh:
-                fh.write(ds[()].tobytes())
+                fh.write(_unzipped(ds))
         os.makedirs(root, exist_ok=True)
         kinds = {"tf1-checkpoint": CheckpointStore, "tf2-checkpoint": CheckpointStore, "savedmodel": SavedModelStore,
                  "keras": KerasZipStore, "keras-h5": H5Store, "weights-h5": H5Store, "keras-weights-h5": H5Store}

@@ -84,8 +84,10 @@ def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()
     if clobbered and not force:
         raise WcompressError("output exists; pass --force to overwrite it", dest)
     parent = os.path.dirname(os.path.abspath(dest))
+    new_parent = not os.path.exists(parent)
     os.makedirs(parent, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".wcompress-", dir=parent)
+    done = False
     try:
         target = os.path.join(stage, os.path.basename(dest) or "model")
         produced = writer(target, produce)
@@ -99,8 +101,11 @@ def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()
                 continue  # leave an existing checkpoint state file as it is
             os.replace(path, out)
             final.append(out)
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if not done and new_parent and not os.listdir(parent):
+            os.rmdir(parent)  # leave no trace of a failed write
     files = []
     for f in final:
         if os.path.isdir(f):

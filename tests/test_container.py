@@ -1,0 +1,198 @@
+"""pack / restore / report: bit-exact round trips, stock loading, measured sizes, validated reads."""
+
+import json
+import os
+import zlib
+
+import h5py
+import numpy as np
+import pytest
+from helpers import (
+    MUSICNN_OUT,
+    assert_same_tensors,
+    musicnn_feed,
+    run_cli,
+    run_error,
+    run_json,
+    savedmodel_predict,
+    stock_tensors,
+    tf1_predict,
+)
+
+from wcompress.io.bundle import write_bundle
+
+
+def _dest(src_kind, tmp_path, name):
+    return str(tmp_path / name) + ("/" if src_kind.endswith("checkpoint") else "")
+
+
+@pytest.fixture(scope="module")
+def sparsified(real, tiny, tmp_path_factory):
+    """Each fixture sparsified (relative 0.5, dense zeros), packed, and restored."""
+    root = tmp_path_factory.mktemp("packed")
+    out = {}
+    for key in ("musicnn", "fer", "basic-pitch", "mhcnuggets", "keras", "weights_h5", "tf2", "tf1"):
+        src = real[key] if key in real else tiny[key]
+        kind = run_json("profile", src)["format"]
+        suffix = "" if kind.endswith("checkpoint") or kind == "savedmodel" else os.path.basename(src)
+        sparse = run_json("sparsify", src, "--method", "relative", "--delta", "0.5", "-o",
+                          _dest(kind, root, f"{key}-sparse{suffix}"))["output"]
+        container = str(root / f"{key}.h5")
+        run_cli("pack", sparse, "-o", container)
+        restored = run_json("restore", container, "-o", _dest(kind, root, f"{key}-restored{suffix}"))["output"]
+        out[key] = (sparse, container, restored, kind)
+    return out
+
+
+@pytest.mark.parametrize("key", ["musicnn", "fer", "basic-pitch", "mhcnuggets", "keras", "weights_h5", "tf2", "tf1"])
+def test_pack_restore_is_bit_exact(sparsified, key):
+    sparse, container, restored, kind = sparsified[key]
+    assert_same_tensors(stock_tensors(sparse), stock_tensors(restored))
+    assert run_json("profile", restored)["format"] == kind
+    # Half the weights are zero: the container beats the dense file, small models included.
+    assert os.path.getsize(container) < run_json("profile", sparse)["file_bytes"]
+
+
+def test_restored_musicnn_predicts_like_sparsified(sparsified):
+    sparse, _, restored, _ = sparsified["musicnn"]
+    feed = musicnn_feed()
+    assert np.array_equal(tf1_predict(sparse + ".meta", sparse, feed, MUSICNN_OUT),
+                          tf1_predict(restored + ".meta", restored, feed, MUSICNN_OUT))
+
+
+def test_restored_keras_models_predict_like_sparsified(sparsified, tiny):
+    import keras
+
+    x = np.random.RandomState(1).uniform(-1, 1, (3, 64, 64, 1)).astype("float32")
+    for key, data in (("fer", x), ("keras", tiny["x"])):
+        sparse, _, restored, _ = sparsified[key]
+        a = keras.models.load_model(sparse, compile=False).predict(data, verbose=0)
+        b = keras.models.load_model(restored, compile=False).predict(data, verbose=0)
+        assert np.array_equal(a, b)
+
+
+def test_restored_savedmodel_and_tf2_work_in_stock_tf(sparsified, tiny):
+    import tensorflow as tf
+    from conftest import build_tiny_keras
+
+    sparse, _, restored, _ = sparsified["basic-pitch"]
+    x = np.random.RandomState(0).rand(1, 43844, 1).astype("float32")
+    a, b = savedmodel_predict(sparse, x), savedmodel_predict(restored, x)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    sparse, _, restored, _ = sparsified["tf2"]
+    m1, m2 = build_tiny_keras(), build_tiny_keras()
+    tf.train.Checkpoint(model=m1).read(sparse).assert_existing_objects_matched()
+    tf.train.Checkpoint(model=m2).read(restored).assert_existing_objects_matched()
+    assert np.array_equal(m1.predict(tiny["x"], verbose=0), m2.predict(tiny["x"], verbose=0))
+
+
+def test_sparsify_pack_directly(real, tmp_path):
+    out = tmp_path / "fer.h5"
+    run_cli("sparsify", real["fer"], "--method", "relative", "--delta", "0.5", "--pack", "-o", out)
+    restored = run_json("restore", out, "-o", tmp_path / "fer-restored.hdf5")["output"]
+    dense = run_json("sparsify", real["fer"], "--method", "relative", "--delta", "0.5", "-o", tmp_path / "d.hdf5")
+    assert_same_tensors(stock_tensors(dense["output"]), stock_tensors(restored))
+
+
+@pytest.fixture(scope="module")
+def tensor_set(tmp_path_factory):
+    """Checkpoints of four 512x1024 float32 matrices at 50%, 75% and 90% sparsity (random positions)."""
+    root = tmp_path_factory.mktemp("sets")
+    rng = np.random.default_rng(7)
+    out = {}
+    for sparsity in (0.5, 0.75, 0.9):
+        prefix = str(root / f"s{int(sparsity * 100)}" / "model.ckpt")
+        os.makedirs(os.path.dirname(prefix))
+
+        def items(s=sparsity):
+            for i in range(4):
+                w = rng.standard_normal((512, 1024), dtype=np.float32)
+                w[rng.random((512, 1024)) < s] = 0
+                yield f"layer{i}/kernel", w
+
+        write_bundle(prefix, items())
+        out[sparsity] = prefix
+    return out
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75, 0.9])
+def test_container_size_against_information_bound(tensor_set, tmp_path, sparsity):
+    container = tmp_path / "c.h5"
+    run_cli("pack", tensor_set[sparsity], "-o", container, "--values", "float16")
+    report = run_json("report", container)
+    totals = report["totals"]
+    assert totals["file_bytes"] == os.path.getsize(container)
+    assert totals["file_over_bound"] <= 1.25
+    dense = 4 * 512 * 1024 * 4
+    assert totals["dense_float32_bytes"] == dense
+    if sparsity == 0.75:
+        assert os.path.getsize(container) <= 0.16 * dense
+    assert totals["gzip_dense_bytes"] > os.path.getsize(container)  # beats gzip of the dense file
+    assert {r["encoding"] for r in report["tensors"]} == {"delta8" if sparsity == 0.9 else "bitmask"}
+
+
+def test_codecs_round_trip(tensor_set, tmp_path):
+    for codec in ("gzip", "lzf"):
+        container = tmp_path / f"{codec}.h5"
+        run_cli("pack", tensor_set[0.9], "-o", container, "--codec", codec)
+        restored = run_json("restore", container, "-o", str(tmp_path / codec) + "/")["output"]
+        assert_same_tensors(stock_tensors(tensor_set[0.9]), stock_tensors(restored))
+
+
+def test_report_on_plain_model_and_against(real, tmp_path):
+    container = tmp_path / "m.h5"
+    run_cli("sparsify", real["musicnn"], "--method", "relative", "--delta", "0.75", "--pack", "--values",
+            "float16", "-o", container)
+    report = run_json("report", container, "--against", real["musicnn"])
+    assert report["totals"]["against_bytes"] == sum(
+        os.path.getsize(os.path.join(real["musicnn"], f)) for f in (".index", ".data-00000-of-00001", ".meta",
+                                                                   "checkpoint"))
+    text = run_cli("report", container).stdout
+    assert "file/bound" in text and "gzip -6" in text
+    plain = run_json("report", real["fer"])
+    assert plain["kind"] == "model" and plain["totals"]["sparsity"] < 0.01
+
+
+def _coo_container(tmp_path):
+    prefix = str(tmp_path / "ck" / "model.ckpt")
+    os.makedirs(os.path.dirname(prefix))
+    w = np.zeros((1000, 1000), dtype=np.float32)
+    w[[3, 500, 999], [7, 8, 999]] = [1.5, -2.0, 3.0]
+    write_bundle(prefix, [("big/kernel", w), ("big/bias", np.ones(1000, dtype=np.float32))])
+    container = tmp_path / "c.h5"
+    run_cli("pack", prefix, "-o", container)
+    return container
+
+
+def test_crafted_index_out_of_range(tmp_path):
+    container = _coo_container(tmp_path)
+    with h5py.File(container, "r+") as h5:
+        index = json.loads(zlib.decompress(h5["index"][()].tobytes()))
+        (kernel,) = [t for t in index["tensors"] if t["name"] == "big/kernel"]
+        assert kernel["encoding"] == "coo"
+        ref = kernel["streams"]["index"]
+        assert ref["dtype"] == "uint32"
+        pool = h5["streams"][ref["pool"]]
+        pool[ref["offset"]:ref["offset"] + 4] = np.array([10**9], dtype=np.uint32).view(np.uint8)
+    line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
+    assert "out of range" in line and str(container) in line
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_crafted_huge_shape_refused_before_allocating(tmp_path):
+    container = _coo_container(tmp_path)
+    with h5py.File(container, "r+") as h5:
+        index = json.loads(zlib.decompress(h5["index"][()].tobytes()))
+        index["tensors"][-1]["shape"] = [10**9, 10**9]
+        del h5["index"]
+        h5.create_dataset("index", data=np.frombuffer(zlib.compress(json.dumps(index).encode()), dtype=np.uint8))
+    line = run_error("report", container)
+    assert "implausibly large" in line
+
+
+def test_truncated_container(tmp_path):
+    container = _coo_container(tmp_path)
+    data = container.read_bytes()
+    container.write_bytes(data[: len(data) * 2 // 3])
+    line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
+    assert str(container) in line
