@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_profile.py
+	$(PY) bench/bench_sparsify.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

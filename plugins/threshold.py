@@ -17,6 +17,7 @@ from wcompress.io.tensors import EMBEDDING, KERNEL, RECURRENT
 from wcompress.passes import Pass
 
 ELIGIBLE_ROLES = (KERNEL, RECURRENT, EMBEDDING)
+_CHUNK = 1 << 20
 
 
 def _check_fraction(name, value):
@@ -34,7 +35,8 @@ def quantile_threshold(array, fraction):
     if k <= 0:
         return -1.0  # nothing to zero: below every |w|
     magnitudes = np.abs(array.reshape(-1))
-    return float(np.partition(magnitudes, k - 1)[k - 1])
+    magnitudes.partition(k - 1)  # in place: np.partition would make another full copy
+    return float(magnitudes[k - 1])
 
 
 def span(array):
@@ -161,8 +163,12 @@ class ThresholdPass(Pass):
             return array
         tau = self.threshold_for(info, array)
         out = array if array.flags.writeable else array.copy()  # the runner hands us a fresh copy
-        out[np.abs(out) <= tau] = 0
-        self.counts[info.name] = (int(np.count_nonzero(out == 0)), int(out.size))
+        flat, zeros = out.reshape(-1), 0
+        for start in range(0, flat.size, _CHUNK):  # chunked: temporaries stay small
+            chunk = flat[start:start + _CHUNK]
+            chunk[np.abs(chunk) <= tau] = 0
+            zeros += int(np.count_nonzero(chunk == 0))
+        self.counts[info.name] = (zeros, int(out.size))
         return out
 
     def summary(self):

@@ -42,6 +42,17 @@ def _stream_options(codec, array):
     return {"compression": codec, "shuffle": True, "chunks": True}
 
 
+def _max_finite_abs(array, chunk=1 << 20):
+    """Largest finite |w|, in chunks so no full-size temporary is made."""
+    flat, top = array.reshape(-1), 0.0
+    for start in range(0, flat.size, chunk):
+        part = np.abs(flat[start:start + chunk])
+        part = part[np.isfinite(part)]
+        if part.size:
+            top = max(top, float(part.max()))
+    return top
+
+
 def _zipped(data):
     """Metadata blobs (index, graphs, configs) are zlib-compressed by us and stored contiguous:
     an HDF5 compression filter would add chunk-index overhead bigger than many small models."""
@@ -101,8 +112,7 @@ class ContainerWriter:
 
     def _value_dtype(self, array):
         if self.values == "float16" and array.dtype in (np.float32, np.float64):
-            finite = array[np.isfinite(array)]
-            if finite.size and np.abs(finite).max() > np.finfo(np.float16).max:
+            if _max_finite_abs(array) > np.finfo(np.float16).max:
                 return array.dtype, True  # would overflow: keep full precision for this tensor
             return np.dtype(np.float16), False
         return array.dtype, False
