@@ -281,6 +281,44 @@ def report_command(path, against, no_gzip, as_json):
     report_table(result)
 
 
+@cli.command()
+@click.argument("model", type=click.Path())
+@output_options
+@click.option("--cover", type=float, help="Cast the fewest largest tensors holding this share of the bytes "
+              "(default 0.98).")
+@click.option("--min-bytes", type=int, help="Cast every float32 tensor of at least this many bytes.")
+@click.option("--tensors", multiple=True, help="Cast tensors or layers matching this glob (repeatable).")
+@click.option("--on-overflow", type=click.Choice(["keep", "clip"]), default="keep", show_default=True,
+              help="Values beyond float16's range: keep that tensor float32, or clip to ±65504.")
+@model_options
+@json_option
+def fp16(model, output, force, cover, min_bytes, tensors, on_overflow, order_file, unsafe, as_json):
+    """Cast the largest float32 tensors to float16; the output loads in stock TensorFlow/Keras.
+
+    Keras files get a float16 dtype policy on the cast layers; TF1 .meta graphs get float16 variables
+    cast back to float32 where they are read. Training state is dropped.
+    """
+    from .io import open_model
+    from .plugins import get_pass
+    from .runner import run_passes
+
+    store = open_model(model, order_file=order_file)
+    caster = get_pass("fp16").new(cover=cover, min_bytes=min_bytes, tensors=tensors, on_overflow=on_overflow)
+    result = run_passes(store, [caster], output, force=force, show_progress=not as_json)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    from .render import size_change
+
+    summary = result.summaries["fp16"]
+    click.echo(f"cast {len(summary['cast_tensors'])} tensors to float16 "
+               f"({summary['cast_bytes_before']:,} B → {summary['cast_bytes_after']:,} B)")
+    for name, count in summary["overflow"].items():
+        click.echo(f"  {name}: {count} values beyond float16's range "
+                   f"({'kept float32' if on_overflow == 'keep' else 'clipped'})")
+    size_change(f"{store.format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
+
+
 @cli.command("plugins")
 @json_option
 def plugins_command(as_json):

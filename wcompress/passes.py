@@ -11,6 +11,8 @@ class TensorSource:
     def __init__(self, store):
         self._store = store
         self.tensors = list(store.tensors)
+        # True where the model gives each layer one dtype (Keras): casts must cover whole layers.
+        self.casts_whole_layers = bool(getattr(store, "casts_whole_layers", False))
 
     def load(self, name):
         return self._store.load(name)

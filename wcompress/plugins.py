@@ -16,6 +16,7 @@ ENTRY_POINT_GROUP = "wcompress.passes"
 BUILTIN_PLUGINS = {
     "strip": "wcompress_plugins.strip",
     "threshold": "wcompress_plugins.threshold",
+    "fp16": "wcompress_plugins.fp16",
 }
 
 pm = pluggy.PluginManager("wcompress")

@@ -145,15 +145,36 @@ class H5Store(ModelStore):
     def files(self):
         return [self.path]
 
+    @property
+    def casts_whole_layers(self):
+        """A Keras model file gives each layer one dtype policy: a cast must cover the whole layer."""
+        return self.config is not None or "model_config" in self.h5.attrs
+
     def write(self, target, produce):
-        self._write_h5(target, produce)
+        retyped = self._write_h5(target, produce)
+        if retyped and "model_config" in self.h5.attrs:
+            with h5py.File(target, "r+") as out:
+                config = json.loads(_text(out.attrs["model_config"]))
+                set_layer_dtypes(config, retyped)
+                out.attrs["model_config"] = json.dumps(config)
         return [target]
 
     def _write_h5(self, target, produce):
+        """Copy the HDF5 structure with each tensor from produce(); return {layer: new dtype} for casts."""
         by_name = {t.name: t for t in self.tensors}
-        with h5py.File(target, "w") as out:
+        retyped = {}
+
+        def tracking(info):
+            value = produce(info)
+            if value is not None and not isinstance(value, Placeholder) and value.dtype != info.dtype:
+                retyped[info.layer] = value.dtype
+            return value
+
+        # libver="latest": compact object headers, a third less overhead on files of many small layers.
+        with h5py.File(target, "w", libver="latest") as out:
             _copy_attrs(self.h5, out)
-            self._copy_group(self.h5, out, by_name, produce)
+            self._copy_group(self.h5, out, by_name, tracking)
+        return retyped
 
     def _copy_group(self, src, dst, by_name, produce):
         for key, item in src.items():
@@ -224,11 +245,15 @@ class KerasZipStore(H5Store):
 
     def write(self, target, produce):
         weights = target + ".weights-tmp.h5"
-        self._write_h5(weights, produce)
+        retyped = self._write_h5(weights, produce)
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as out:
             for item in self.archive.infolist():
                 if item.filename == self.WEIGHTS:
                     out.write(weights, self.WEIGHTS)
+                elif item.filename == "config.json" and retyped:
+                    config = json.loads(self.archive.read(item.filename))
+                    set_layer_dtypes(config, retyped)
+                    out.writestr(item, json.dumps(config))
                 else:
                     out.writestr(item, self.archive.read(item.filename))
         os.remove(weights)
@@ -248,6 +273,21 @@ class KerasZipStore(H5Store):
 
     def __del__(self):
         shutil.rmtree(getattr(self, "_tmp", ""), ignore_errors=True)
+
+
+def set_layer_dtypes(config, layer_dtypes):
+    """Give the named layers a dtype policy (e.g. float16), in a Keras 2 or Keras 3 model config."""
+    for layer in _config_layers(config):
+        cfg = layer.get("config", {})
+        dtype = layer_dtypes.get(cfg.get("name"))
+        if dtype is None:
+            continue
+        name = np.dtype(dtype).name
+        if isinstance(cfg.get("dtype"), dict):
+            cfg["dtype"] = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": name},
+                            "registered_name": None}
+        else:
+            cfg["dtype"] = name
 
 
 def _config_layers(config):

@@ -26,10 +26,11 @@ def variable_names(path):
 
 
 def rewrite(meta_in, meta_out, kept, retyped):
-    """Write a .meta whose Saver saves and restores exactly the `kept` variables."""
-    if retyped:
-        raise NotImplementedError("changing variable dtypes in a .meta is done by the fp16 pass")
+    """Write a .meta whose Saver saves and restores exactly the `kept` variables, with the variables
+    in `retyped` (name -> numpy dtype) stored in that dtype and cast back where the graph reads them."""
     meta = load_meta_graph_def(meta_in)
+    if retyped:
+        _retype_variables(meta, retyped, meta_in)
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.train.import_meta_graph(meta, clear_devices=False)
@@ -127,3 +128,72 @@ def _prune_restore_function(func, dropped):
     outputs = [c for c in func.signature.control_output if c in func.control_ret]
     del func.signature.control_output[:]
     func.signature.control_output.extend(outputs)
+
+
+def _retype_variables(meta, retyped, path):
+    """Graph surgery for casting variables (seed 000's float16 weights, without touching model code).
+
+    Each retyped VariableV2 gets the new dtype; its snapshot read `V/read` becomes a Cast back to the
+    dtype the graph computes in, so every consumer still sees the same dtype; its initializer casts
+    the initial value. Ops that update the variable in place (optimizer steps, the old Saver's
+    restores) cannot take the new dtype and are removed with everything that depends on their data.
+    """
+    from ..errors import WcompressError
+
+    graph = meta.graph_def
+    nodes = {n.name: n for n in graph.node}
+    new_type = {}
+    for name, dtype in retyped.items():
+        var = nodes.get(name)
+        if var is None:
+            continue
+        if var.op not in ("VariableV2", "Variable"):
+            raise WcompressError(f"cannot cast {name!r}: the graph holds it as a {var.op}, "
+                                 "only VariableV2 graphs are rewritten", path)
+        new_type[name] = (var.attr["dtype"].type, tf.as_dtype(dtype).as_datatype_enum)
+        var.attr["dtype"].type = new_type[name][1]
+    removed = set()
+    for node in list(graph.node):
+        refs = [i.split(":")[0] for i in node.input if not i.startswith("^") and i.split(":")[0] in new_type]
+        if not refs:
+            continue
+        old, new = new_type[refs[0]]
+        if node.op == "Identity" and len(node.input) == 1:
+            node.op = "Cast"  # V/read: same name, same output dtype, now converting
+            del node.attr["T"]
+            node.attr["SrcT"].type = new
+            node.attr["DstT"].type = old
+            node.attr["Truncate"].b = False
+        elif node.op == "Assign" and node.name == refs[0] + "/Assign":
+            cast = graph.node.add()
+            cast.name = node.name + "/wcompress_cast"
+            cast.op = "Cast"
+            cast.input.append(node.input[1])
+            cast.attr["SrcT"].type = old
+            cast.attr["DstT"].type = new
+            cast.attr["Truncate"].b = False
+            node.input[1] = cast.name
+            node.attr["T"].type = new
+        else:
+            removed.add(node.name)
+    grew = True
+    while grew:
+        grew = False
+        for node in graph.node:
+            if node.name not in removed and any(
+                    not i.startswith("^") and i.split(":")[0] in removed for i in node.input):
+                removed.add(node.name)
+                grew = True
+    kept_nodes = [n for n in graph.node if n.name not in removed]
+    for node in kept_nodes:
+        inputs = [i for i in node.input if not (i.startswith("^") and i[1:] in removed)]
+        del node.input[:]
+        node.input.extend(inputs)
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    for key in list(meta.collection_def):
+        col = meta.collection_def[key]
+        if col.HasField("node_list"):
+            values = [v for v in col.node_list.value if v.split(":")[0] not in removed]
+            del col.node_list.value[:]
+            col.node_list.value.extend(values)
