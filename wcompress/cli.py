@@ -319,6 +319,79 @@ def fp16(model, output, force, cover, min_bytes, tensors, on_overflow, order_fil
     size_change(f"{store.format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
 
 
+@cli.command()
+@click.argument("checkpoints", nargs=-1, type=click.Path())
+@output_options
+@click.option("--dir", "folder", type=click.Path(), help="Average the checkpoints of a training folder …")
+@click.option("--steps", help="… whose step (the -NNNN suffix) is in FROM:TO, inclusive; either end may be empty.")
+@click.option("--keep-optimizer", is_flag=True, help="Keep optimizer state (from the last checkpoint).")
+@json_option
+def average(checkpoints, output, force, folder, steps, keep_optimizer, as_json):
+    """Average checkpoints tensor by tensor (float64 sums, original dtype); TF1, TF2, Keras weights.
+
+    Example: wcompress average --dir train/ --steps 100000:150000 -o avg/model.ckpt
+    """
+    from .average import average as run_average
+    from .average import find_checkpoints
+
+    paths = list(checkpoints)
+    if folder:
+        paths += find_checkpoints(folder, steps)
+    elif steps:
+        raise WcompressError("--steps needs --dir")
+    result = run_average(paths, output, keep_optimizer=keep_optimizer, force=force)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"averaged {result['averaged_tensors']} tensors over {len(paths)} checkpoints:")
+    for path in paths:
+        click.echo(f"  {path}")
+    click.echo(f"wrote {result['output']}: {result['output_bytes']:,} B")
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--out", "destination", required=True, type=click.Path(),
+              help="Where to write the merged model (--output names a tensor here).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--weights", help="Comma-separated output weights, one per model (default: equal).")
+@click.option("--no-normalize", is_flag=True, help="Allow weights that do not sum to 1.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="float16 applies the fp16 pass to the merged model.")
+@click.option("--budget", help="Fail, writing nothing, if the merged files would exceed this size (e.g. 1GB).")
+@click.option("--input", "input_name", help="TF graphs: the input placeholder every member shares.")
+@click.option("--output", "output_name", help="TF graphs: the output tensor of each member.")
+@click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE fixes a placeholder "
+              "(e.g. an is_training flag) to a constant.")
+@model_options
+@json_option
+def merge(models, destination, force, weights, no_normalize, dtype, budget, input_name, output_name, feeds,
+          order_file, unsafe, as_json):
+    """Merge models into one with a weighted-sum output: Keras -> one .keras, TF1 graphs -> one graph.
+
+    Example: wcompress merge a.keras b.keras --weights 0.6,0.4 -o ensemble.keras
+    """
+    from .merge import merge as run_merge
+
+    parsed = None
+    if weights:
+        try:
+            parsed = [float(w) for w in weights.split(",")]
+        except ValueError as exc:
+            raise WcompressError(f"--weights takes numbers separated by commas, got {weights!r}") from exc
+    result = run_merge(list(models), destination, weights=parsed, dtype=dtype, budget=budget,
+                       normalize=not no_normalize, input_name=input_name, output_name=output_name, feeds=feeds,
+                       unsafe=unsafe, force=force)
+    if as_json:
+        emit_json(result)
+        return
+    for m in result["members"]:
+        click.echo(f"member {m['path']} ({m['format']}): {m['bytes']:,} B, weight {m['weight']:g}")
+    budget_note = f" (budget {result['budget']:,} B)" if result["budget"] else ""
+    click.echo(f"merged {result['dtype']} → {result['output']}: {result['output_bytes']:,} B{budget_note}; "
+               f"feed {result['input_tensor']}, read {result['output_tensor']}")
+
+
 @cli.command("plugins")
 @json_option
 def plugins_command(as_json):

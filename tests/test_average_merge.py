@@ -1,0 +1,177 @@
+"""average (seed 000's checkpoint averaging) and merge (its ensemble in one graph)."""
+
+import os
+
+import numpy as np
+import pytest
+from helpers import MUSICNN_IN, MUSICNN_OUT, musicnn_feed, run_cli, run_error, run_json, stock_tensors, tf1_predict
+
+
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory):
+    """Checkpoints written during a real (tiny) training run, in TF1, TF2 and Keras-weights form."""
+    import keras
+    import tensorflow as tf
+    from conftest import build_tiny_keras
+
+    root = tmp_path_factory.mktemp("run")
+    rng = np.random.RandomState(4)
+    x, y = rng.rand(64, 12).astype("float32"), rng.rand(64, 3).astype("float32")
+    keras.utils.set_random_seed(2)
+    model = build_tiny_keras()
+    model.compile(optimizer="adam", loss="mse")
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    tf2 = []
+    os.makedirs(root / "keras")
+    for epoch in range(3):
+        model.fit(x, y, epochs=1, verbose=0)
+        tf2.append(ckpt.save(str(root / "tf2" / "ckpt")))
+        model.save_weights(str(root / "keras" / f"w-{(epoch + 1) * 10}.weights.h5"))
+
+    graph = tf.Graph()
+    with graph.as_default():
+        inp = tf.compat.v1.placeholder(tf.float32, (None, 5), name="input")
+        w = tf.compat.v1.get_variable("fc/kernel", (5, 2))
+        out = tf.identity(tf.matmul(inp, w), name="output")
+        step = tf.compat.v1.train.get_or_create_global_step()
+        train = tf.compat.v1.train.AdamOptimizer(0.1).minimize(tf.reduce_sum(out ** 2), global_step=step)
+        saver = tf.compat.v1.train.Saver(max_to_keep=10)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for k in range(1, 5):
+                sess.run(train, {inp: rng.rand(4, 5)})
+                saver.save(sess, str(root / "tf1" / "model.ckpt"), global_step=k * 100)
+    return {"tf2": tf2, "tf1": str(root / "tf1"), "keras": str(root / "keras")}
+
+
+def _mean(paths, name):
+    return np.mean(np.stack([stock_tensors(p)[name].astype(np.float64) for p in paths]), axis=0)
+
+
+def test_average_tf2_equals_numpy_mean(training_run, tmp_path):
+    paths = training_run["tf2"]
+    out = tmp_path / "avg" / "ckpt"
+    result = run_json("average", *paths, "-o", out)
+    averaged = stock_tensors(out)
+    assert result["averaged_tensors"] == 10
+    for name, value in averaged.items():
+        if name.startswith("optimizer/_trainable_variables/") or name.startswith("model/"):
+            assert value.dtype == np.float32
+            np.testing.assert_array_equal(value, _mean(paths, name).astype(np.float32))
+    assert not any(k.startswith("optimizer/_variables/") for k in averaged)
+    assert averaged["save_counter/.ATTRIBUTES/VARIABLE_VALUE"] == 3  # step counter from the last
+
+
+def test_average_tf1_dir_and_steps(training_run, tmp_path):
+    out = tmp_path / "avg" / "model.ckpt"
+    result = run_json("average", "--dir", training_run["tf1"], "--steps", "200:300", "-o", out)
+    assert [os.path.basename(p) for p in result["inputs"]] == ["model.ckpt-200", "model.ckpt-300"]
+    picked = [os.path.join(training_run["tf1"], f"model.ckpt-{s}") for s in (200, 300)]
+    averaged = stock_tensors(out)
+    np.testing.assert_array_equal(averaged["fc/kernel"], _mean(picked, "fc/kernel").astype(np.float32))
+    assert averaged["global_step"] == 3  # from the last checkpoint (saved after the third step)
+    assert sorted(averaged) == ["fc/kernel", "global_step"]
+    x = np.ones((1, 5), np.float32)
+    got = tf1_predict(str(out) + ".meta", str(out), {"input:0": x}, "output:0")
+    np.testing.assert_allclose(got, x @ averaged["fc/kernel"], rtol=1e-6)
+
+
+def test_average_keras_weights_with_open_range(training_run, tmp_path):
+    out = tmp_path / "avg.weights.h5"
+    result = run_json("average", "--dir", training_run["keras"], "--steps", "20:", "-o", out)
+    assert [os.path.basename(p) for p in result["inputs"]] == ["w-20.weights.h5", "w-30.weights.h5"]
+    np.testing.assert_array_equal(stock_tensors(out)["layers/dense/vars/0"],
+                                  _mean(result["inputs"], "layers/dense/vars/0").astype(np.float32))
+
+
+def test_average_errors(training_run, tiny, tmp_path):
+    line = run_error("average", training_run["tf2"][0], tiny["tf1"], "-o", tmp_path / "x")
+    assert "do not match" in line
+    assert "steps found: 100, 200, 300, 400" in run_error("average", "--dir", training_run["tf1"],
+                                                          "--steps", "500:600", "-o", tmp_path / "y")
+    assert "FROM:TO" in run_error("average", "--dir", training_run["tf1"], "--steps", "500", "-o", tmp_path / "z")
+
+
+def test_merge_musicnn_graphs(real, tmp_path):
+    """The two real MTT graphs (same 187x96 input, same 50 tags), weighted 0.6 / 0.4, in one graph."""
+    feed = musicnn_feed(3)
+    a = tf1_predict(os.path.join(real["musicnn"], ".meta"), real["musicnn"] + "/", feed, MUSICNN_OUT)
+    b = tf1_predict(os.path.join(real["musicnn-vgg"], ".meta"), real["musicnn-vgg"] + "/", feed, MUSICNN_OUT)
+    args = [real["musicnn"], real["musicnn-vgg"], "--weights", "0.6,0.4", "--input", MUSICNN_IN,
+            "--output", MUSICNN_OUT, "--feed", "model/Placeholder_2:0=false"]
+    for dtype, tolerance in (("float32", 1e-5), ("float16", 1e-2)):
+        result = run_json("merge", *args, "--dtype", dtype, "-o", str(tmp_path / dtype) + "/")
+        prefix = result["output"]
+        got = tf1_predict(prefix + ".meta", prefix, {"input:0": feed[MUSICNN_IN]}, "output:0")
+        assert np.abs(got - (0.6 * a + 0.4 * b)).max() < tolerance
+        assert result["output_bytes"] == sum(os.path.getsize(f) for f in result["output_files"])
+        assert [m["bytes"] for m in result["members"]] == [
+            run_json("profile", p)["file_bytes"] for p in (real["musicnn"], real["musicnn-vgg"])]
+    keys = stock_tensors(prefix)
+    assert any(k.startswith("model0/") for k in keys) and any(k.startswith("model1/") for k in keys)
+
+
+def test_merge_lists_candidates_and_checks_budget(real, tmp_path):
+    line = run_error("merge", real["musicnn"], real["musicnn-vgg"], "-o", tmp_path / "m")
+    assert "candidates: model/Placeholder:0" in line
+    line = run_error("merge", real["musicnn"], real["musicnn-vgg"], "--input", MUSICNN_IN, "--output", MUSICNN_OUT,
+                     "--feed", "model/Placeholder_2:0=false", "--budget", "1MB", "-o", str(tmp_path / "b") + "/")
+    assert "over the budget of 1,000,000 B" in line
+    assert not os.path.exists(tmp_path / "b")
+
+
+@pytest.fixture(scope="module")
+def two_keras(tiny, tmp_path_factory):
+    import keras
+    from conftest import build_tiny_keras
+
+    keras.utils.set_random_seed(9)
+    other = build_tiny_keras()
+    path = str(tmp_path_factory.mktemp("k") / "other.keras")
+    other.save(path)
+    return tiny["keras"], path
+
+
+def test_merge_keras_models(two_keras, tiny, tmp_path):
+    import keras
+
+    a_path, b_path = two_keras
+    out = tmp_path / "ensemble.keras"
+    run_cli("merge", a_path, b_path, "--weights", "0.6,0.4", "-o", out)
+    merged = keras.models.load_model(out)  # stock Keras, safe mode, no custom objects
+    assert {type(layer).__name__ for layer in merged.layers} <= {"InputLayer", "Functional", "Rescaling", "Add"}
+    a = keras.models.load_model(a_path).predict(tiny["x"], verbose=0)
+    b = keras.models.load_model(b_path).predict(tiny["x"], verbose=0)
+    np.testing.assert_allclose(merged.predict(tiny["x"], verbose=0), 0.6 * a + 0.4 * b, atol=1e-5)
+    half = tmp_path / "ensemble16.keras"
+    run_cli("merge", a_path, b_path, "--weights", "0.6,0.4", "--dtype", "float16", "-o", half)
+    got = keras.models.load_model(half).predict(tiny["x"], verbose=0)
+    assert np.abs(got - (0.6 * a + 0.4 * b)).max() < 1e-2
+
+
+def test_merge_fer_with_its_sparsified_variant(real, tmp_path):
+    import keras
+
+    variant = tmp_path / "fer-sparse.hdf5"
+    run_cli("sparsify", real["fer"], "--method", "relative", "--delta", "0.3", "-o", variant)
+    out = tmp_path / "fer-ensemble.keras"
+    run_cli("merge", real["fer"], variant, "--weights", "0.5,0.5", "-o", out)
+    x = np.random.RandomState(3).uniform(-1, 1, (4, 64, 64, 1)).astype("float32")
+    a = keras.models.load_model(real["fer"], compile=False).predict(x, verbose=0)
+    b = keras.models.load_model(variant, compile=False).predict(x, verbose=0)
+    np.testing.assert_allclose(keras.models.load_model(out).predict(x, verbose=0), 0.5 * a + 0.5 * b, atol=1e-5)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--weights", "0.5,0.3,0.2"], "3 weights for 2 models"),
+    (["--weights", "1.2,-0.2"], "must not be negative"),
+    (["--weights", "0.5,0.6"], "sum to 1.1, not 1"),
+])
+def test_merge_weight_errors(two_keras, tmp_path, args, needle):
+    assert needle in run_error("merge", *two_keras, *args, "-o", tmp_path / "m.keras")
+
+
+def test_merge_shape_and_weights_only_errors(real, tiny, two_keras, tmp_path):
+    assert "differ from" in run_error("merge", tiny["keras"], real["fer"], "-o", tmp_path / "m.keras")
+    assert "weights only" in run_error("merge", tiny["keras"], tiny["weights_h5"], "-o", tmp_path / "m.keras")
+    run_cli("merge", *two_keras, "--weights", "2,2", "--no-normalize", "-o", tmp_path / "ok.keras")

@@ -1,0 +1,83 @@
+"""`merge`: several models into one (seed 000 ensembled 3–4 models in one graph under a 1 GB budget)."""
+
+import os
+import re
+import shutil
+import tempfile
+
+from .errors import WcompressError
+from .io import open_model
+from .io.ensemble import build_keras, build_tf1
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+_KERAS_FORMATS = ("keras", "keras-h5")
+
+
+def parse_size(text):
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise WcompressError(f"size {text!r} not understood (e.g. 1GB, 500MB, 800MiB, 123456)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def check_weights(weights, count, normalize=True):
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise WcompressError(f"{len(weights)} weights for {count} models")
+    if any(w < 0 for w in weights):
+        raise WcompressError(f"weights must not be negative: {weights}")
+    if normalize and abs(sum(weights) - 1) > 1e-6:
+        raise WcompressError(f"weights sum to {sum(weights):g}, not 1 (pass --no-normalize to allow it)")
+    return list(weights)
+
+
+def merge(paths, dest, weights=None, dtype=None, budget=None, normalize=True, input_name=None,
+          output_name=None, feeds=(), unsafe=False, force=False):
+    """Build the merged model in a temp folder, optionally cast it to float16, check the budget, write."""
+    from .plugins import get_pass
+    from .runner import run_passes
+
+    if len(paths) < 2:
+        raise WcompressError("merge needs at least two models")
+    weights = check_weights(weights, len(paths), normalize)
+    limit = parse_size(budget) if budget is not None else None
+    stores = [open_model(p) for p in paths]
+    for store in stores:
+        if store.format in ("weights-h5", "keras-weights-h5", "tf2-checkpoint"):
+            raise WcompressError(f"a {store.format} file holds weights only, no model to merge; give full models "
+                                 "(.keras, Keras .h5, TF1 checkpoints with .meta)", store.path)
+    keras_members = all(s.format in _KERAS_FORMATS for s in stores)
+    if not keras_members and any(s.format in _KERAS_FORMATS for s in stores):
+        raise WcompressError("cannot merge Keras models with TF graphs")
+    work = tempfile.mkdtemp(prefix="wcompress-merge-", dir=os.path.dirname(os.path.abspath(dest)) or ".")
+    try:
+        if keras_members:
+            merged = build_keras(paths, weights, os.path.join(work, "merged.keras"), unsafe=unsafe)
+            names = {"input_tensor": "input", "output_tensor": "weighted_sum"}
+        else:
+            merged = os.path.join(work, "merged.ckpt")
+            names = build_tf1(stores, weights, merged, input_name, output_name, feeds)
+        passes = [get_pass("fp16").new()] if dtype == "float16" else []
+        result = run_passes(open_model(merged), passes, os.path.join(work, "out", os.path.basename(merged)),
+                            show_progress=False)
+        members = [{"path": s.path, "format": s.format, "bytes": s.bytes, "weight": w}
+                   for s, w in zip(stores, weights)]
+        if limit is not None and result.output_bytes > limit:
+            table = "; ".join(f"{os.path.basename(os.path.normpath(m['path']))} {m['bytes']:,} B" for m in members)
+            raise WcompressError(f"merged model would be {result.output_bytes:,} B, over the budget of {limit:,} B "
+                                 f"(members: {table})")
+        final = _move_into_place(result.output, dest, stores, force)
+        return {"members": members, "output": final.path, "output_files": final.files, "output_bytes": final.bytes,
+                "dtype": dtype or "float32", "budget": limit, **names}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _move_into_place(written, dest, stores, force):
+    """Copy the finished merge to `dest` through the same safe writer every command uses."""
+    from .io import write_safely
+
+    store = open_model(written.path)
+    return write_safely(store, dest, lambda info: store.load(info.name), force=force,
+                        extra_inputs=[f for s in stores for f in s.files()])
