@@ -85,3 +85,71 @@ def build_tf1_checkpoint(prefix):
                 sess.run(train, {x: rng.rand(8, 10), y: rng.rand(8, 4)})
             saver.save(sess, prefix)
     return prefix
+
+
+# --- real data that ships in packages, for evaluate / sweep / autotune / ensemble-search ---------
+
+MHC_AMINO_ACIDS = list("ACDEFGHIKLMNPQRSTVWYX")
+MHC_MASK = -4200000.0  # mhcnuggets' padding value
+
+
+def mhcnuggets_encode(peptides, length=15):
+    """mhcnuggets' own 'softhot' encoding: 0.9 at the residue, 0.005 elsewhere, padded with the mask."""
+    out = np.full((len(peptides), length, 21), MHC_MASK, np.float32)
+    for i, peptide in enumerate(peptides):
+        for j, residue in enumerate(peptide):
+            out[i, j] = 0.1 / 20
+            out[i, j, MHC_AMINO_ACIDS.index(residue)] = 0.9
+    return out
+
+
+def mhcnuggets_keras(weights, path):
+    """mhcnuggets' LSTM architecture (its models.py) with the shipped weights, saved as .keras."""
+    import keras
+
+    model = keras.Sequential([
+        keras.Input((15, 21)), keras.layers.Masking(MHC_MASK), keras.layers.LSTM(64), keras.layers.Dense(64),
+        keras.layers.Dropout(0.2), keras.layers.Activation("tanh"), keras.layers.Dense(1),
+        keras.layers.Activation("sigmoid"),
+    ])
+    model.load_weights(weights)
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mhc(real, tmp_path_factory):
+    """Both HLA-A02:01 models as .keras, and 600 labelled peptides (binder: IC50 < 500 nM) as .npz."""
+    import csv
+    import random
+
+    root = tmp_path_factory.mktemp("mhc")
+    table = samples.fetch("mhcnuggets-data", cache=SAMPLE_CACHE)
+    with open(table) as fh:
+        rows = [r for r in csv.reader(fh) if r[0] == "HLA-A*02:01" and len(r[1]) <= 15
+                and set(r[1]) <= set(MHC_AMINO_ACIDS)]
+    random.Random(0).shuffle(rows)
+    rows = rows[:600]
+    data = str(root / "a0201.npz")
+    np.savez(data, x=mhcnuggets_encode([r[1] for r in rows]), y=np.array([float(r[2]) < 500 for r in rows], np.int64))
+    hlap = samples.fetch("mhcnuggets-hlap", cache=SAMPLE_CACHE)
+    return {"ba": mhcnuggets_keras(real["mhcnuggets"], str(root / "ba.keras")),
+            "hlap": mhcnuggets_keras(hlap, str(root / "hlap.keras")), "data": data}
+
+
+@pytest.fixture(scope="session")
+def faces(tmp_path_factory):
+    """Real faces from scikit-image's sample data, as fer's input: 64x64 gray in [-1, 1]."""
+    from skimage import color, data, transform
+
+    root = tmp_path_factory.mktemp("faces")
+    lfw = data.lfw_subset()[:100]  # the first 100 are faces
+    images = [transform.resize(img, (64, 64), anti_aliasing=True) for img in lfw]
+    astronaut = color.rgb2gray(data.astronaut())[30:230, 150:330]
+    images.insert(0, transform.resize(astronaut, (64, 64), anti_aliasing=True))
+    x = (np.stack(images)[..., None] * 2 - 1).astype(np.float32)
+    path = str(root / "faces.npz")
+    np.savez(path, x=x)
+    astronaut_only = str(root / "astronaut.npz")
+    np.savez(astronaut_only, x=x[:1], y=np.array([3]))  # fer's "happy"
+    return {"data": path, "astronaut": astronaut_only}

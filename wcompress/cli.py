@@ -392,6 +392,160 @@ def merge(models, destination, force, weights, no_normalize, dtype, budget, inpu
                f"feed {result['input_tensor']}, read {result['output_tensor']}")
 
 
+def eval_options(f):
+    f = click.option("--batch-size", type=int, default=256, show_default=True, help="Examples per batch.")(f)
+    f = click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE for an extra placeholder.")(f)
+    f = click.option("--output", "output_name", help="TF graphs / SavedModels: the output tensor or key.")(f)
+    f = click.option("--input", "input_names", multiple=True, help="TF graphs / SavedModels: input tensor(s).")(f)
+    f = click.option("--reference", type=click.Path(exists=True), help="Reference model for fidelity metrics.")(f)
+    f = click.option("--data", required=True, help="DATA.npz (x or named inputs, optional y) or module:function.")(f)
+    f = click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")(f)
+    return f
+
+
+def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe):
+    from .evaluation import EvalSpec
+
+    return EvalSpec(data=data, metric=metric, reference=reference, input_names=tuple(input_names),
+                    output_name=output_name, feeds=tuple(feeds), unsafe=unsafe, batch_size=batch_size)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@eval_options
+@click.option("--metric", "metrics", multiple=True,
+              help="top1, top5, topK, gap20, auc, mse, fidelity, cosine, maxdiff, a plugin's, or module:function "
+                   "(repeatable; default: fidelity, cosine and maxdiff with --reference).")
+@json_option
+def evaluate(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, metrics, as_json):
+    """Run MODEL on DATA and score it: accuracy, GAP@20, AUC, MSE, or fidelity to a reference model."""
+    from .evaluation import Evaluator
+
+    if not metrics:
+        if not reference:
+            raise WcompressError("--metric is required (or --reference for fidelity metrics)")
+        metrics = ("fidelity", "cosine", "maxdiff")
+    results, predictions = [], None
+    for name in metrics:
+        evaluator = Evaluator(_spec(data, name, reference, input_names, output_name, feeds, batch_size, unsafe))
+        if predictions is None:
+            predictions = evaluator.predict(model, show_progress=not as_json)
+        results.append({"metric": name, "value": evaluator.score(predictions)})
+    if as_json:
+        emit_json({"model": model, "examples": int(predictions.shape[0]), "results": results})
+        return
+    for r in results:
+        click.echo(f"{r['metric']}: {r['value']:.6f}")
+    click.echo(f"({predictions.shape[0]:,} examples, output shape {tuple(predictions.shape[1:])})")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@eval_options
+@click.option("--metric", required=True, help="The metric to plot against sparsity (see evaluate).")
+@click.option("--methods", default="flat,triangular,relative", show_default=True)
+@click.option("--deltas", default="0:0.9:0.1", show_default=True, help="START:STOP:STEP or a comma list "
+              "(triangular uses δ for both --dconv and --dfc).")
+@click.option("--acceptable", type=float, default=0.95, show_default=True,
+              help="Acceptability line as a fraction of the dense score (seed 004: 95%).")
+@click.option("--csv", "csv_path", type=click.Path(), help="Also write the table as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(), help="Draw metric against sparsity to a PNG.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
+@json_option
+def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, methods, deltas,
+          acceptable, csv_path, plot_path, jobs, as_json):
+    """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (seed 004 Fig. 3)."""
+    from .evaluation import parse_range, plot_sweep
+    from .evaluation import sweep as run_sweep
+
+    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe)
+    result = run_sweep(model, [m.strip() for m in methods.split(",")], parse_range(deltas), spec, jobs, acceptable)
+    if csv_path:
+        import csv
+
+        with open(csv_path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["method", "delta", "sparsity", metric, "packed_bytes", "acceptable"])
+            for r in result["rows"]:
+                writer.writerow([r["method"], r["delta"], f"{r['sparsity']:.6f}", f"{r['value']:.6f}",
+                                 r["packed_bytes"], r["acceptable"]])
+    if plot_path:
+        plot_sweep(result, plot_path)
+    if as_json:
+        emit_json(result)
+        return
+    from .render import sweep_table
+
+    sweep_table(result)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@eval_options
+@click.option("--metric", required=True, help="The metric to keep within budget (see evaluate).")
+@click.option("--max-drop", type=float, required=True, help="Largest loss allowed, e.g. 0.05.")
+@click.option("--relative/--absolute", default=True, show_default=True,
+              help="--max-drop as a fraction of the dense score, or in the metric's own units.")
+@click.option("-o", "--out", "destination", required=True, type=click.Path(), help="Where to write the model.")
+@click.option("--plan", "plan_path", type=click.Path(), help="Where to write the plan (default: OUT.plan.json).")
+@click.option("--max-layers", type=int, default=8, show_default=True, help="Tune this many largest layers.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@json_option
+def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, max_drop,
+             relative, destination, plan_path, max_layers, jobs, force, as_json):
+    """Largest sparsity whose metric stays within --max-drop: best uniform δ, then per-layer δ.
+
+    Writes the model and a plan that `wcompress sparsify MODEL --plan PLAN` reproduces bit for bit.
+    """
+    from .evaluation import autotune as run_autotune
+
+    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe)
+    plan_path = plan_path or destination.rstrip("/") + ".plan.json"
+    result = run_autotune(model, spec, max_drop, destination, plan_path, relative, jobs, max_layers, force)
+    if as_json:
+        emit_json(result)
+        return
+    u, t = result["uniform"], result["tuned"]
+    click.echo(f"dense {metric}: {result['baseline']:.4f}")
+    click.echo(f"best uniform: relative δ={u['delta']:g}, sparsity {100 * u['sparsity']:.2f}%, {metric} "
+               f"{u['value']:.4f}")
+    for layer, d in t["layers"].items():
+        click.echo(f"  raised {layer} to δ={d:g}")
+    click.echo(f"tuned: sparsity {100 * t['sparsity']:.2f}% (+{100 * result['gain']:.2f} points), {metric} "
+               f"{t['value']:.4f} re-evaluated from {result['output']}")
+    click.echo(f"plan: {result['plan']}  (wcompress sparsify MODEL --plan {result['plan']})")
+
+
+@cli.command("ensemble-search")
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True))
+@eval_options
+@click.option("--metric", required=True, help="The metric to maximise (see evaluate).")
+@click.option("--budget", required=True, help="Largest merged size, e.g. 1GB.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--top", type=int, default=10, show_default=True, help="How many combinations to show.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate candidates in this many processes.")
+@json_option
+def ensemble_search(models, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, budget,
+                    dtype, top, jobs, as_json):
+    """Pick ensemble members and weights that maximise the metric under a size budget (seed 000 Table 2)."""
+    from .evaluation import ensemble_search as run_search
+    from .evaluation import merge_command
+    from .merge import parse_size
+
+    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe)
+    result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top)
+    best = result["combinations"][0]
+    keras_output = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
+    result["merge_command"] = merge_command(best, dtype, spec, "ensemble.keras" if keras_output else "ensemble/")
+    if as_json:
+        emit_json(result)
+        return
+    from .render import ensemble_table
+
+    ensemble_table(result)
+
+
 @cli.command("plugins")
 @json_option
 def plugins_command(as_json):

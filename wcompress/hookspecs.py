@@ -14,3 +14,8 @@ def register_passes(register):
 @hookspec
 def register_commands(cli):
     """Add click commands to the wcompress command line."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register metrics: call register(Metric(...)) for each one."""

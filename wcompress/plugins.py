@@ -24,6 +24,7 @@ pm.add_hookspecs(hookspecs)
 
 _loaded = False
 _passes = {}
+_metrics = {}
 _origin = {}
 
 
@@ -48,6 +49,9 @@ def load_plugins():
         _passes[compression_pass.name] = compression_pass
 
     for plugin in pm.get_plugins():
+        metrics = getattr(plugin, "register_metrics", None)
+        if metrics is not None:
+            metrics(register=lambda metric: _metrics.__setitem__(metric.name, metric))
         impl = getattr(plugin, "register_passes", None)
         if impl is not None:
             before = set(_passes)
@@ -59,6 +63,11 @@ def load_plugins():
 def get_passes():
     load_plugins()
     return dict(_passes)
+
+
+def get_metrics():
+    load_plugins()
+    return dict(_metrics)
 
 
 def get_pass(name):

@@ -22,3 +22,16 @@ def tensor_progress(tensors, label, enabled=True):
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=total, tensor="")
         yield lambda info: bar.update(task, advance=info.nbytes, tensor=info.name[-40:])
+
+
+@contextlib.contextmanager
+def batch_progress(total, enabled=True):
+    """Yields advance(n): call it after each batch of n examples."""
+    if not enabled or total < 2048:
+        yield lambda n: None
+        return
+    columns = (TextColumn("predicting"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("predicting", total=total)
+        yield lambda n: bar.update(task, advance=n)

@@ -5,6 +5,7 @@ from rich.table import Table
 
 _BARS = " ▁▂▃▄▅▆▇█"
 
+import os
 import sys
 
 # Pipes and CI logs get the full table rather than 80 folded columns.
@@ -121,3 +122,29 @@ def report_table(result):
                       f"(file/gzip {t['file_bytes'] / t['gzip_dense_bytes']:.3f})")
     if "against_bytes" in t:
         console.print(f"against {t['against']}: {t['against_bytes']:,} B (file/original {t['file_over_against']:.3f})")
+
+
+def sweep_table(result):
+    table = Table(title=f"sweep {result['model']} ({result['metric']}, dense {result['baseline']:.4f}, "
+                        f"acceptable {'≥' if result['higher_is_better'] else '≤'} {result['threshold']:.4f})",
+                  header_style="bold")
+    for col in ("method", "δ", "sparsity", result["metric"], "packed B", "ok"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in result["rows"]:
+        table.add_row(r["method"], f"{r['delta']:g}", f"{100 * r['sparsity']:.2f}%", f"{r['value']:.4f}",
+                      f"{r['packed_bytes']:,}", "yes" if r["acceptable"] else "no")
+    console.print(table)
+
+
+def ensemble_table(result):
+    table = Table(title=f"ensembles within {result['budget']:,} B ({result['dtype']}, {result['metric']})",
+                  header_style="bold")
+    for col in ("members", "weights", result["metric"], "bytes"):
+        table.add_column(col, justify="left" if col in ("members", "weights") else "right")
+    for c in result["combinations"]:
+        table.add_row(" + ".join(os.path.basename(os.path.normpath(m)) for m in c["members"]),
+                      ", ".join(f"{w:g}" for w in c["weights"]), f"{c['value']:.4f}", f"{c['bytes']:,}")
+    console.print(table)
+    for c in result["candidates"]:
+        console.print(f"  candidate {c['path']}: {c['bytes']:,} B, {result['metric']} {c['value']:.4f}")
+    console.print(f"best: {result['merge_command']}")

@@ -21,6 +21,11 @@ SAMPLES = {
                     "basic_pitch/saved_models/icassp_2022/nmp"),
     "mhcnuggets": ("mhcnuggets==2.4.1", ["mhcnuggets/saves/production/HLA-A02:01_BA.h5"],
                    "mhcnuggets/saves/production/HLA-A02:01_BA.h5"),
+    "mhcnuggets-hlap": ("mhcnuggets==2.4.1", ["mhcnuggets/saves/production/HLA-A02:01_BA_to_HLAp.h5"],
+                        "mhcnuggets/saves/production/HLA-A02:01_BA_to_HLAp.h5"),
+    # The package's own curated, labelled peptide table (peptide, mhc, IC50): data, not a model.
+    "mhcnuggets-data": ("mhcnuggets==2.4.1", ["mhcnuggets/data/production/mhcI/curated_training_data.csv"],
+                        "mhcnuggets/data/production/mhcI/curated_training_data.csv"),
 }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import WcompressError
 from . import encodings
+from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import TensorInfo
 
@@ -78,12 +79,12 @@ class ContainerWriter:
 
     def __call__(self, target, produce):
         entries, kept, retyped = [], [], {}
-        with h5py.File(target, "w", libver="latest") as h5:
+        with create_file(target) as h5:
             name = os.path.basename(getattr(self.store, "prefix", "") if self.store.format.endswith("checkpoint")
                                     else os.path.normpath(self.store.path))
             h5.attrs.update(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
                             codec=self.codec, values=self.values)
-            streams = h5.create_group("streams")
+            streams = create_group(h5, "streams")
             self._pool, self._pool_bytes, self._pools = [], 0, 0
             for info in self.store.tensors:
                 array = produce(info)
@@ -96,18 +97,19 @@ class ContainerWriter:
             self._flush_pool(streams)
             with tempfile.TemporaryDirectory() as work:
                 files, raw = self.store.skeleton(kept, retyped, work)
-            skeleton = h5.create_group("skeleton") if files else None
+            skeleton = create_group(h5, "skeleton") if files else None
             for n, (rel, data) in enumerate(sorted(files.items())):
-                skeleton.create_dataset(str(n), data=_zipped(data)).attrs["path"] = rel
-            blobs = h5.create_group("raw") if raw else None
+                skeleton.create_dataset(str(n), data=_zipped(data), **NO_TIMES).attrs["path"] = rel
+            blobs = create_group(h5, "raw") if raw else None
             for key, data in raw.items():
-                blobs.create_dataset(str(len(blobs)), data=_zipped(data)).attrs["key"] = key
-            h5.create_dataset("index", data=_zipped(json.dumps({"tensors": entries}, separators=(",", ":")).encode()))
+                blobs.create_dataset(str(len(blobs)), data=_zipped(data), **NO_TIMES).attrs["key"] = key
+            h5.create_dataset("index", data=_zipped(json.dumps({"tensors": entries}, separators=(",", ":")).encode()),
+                              **NO_TIMES)
         return [target]
 
     def _flush_pool(self, group):
         if self._pool:
-            group.create_dataset(f"pool{self._pools}", data=np.concatenate(self._pool))
+            group.create_dataset(f"pool{self._pools}", data=np.concatenate(self._pool), **NO_TIMES)
         self._pool, self._pool_bytes, self._pools = [], 0, self._pools + (1 if self._pool else 0)
 
     def _value_dtype(self, array):
@@ -137,7 +139,7 @@ class ContainerWriter:
                     self._flush_pool(group)
             else:
                 name = f"{number}.{stream}"
-                group.create_dataset(name, data=data, **_stream_options(self.codec, data))
+                group.create_dataset(name, data=data, **_stream_options(self.codec, data), **NO_TIMES)
                 names[stream] = {"dataset": name, "count": int(data.size), "dtype": str(data.dtype)}
         return {
             "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,

