@@ -156,3 +156,18 @@ def test_bad_evaluation_input(mhc, real, tmp_path):
     assert "needs labels" in run_error("evaluate", mhc["ba"], "--data", nolabels, "--metric", "auc")
     assert "unknown metric" in run_error("evaluate", mhc["ba"], "--data", nolabels, "--metric", "nope")
     assert "weights only" in run_error("evaluate", real["mhcnuggets"], "--data", labels, "--metric", "auc")
+
+
+def test_lambda_models_need_unsafe(tmp_path):
+    import keras
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Dense(2)(inputs)))
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.ones((3, 4), np.float32), y=np.ones((3, 2), np.float32))
+    line = run_error("evaluate", path, "--data", data, "--metric", "mse")
+    assert "--unsafe" in line and path in line
+    assert run_json("evaluate", path, "--data", data, "--metric", "mse", "--unsafe")["examples"] == 3
+    assert "--unsafe" in run_error("merge", path, path, "-o", tmp_path / "m.keras")

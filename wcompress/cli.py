@@ -63,7 +63,7 @@ def output_options(f):
 
 
 def model_options(f):
-    f = click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")(f)
+    # No --unsafe here: these commands read weights and configs as data and never deserialize a model.
     f = click.option("--order", "order_file", type=click.Path(exists=True, dir_okay=False),
                      help="File with one layer name per line: overrides the layer order.")(f)
     return f
@@ -82,7 +82,7 @@ def emit_json(data):
 @model_options
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(), help="Also draw per-layer weight histograms to a PNG.")
-def profile(model, order_file, unsafe, as_json, plot_path):
+def profile(model, order_file, as_json, plot_path):
     """Per-tensor table: role, shape, bytes and share, value range, zeros, histogram; with totals."""
     from .io import open_model
     from .profile import profile_model
@@ -108,7 +108,7 @@ def profile(model, order_file, unsafe, as_json, plot_path):
 @output_options
 @model_options
 @json_option
-def strip(model, output, force, order_file, unsafe, as_json):
+def strip(model, output, force, order_file, as_json):
     """Drop optimizer slots and step counters; write the same format, smaller."""
     from .io import open_model
     from .plugins import get_pass
@@ -156,7 +156,7 @@ def container_options(f):
 @model_options
 @json_option
 def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include, exclude, layers, plan_path,
-             dry_run, pack, codec, values_dtype, order_file, unsafe, as_json):
+             dry_run, pack, codec, values_dtype, order_file, as_json):
     """Zero small weights without retraining: flat, triangular or relative thresholds (seed 004).
 
     Example: wcompress sparsify model.ckpt --method triangular --dconv 0.1 --dfc 0.3 -o sparse.ckpt
@@ -225,7 +225,7 @@ def _print_sparsity(summary, outcomes, result, as_json):
 @container_options
 @model_options
 @json_option
-def pack(model, output, force, codec, values_dtype, order_file, unsafe, as_json):
+def pack(model, output, force, codec, values_dtype, order_file, as_json):
     """Write any model into the sparse HDF5 container: each tensor in its smallest encoding."""
     from .io import open_model
     from .io.container import ContainerWriter
@@ -292,7 +292,7 @@ def report_command(path, against, no_gzip, as_json):
               help="Values beyond float16's range: keep that tensor float32, or clip to ±65504.")
 @model_options
 @json_option
-def fp16(model, output, force, cover, min_bytes, tensors, on_overflow, order_file, unsafe, as_json):
+def fp16(model, output, force, cover, min_bytes, tensors, on_overflow, order_file, as_json):
     """Cast the largest float32 tensors to float16; the output loads in stock TensorFlow/Keras.
 
     Keras files get a float16 dtype policy on the cast layers; TF1 .meta graphs get float16 variables
@@ -363,10 +363,10 @@ def average(checkpoints, output, force, folder, steps, keep_optimizer, as_json):
 @click.option("--output", "output_name", help="TF graphs: the output tensor of each member.")
 @click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE fixes a placeholder "
               "(e.g. an is_training flag) to a constant.")
-@model_options
+@click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")
 @json_option
 def merge(models, destination, force, weights, no_normalize, dtype, budget, input_name, output_name, feeds,
-          order_file, unsafe, as_json):
+          unsafe, as_json):
     """Merge models into one with a weighted-sum output: Keras -> one .keras, TF1 graphs -> one graph.
 
     Example: wcompress merge a.keras b.keras --weights 0.6,0.4 -o ensemble.keras

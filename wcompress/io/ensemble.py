@@ -19,12 +19,9 @@ def build_keras(paths, weights, target, unsafe=False):
     by standard layers (Rescaling, Add): no Lambda, no custom objects. Saved as .keras at `target`."""
     import keras
 
-    models = []
-    for path in paths:
-        try:
-            models.append(keras.models.load_model(path, safe_mode=not unsafe, compile=False))
-        except ValueError as exc:
-            raise WcompressError(f"Keras cannot load this model ({str(exc).splitlines()[0]})", path) from exc
+    from .predict import load_keras_model
+
+    models = [load_keras_model(path, unsafe) for path in paths]
     shapes = [(tuple(m.inputs[0].shape[1:]), tuple(m.outputs[0].shape[1:])) for m in models]
     for path, m, shape in zip(paths, models, shapes):
         if len(m.inputs) != 1 or len(m.outputs) != 1:

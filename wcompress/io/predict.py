@@ -60,15 +60,20 @@ def _short(name):
     return name.split(":")[0].split("/")[-1]
 
 
+def load_keras_model(path, unsafe=False):
+    """keras.models.load_model in safe mode unless the user passed --unsafe; errors as one line."""
+    import keras
+
+    try:
+        return keras.models.load_model(path, safe_mode=not unsafe, compile=False)
+    except (ValueError, TypeError) as exc:
+        hint = " (pass --unsafe to allow Lambda layers / custom code)" if "safe_mode" in str(exc) else ""
+        raise WcompressError(f"Keras cannot load this model{hint}: {str(exc).splitlines()[0]}", path) from exc
+
+
 class KerasPredictor(Predictor):
     def __init__(self, path, unsafe=False):
-        import keras
-
-        try:
-            self.model = keras.models.load_model(path, safe_mode=not unsafe, compile=False)
-        except ValueError as exc:
-            hint = " (pass --unsafe to allow Lambda layers / custom code)" if "safe_mode" in str(exc) else ""
-            raise WcompressError(f"Keras cannot load this model{hint}: {str(exc).splitlines()[0]}", path) from exc
+        self.model = load_keras_model(path, unsafe)
         self.inputs = {t.name: (tuple(t.shape[1:]), np.dtype(t.dtype)) for t in self.model.inputs}
 
     def run(self, batch):
