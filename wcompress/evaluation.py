@@ -66,14 +66,6 @@ class Evaluator:
         return float(self.metric.fn(self.truth(), predictions))
 
 
-def evaluate(model, spec, show_progress=True):
-    evaluator = Evaluator(spec)
-    predictions = evaluator.predict(model, show_progress)
-    return {"model": model, "metric": spec.metric, "value": evaluator.score(predictions),
-            "examples": int(predictions.shape[0]), "output_shape": list(predictions.shape[1:]),
-            "higher_is_better": evaluator.metric.higher_is_better}
-
-
 # --- variants, possibly in worker processes --------------------------------------------------
 
 _worker = {}
@@ -81,6 +73,13 @@ _worker = {}
 
 def _init_worker(spec):
     _worker["evaluator"] = Evaluator(spec)
+
+
+def _evaluator(spec):
+    """This process's evaluator for `spec` (data loaded once)."""
+    if _worker.get("evaluator") is None or _worker["evaluator"].spec != spec:
+        _init_worker(spec)
+    return _worker["evaluator"]
 
 
 @dataclass(frozen=True)
@@ -130,8 +129,7 @@ def score_variant(variant):
 
 def run_variants(variants, spec, jobs=1):
     if jobs <= 1:
-        if _worker.get("evaluator") is None or _worker["evaluator"].spec != spec:
-            _init_worker(spec)
+        _evaluator(spec)
         return [score_variant(v) for v in variants]
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(spec,)) as pool:
@@ -139,9 +137,7 @@ def run_variants(variants, spec, jobs=1):
 
 
 def baseline(model, spec):
-    if _worker.get("evaluator") is None or _worker["evaluator"].spec != spec:
-        _init_worker(spec)
-    evaluator = _worker["evaluator"]
+    evaluator = _evaluator(spec)
     return evaluator.score(evaluator.predict(model)), evaluator.metric
 
 
@@ -275,7 +271,7 @@ def _candidate(path_and_dtype):
     from .runner import run_passes
 
     path, dtype = path_and_dtype
-    evaluator = _worker["evaluator"]
+    evaluator = _evaluator(spec)
     store = open_model(path)
     with tempfile.TemporaryDirectory(dir=RAM) as work:
         name = "model.ckpt" if store.format.endswith("checkpoint") else os.path.basename(os.path.normpath(path))
@@ -290,15 +286,13 @@ def ensemble_search(models, spec, budget, dtype="float32", jobs=1, top=10, step=
     if len(models) > 12:
         raise WcompressError("ensemble-search takes at most 12 candidates")
     if jobs <= 1:
-        if _worker.get("evaluator") is None or _worker["evaluator"].spec != spec:
-            _init_worker(spec)
+        _evaluator(spec)
         measured = [_candidate((m, dtype)) for m in models]
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(spec,)) as pool:
             measured = list(pool.map(_candidate, [(m, dtype) for m in models]))
-        _init_worker(spec)
-    evaluator = _worker["evaluator"]
+    evaluator = _evaluator(spec)
     truth, metric = evaluator.truth(), evaluator.metric
     candidates = [Candidate(m, size, pred, evaluator.score(pred)) for m, (size, pred) in zip(models, measured)]
     fitting = [c for c in candidates if c.bytes <= budget]

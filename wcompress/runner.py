@@ -57,18 +57,8 @@ def run_passes(store, passes, dest, force=False, show_progress=True, writer=None
         p.prepare(source)
     outcomes = []
     with tensor_progress(store.tensors, "writing", enabled=show_progress) as advance:
-
-        def produce(info):
-            array = store.load(info.name)
-            for p in passes:
-                array = p.apply(info, array)
-                if array is None:
-                    break
-            outcomes.append(_outcome(info, array))
-            advance(info)
-            return array
-
-        written = write_safely(store, dest, produce, force=force, writer=writer)
+        written = write_safely(store, dest, lambda info: _through(store, passes, info, outcomes, advance),
+                               force=force, writer=writer)
     return RunResult(store.path, store.format, store.bytes, written, outcomes, {p.name: p.summary() for p in passes})
 
 
@@ -80,14 +70,20 @@ def dry_run(store, passes, show_progress=True):
     outcomes = []
     with tensor_progress(store.tensors, "computing", enabled=show_progress) as advance:
         for info in store.tensors:
-            array = store.load(info.name)
-            for p in passes:
-                array = p.apply(info, array)
-                if array is None:
-                    break
-            outcomes.append(_outcome(info, array))
-            advance(info)
+            _through(store, passes, info, outcomes, advance)
     return outcomes
+
+
+def _through(store, passes, info, outcomes, advance):
+    """Load one tensor, run it through the passes, record what came out."""
+    array = store.load(info.name)
+    for p in passes:
+        array = p.apply(info, array)
+        if array is None:
+            break
+    outcomes.append(_outcome(info, array))
+    advance(info)
+    return array
 
 
 def _outcome(info, array):

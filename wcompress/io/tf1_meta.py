@@ -104,24 +104,9 @@ def _prune_restore_function(func, dropped):
                     else:
                         removed.add(node.name)
     # Whatever consumed a removed node's value goes too (Identity → AssignVariableOp).
-    grew = True
-    while grew:
-        grew = False
-        for node in func.node_def:
-            if node.name not in removed and any(
-                not i.startswith("^") and i.split(":")[0] in removed for i in node.input
-            ):
-                removed.add(node.name)
-                grew = True
+    removed = remove_nodes(func.node_def, removed)
     if not removed:
         return
-    kept_nodes = [n for n in func.node_def if n.name not in removed]
-    for node in kept_nodes:
-        inputs = [i for i in node.input if not (i.startswith("^") and i[1:] in removed)]
-        del node.input[:]
-        node.input.extend(inputs)
-    del func.node_def[:]
-    func.node_def.extend(kept_nodes)
     for mapping in (func.ret, func.control_ret):
         for key in [k for k, v in mapping.items() if v.split(":")[0] in removed]:
             del mapping[key]
@@ -176,24 +161,32 @@ def _retype_variables(meta, retyped, path):
             node.attr["T"].type = new
         else:
             removed.add(node.name)
-    grew = True
-    while grew:
-        grew = False
-        for node in graph.node:
-            if node.name not in removed and any(
-                    not i.startswith("^") and i.split(":")[0] in removed for i in node.input):
-                removed.add(node.name)
-                grew = True
-    kept_nodes = [n for n in graph.node if n.name not in removed]
-    for node in kept_nodes:
-        inputs = [i for i in node.input if not (i.startswith("^") and i[1:] in removed)]
-        del node.input[:]
-        node.input.extend(inputs)
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
+    removed = remove_nodes(graph.node, removed)
     for key in list(meta.collection_def):
         col = meta.collection_def[key]
         if col.HasField("node_list"):
             values = [v for v in col.node_list.value if v.split(":")[0] not in removed]
             del col.node_list.value[:]
             col.node_list.value.extend(values)
+
+
+def remove_nodes(nodes, removed):
+    """Remove `removed` from a repeated NodeDef field, with every node that consumes their values;
+    control dependencies on them are dropped. Returns all names removed."""
+    removed = set(removed)
+    grew = True
+    while grew:
+        grew = False
+        for node in nodes:
+            if node.name not in removed and any(
+                    not i.startswith("^") and i.split(":")[0] in removed for i in node.input):
+                removed.add(node.name)
+                grew = True
+    kept = [n for n in nodes if n.name not in removed]
+    for node in kept:
+        inputs = [i for i in node.input if not (i.startswith("^") and i[1:] in removed)]
+        del node.input[:]
+        node.input.extend(inputs)
+    del nodes[:]
+    nodes.extend(kept)
+    return removed
