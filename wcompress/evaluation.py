@@ -240,7 +240,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, max_
     final = Variant(model, "relative", uniform["delta"], _overrides(chosen))
     path, sparsity, summary, plan = sparsify_variant(final, dest, force=force)
     write_plan(plan_path, plan, force=force)
-    evaluator = _worker["evaluator"]
+    evaluator = _evaluator(spec)
     value = evaluator.score(evaluator.predict(path))  # re-evaluated from the file written
     return {"model": model, "metric": spec.metric, "baseline": base, "max_drop": max_drop,
             "budget": "relative" if relative else "absolute",
@@ -271,7 +271,7 @@ def _candidate(path_and_dtype):
     from .runner import run_passes
 
     path, dtype = path_and_dtype
-    evaluator = _evaluator(spec)
+    evaluator = _worker["evaluator"]
     store = open_model(path)
     with tempfile.TemporaryDirectory(dir=RAM) as work:
         name = "model.ckpt" if store.format.endswith("checkpoint") else os.path.basename(os.path.normpath(path))
