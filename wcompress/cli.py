@@ -524,17 +524,18 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("--budget", required=True, help="Largest merged size, e.g. 1GB.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--top", type=int, default=10, show_default=True, help="How many combinations to show.")
+@click.option("--min-members", type=int, default=1, show_default=True, help="Consider only ensembles this large.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate candidates in this many processes.")
 @json_option
 def ensemble_search(models, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, budget,
-                    dtype, top, jobs, as_json):
+                    dtype, top, min_members, jobs, as_json):
     """Pick ensemble members and weights that maximise the metric under a size budget (seed 000 Table 2)."""
     from .evaluation import ensemble_search as run_search
     from .evaluation import merge_command
     from .merge import parse_size
 
     spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe)
-    result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top)
+    result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top, min_members=min_members)
     best = result["combinations"][0]
     keras_output = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
     result["merge_command"] = merge_command(best, dtype, spec, "ensemble.keras" if keras_output else "ensemble/")

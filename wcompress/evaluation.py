@@ -281,7 +281,7 @@ def _candidate(path_and_dtype):
         return written.output_bytes, predictions
 
 
-def ensemble_search(models, spec, budget, dtype="float32", jobs=1, top=10, step=0.05):
+def ensemble_search(models, spec, budget, dtype="float32", jobs=1, top=10, step=0.05, min_members=1):
     """Score each candidate once, then pick members and weights maximising the metric under the budget."""
     if len(models) > 12:
         raise WcompressError("ensemble-search takes at most 12 candidates")
@@ -302,7 +302,10 @@ def ensemble_search(models, spec, budget, dtype="float32", jobs=1, top=10, step=
                              f"{smallest.bytes:,} B)")
     sign = 1 if metric.higher_is_better else -1
     combos = []
-    for k in range(1, len(fitting) + 1):
+    if min_members > len(fitting):
+        raise WcompressError(f"only {len(fitting)} candidates fit the budget alone; --min-members {min_members} "
+                             "cannot be met")
+    for k in range(min_members, len(fitting) + 1):
         for members in itertools.combinations(fitting, k):
             size = sum(c.bytes for c in members)
             if size > budget:
@@ -310,9 +313,31 @@ def ensemble_search(models, spec, budget, dtype="float32", jobs=1, top=10, step=
             weights, value = _best_weights([c.predictions for c in members], truth, metric, sign, step)
             combos.append({"members": [c.path for c in members], "weights": weights, "value": value, "bytes": size})
     combos.sort(key=lambda c: (-sign * c["value"], c["bytes"]))
+    combos = _verify_best(combos, budget, dtype, spec)
+    if not combos:
+        raise WcompressError(f"no combination of {min_members} or more candidates fits {budget:,} B")
     return {"metric": spec.metric, "budget": budget, "dtype": dtype, "higher_is_better": metric.higher_is_better,
             "candidates": [{"path": c.path, "bytes": c.bytes, "value": c.value} for c in candidates],
             "combinations": combos[:top], "evaluated_combinations": len(combos)}
+
+
+def _verify_best(combos, budget, dtype, spec):
+    """Sizes of ensembles are sums of their members until the best is built: merge it in a temp
+    folder and measure; while it turns out over budget, drop it and try the next."""
+    from .merge import merge
+
+    while combos and len(combos[0]["members"]) > 1 and not combos[0].get("measured"):
+        best = combos[0]
+        with tempfile.TemporaryDirectory(dir=RAM) as work:
+            keras_like = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
+            built = merge(best["members"], os.path.join(work, "ensemble" + (".keras" if keras_like else "/")),
+                          weights=best["weights"], dtype=dtype, input_name=(spec.input_names or [None])[0],
+                          output_name=spec.output_name, feeds=spec.feeds, unsafe=spec.unsafe)
+        if built["output_bytes"] > budget:
+            combos.pop(0)
+            continue
+        best["bytes"], best["measured"] = built["output_bytes"], True
+    return combos
 
 
 def _best_weights(predictions, truth, metric, sign, step):
