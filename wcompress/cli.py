@@ -258,9 +258,8 @@ def restore_command(container, output, force, as_json):
                    "output_files": written.files, "output_bytes": written.bytes,
                    "container_bytes": source.bytes})
         return
-    from .render import size_change
-
-    size_change(f"container → {source.source_format} {written.path}", source.bytes, written.bytes)
+    click.echo(f"restored {source.source_format} {written.path}: {written.bytes:,} B in {len(written.files)} files "
+               f"(from a {source.bytes:,} B container)")
 
 
 @cli.command("report")

@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import tempfile
-import zlib
+import lzma
 
 import h5py
 import numpy as np
@@ -55,15 +55,17 @@ def _max_finite_abs(array, chunk=1 << 20):
 
 
 def _zipped(data):
-    """Metadata blobs (index, graphs, configs) are zlib-compressed by us and stored contiguous:
-    an HDF5 compression filter would add chunk-index overhead bigger than many small models."""
-    return np.frombuffer(zlib.compress(data, 9), dtype=np.uint8)
+    """Metadata blobs (index, graphs, configs) are xz-compressed by us and stored contiguous: an HDF5
+    compression filter would add chunk-index overhead bigger than many small models, and xz packs
+    protobuf graphs about twice as tight as zlib."""
+    preset = 9 | lzma.PRESET_EXTREME if len(data) < 16 * 2**20 else 6
+    return np.frombuffer(lzma.compress(data, preset=preset), dtype=np.uint8)
 
 
 def _unzipped(dataset):
     try:
-        return zlib.decompress(dataset[()].tobytes())
-    except zlib.error as exc:
+        return lzma.decompress(dataset[()].tobytes())
+    except lzma.LZMAError as exc:
         raise ValueError(f"damaged metadata blob {dataset.name}") from exc
 
 
