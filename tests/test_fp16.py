@@ -73,11 +73,25 @@ def test_fp16_keras_file_and_weights(tiny, tmp_path):
 
 
 def test_fp16_tf2_checkpoint_stores_float16(tiny, tmp_path):
+    import tensorflow as tf
+    from conftest import build_tiny_keras
+
     out = tmp_path / "c16" / "ckpt"
     result = run_json("fp16", tiny["tf2"], "--min-bytes", "1000", "-o", out)
     tensors = stock_tensors(out)
     assert {k for k, v in tensors.items() if v.dtype == np.float16} == set(result["passes"]["fp16"]["cast_tensors"])
     assert not any(k.startswith("optimizer/_variables/") for k in tensors)  # training state dropped
+    # The recipe in docs/fp16-average-merge.md, verbatim apart from paths.
+    reader = tf.train.load_checkpoint(str(out))
+    dtypes = reader.get_variable_to_dtype_map()
+    wide = {k: tf.cast(reader.get_tensor(k), tf.float32) if d == tf.float16 else reader.get_tensor(k)
+            for k, d in dtypes.items()}
+    tf.raw_ops.SaveV2(prefix=str(tmp_path / "wide" / "ckpt"), tensor_names=list(wide),
+                      shape_and_slices=[""] * len(wide), tensors=list(wide.values()))
+    a, b = build_tiny_keras(), build_tiny_keras()
+    tf.train.Checkpoint(model=a).read(tiny["tf2"]).assert_existing_objects_matched()
+    tf.train.Checkpoint(model=b).read(str(tmp_path / "wide" / "ckpt")).assert_existing_objects_matched()
+    assert np.abs(a.predict(tiny["x"], verbose=0) - b.predict(tiny["x"], verbose=0)).max() < 1e-2
 
 
 def test_fp16_overflow_keep_or_clip(tmp_path):
@@ -101,3 +115,16 @@ def test_fp16_bad_options(tiny, tmp_path):
                                          "-o", tmp_path / "x.keras")
     assert "--cover must be" in run_error("fp16", tiny["keras"], "--cover", "2", "-o", tmp_path / "x.keras")
     assert "no float32 tensor" in run_error("fp16", tiny["keras"], "--tensors", "nope*", "-o", tmp_path / "x.keras")
+
+
+def test_fp16_savedmodel_loads_in_stock_tf(real, tmp_path):
+    from helpers import savedmodel_predict
+
+    out = tmp_path / "nmp16"
+    result = run_json("fp16", real["basic-pitch"], "-o", out)
+    assert result["passes"]["fp16"]["cast_tensors"]
+    assert any(v.dtype == np.float16 for v in stock_tensors(out).values())
+    x = np.random.RandomState(0).rand(1, 43844, 1).astype("float32")
+    a, b = savedmodel_predict(real["basic-pitch"], x), savedmodel_predict(out, x)
+    for key in a:
+        assert np.abs(a[key] - b[key]).max() < 1e-2, key

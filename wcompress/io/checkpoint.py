@@ -225,12 +225,14 @@ class SavedModelStore(CheckpointStore):
         return [dest] if os.path.exists(dest) else []
 
     def write(self, target, produce):
-        dropped = []
+        dropped, retyped = [], {}
 
         def keep_track(info):
             value = produce(info)
             if value is None:
                 dropped.append(info.name)
+            elif value.dtype != info.dtype:
+                retyped[info.name] = value.dtype
             return value
 
         shutil.copytree(self.path, target, ignore=lambda d, names: ["variables"] if d == self.path else [])
@@ -241,8 +243,8 @@ class SavedModelStore(CheckpointStore):
                 shutil.copy2(os.path.join(self.path, "variables", extra), os.path.join(target, "variables", extra))
         CheckpointStore.write(self, os.path.join(target, "variables", "variables"), keep_track)
         os.remove(os.path.join(target, "variables", "checkpoint"))
-        if dropped:
-            tf1_meta.prune_savedmodel_restore(os.path.join(target, "saved_model.pb"), dropped)
+        if dropped or retyped:
+            tf1_meta.update_savedmodel_restore(os.path.join(target, "saved_model.pb"), dropped, retyped)
         return [target]
 
     def skeleton(self, kept, retyped, workdir):
@@ -255,11 +257,11 @@ class SavedModelStore(CheckpointStore):
                     with open(full, "rb") as fh:
                         files[os.path.relpath(full, self.path)] = fh.read()
         dropped = [t.name for t in self.tensors if t.name not in set(kept)]
-        if dropped:
+        if dropped or retyped:
             pb = os.path.join(workdir, "saved_model.pb")
             with open(pb, "wb") as fh:
                 fh.write(files["saved_model.pb"])
-            tf1_meta.prune_savedmodel_restore(pb, dropped)
+            tf1_meta.update_savedmodel_restore(pb, dropped, retyped)
             with open(pb, "rb") as fh:
                 files["saved_model.pb"] = fh.read()
         return files, raw

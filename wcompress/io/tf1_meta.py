@@ -41,33 +41,70 @@ def rewrite(meta_in, meta_out, kept, retyped):
         tf.compat.v1.train.export_meta_graph(filename=meta_out, graph=graph, saver_def=saver.as_saver_def())
 
 
-def prune_savedmodel_restore(pb_path, dropped):
-    """Make a SavedModel's restore function stop asking for checkpoint keys that were dropped.
+def update_savedmodel_restore(pb_path, dropped=(), retyped=None):
+    """Keep a SavedModel's restore function in step with its variables bundle.
 
-    The restore op named by the SaverDef calls a function holding one RestoreV2 whose outputs feed
-    Identity → AssignVariableOp pairs; dropped keys lose their entry and that pair.
+    The restore op named by the SaverDef calls a function holding a RestoreV2 whose outputs feed
+    Identity → AssignVariableOp pairs. Dropped keys lose their entry and that pair; retyped keys
+    (e.g. stored float16) are read in their stored dtype and cast back before the assignment.
     """
     from tensorflow.core.protobuf import saved_model_pb2
+
+    from ..errors import WcompressError
 
     saved = saved_model_pb2.SavedModel()
     with open(pb_path, "rb") as fh:
         saved.ParseFromString(fh.read())
-    dropped = set(dropped)
     for meta in saved.meta_graphs:
+        if any(node.op == "RestoreV2" for node in meta.graph_def.node):
+            raise WcompressError("this SavedModel restores in graph mode; wcompress rewrites only restore "
+                                 "functions", pb_path)
         restore = meta.saver_def.restore_op_name.split(":")[0]
-        calls = [n for n in meta.graph_def.node if n.name == restore and "f" in n.attr]
-        names = {c.attr["f"].func.name for c in calls}
+        names = {n.attr["f"].func.name for n in meta.graph_def.node if n.name == restore and "f" in n.attr}
         for func in meta.graph_def.library.function:
             if func.signature.name in names:
-                _prune_restore_function(func, dropped)
-        for node in meta.graph_def.node:
-            if node.op in ("RestoreV2",):
-                raise NotImplementedError("graph-mode RestoreV2 in a SavedModel")
+                if retyped:
+                    _retype_restore_function(func, retyped)
+                if dropped:
+                    _prune_restore_function(func, set(dropped))
     with open(pb_path, "wb") as fh:
         fh.write(saved.SerializeToString())
 
 
-def _prune_restore_function(func, dropped):
+def _retype_restore_function(func, retyped):
+    nodes = {n.name: n for n in func.node_def}
+    for restore in [n for n in func.node_def if n.op == "RestoreV2"]:
+        keys = [k.decode() for k in nodes[restore.input[1].split(":")[0]].attr["value"].tensor.string_val]
+        for index, key in enumerate(keys):
+            if key not in retyped:
+                continue
+            stored = tf.as_dtype(retyped[key]).as_datatype_enum
+            wanted = restore.attr["dtypes"].list.type[index]
+            restore.attr["dtypes"].list.type[index] = stored
+            source = f"{restore.name}:tensors:{index}"
+            readers = [n for n in func.node_def if source in n.input]
+            for reader in readers:
+                if reader.op == "Identity":
+                    reader.attr["T"].type = stored  # pass the stored value on, cast after it
+                    source_out, after = f"{reader.name}:output:0", reader.name
+                else:
+                    source_out, after = source, None
+                cast = func.node_def.add()
+                cast.name = (after or f"{restore.name}_{index}") + "/wcompress_cast"
+                cast.op = "Cast"
+                cast.input.append(source_out)
+                cast.attr["SrcT"].type = stored
+                cast.attr["DstT"].type = wanted
+                cast.attr["Truncate"].b = False
+                for node in func.node_def:
+                    if node is cast:
+                        continue
+                    for pos, inp in enumerate(node.input):
+                        if inp == source_out and (after or node is reader):
+                            node.input[pos] = f"{cast.name}:y:0"
+
+
+def _prune_restore_function(func, dropped):  # noqa: C901
     nodes = {n.name: n for n in func.node_def}
     removed = set()
     for restore in [n for n in func.node_def if n.op == "RestoreV2"]:
