@@ -190,6 +190,12 @@ def test_crafted_huge_shape_refused_before_allocating(tmp_path):
     assert "implausibly large" in line
 
 
+def test_container_is_not_a_pass_target(tmp_path):
+    container = _coo_container(tmp_path)
+    assert "restore` it first" in run_error("strip", container, "-o", tmp_path / "x.h5")
+    assert run_json("profile", container)["format"] == "wcompress-container"
+
+
 def test_truncated_container(tmp_path):
     container = _coo_container(tmp_path)
     data = container.read_bytes()

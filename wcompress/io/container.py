@@ -254,6 +254,10 @@ class ContainerStore(ModelStore):
     def files(self):
         return [self.path]
 
+    def write(self, target, produce):
+        raise WcompressError("a container is read-only here: `wcompress restore` it first, or write a new one "
+                             "with `pack` / `sparsify --pack`", self.path)
+
     # The reader interface CheckpointStore expects, so the original store can be rebuilt on top of it.
     @property
     def shapes(self):
