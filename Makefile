@@ -17,13 +17,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job on a real pretrained model (musicnn's TF1 checkpoint, fetched from its PyPI wheel):
-# profile it, strip the Adam slots, profile the result.
+# profile it, strip the Adam slots, profile the result; then sparsify it into the container and report.
 demo: $(STAMP)
 	@model=$$($(PY) -m wcompress.samples musicnn) && \
 	rm -rf demo-out && \
 	$(VENV)/bin/wcompress profile "$$model" | tail -n 25 && \
 	$(VENV)/bin/wcompress strip "$$model" -o demo-out/ && \
-	$(VENV)/bin/wcompress profile demo-out/ | tail -n 3
+	$(VENV)/bin/wcompress profile demo-out/ | tail -n 3 && \
+	$(VENV)/bin/wcompress sparsify demo-out/ --method relative --delta 0.5 --pack --values float16 \
+		-o demo-out/sparse.h5 | tail -n 2 && \
+	$(VENV)/bin/wcompress report demo-out/sparse.h5 --against "$$model" | tail -n 3
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
