@@ -49,3 +49,20 @@ def test_third_party_plugin_via_entry_point(tmp_path):
     assert rows["negate"]["passes"] == ["negate"]
     assert "(wc-extra)" in rows["negate"]["source"]
     assert "strip" in rows
+
+
+def test_broken_plugin_is_reported_not_fatal(tmp_path):
+    (tmp_path / "wc_broken.py").write_text("raise ImportError('missing dependency xyz')\n")
+    dist = tmp_path / "wc_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wc-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[wcompress.passes]\nbroken = wc_broken\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "wcompress.cli", "plugins", "--json"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "plugin 'broken' (wc_broken) failed to load: missing dependency xyz" in done.stderr
+    import json
+
+    rows = {r["plugin"]: r for r in json.loads(done.stdout)}
+    assert rows["broken"]["source"] == "failed to load" and "strip" in rows

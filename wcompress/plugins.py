@@ -26,6 +26,7 @@ _loaded = False
 _passes = {}
 _metrics = {}
 _origin = {}
+_failed = {}
 
 
 def load_plugins():
@@ -36,7 +37,13 @@ def load_plugins():
     _loaded = True
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if pm.get_plugin(ep.name) is None:
-            pm.register(ep.load(), name=ep.name)
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the tool
+                _failed[ep.name] = f"{type(exc).__name__}: {exc}"
+                print(f"wcompress: warning: plugin {ep.name!r} ({ep.value}) failed to load: {exc}", file=sys.stderr)
+                continue
+            pm.register(module, name=ep.name)
             _origin[ep.name] = f"entry point {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
     for name, module in BUILTIN_PLUGINS.items():
         if pm.get_plugin(name) is None:
@@ -90,4 +97,6 @@ def plugin_table():
             "file": getattr(sys.modules.get(getattr(plugin, "__name__", "")), "__file__", None),
             "passes": sorted(p for p, obj in _passes.items() if obj.plugin == name),
         })
+    rows += [{"plugin": name, "source": "failed to load", "module": None, "file": None, "passes": [],
+              "error": error} for name, error in _failed.items()]
     return sorted(rows, key=lambda r: r["plugin"])
