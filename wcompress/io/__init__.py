@@ -7,10 +7,7 @@ from ..errors import WcompressError
 from .store import ModelStore, WriteResult, write_safely
 from .tensors import ROLES, TRAINING_STATE, TensorInfo, read_order_file
 
-FORMATS = ("tf1-checkpoint", "tf2-checkpoint", "savedmodel", "keras", "keras-h5", "weights-h5", "keras-weights-h5")
-
-__all__ = ["open_model", "write_safely", "ModelStore", "WriteResult", "TensorInfo", "ROLES", "TRAINING_STATE",
-           "FORMATS"]
+__all__ = ["open_model", "write_safely", "ModelStore", "WriteResult", "TensorInfo", "ROLES", "TRAINING_STATE"]
 
 
 def open_model(path, order_file=None):

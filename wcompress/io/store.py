@@ -30,15 +30,6 @@ class ModelStore:
         self.path = path
         self.tensors = []
 
-    def __iter__(self):
-        return iter(self.tensors)
-
-    def info(self, name):
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyError(name)
-
     def load(self, name):
         raise NotImplementedError
 
