@@ -50,7 +50,7 @@ def merge(paths, dest, weights=None, dtype=None, budget=None, normalize=True, in
     keras_members = all(s.format in _KERAS_FORMATS for s in stores)
     if not keras_members and any(s.format in _KERAS_FORMATS for s in stores):
         raise WcompressError("cannot merge Keras models with TF graphs")
-    work = tempfile.mkdtemp(prefix="wcompress-merge-", dir=os.path.dirname(os.path.abspath(dest)) or ".")
+    work = tempfile.mkdtemp(prefix="wcompress-merge-")
     try:
         if keras_members:
             merged = build_keras(paths, weights, os.path.join(work, "merged.keras"), unsafe=unsafe)
@@ -59,25 +59,18 @@ def merge(paths, dest, weights=None, dtype=None, budget=None, normalize=True, in
             merged = os.path.join(work, "merged.ckpt")
             names = build_tf1(stores, weights, merged, input_name, output_name, feeds)
         passes = [get_pass("fp16").new()] if dtype == "float16" else []
-        result = run_passes(open_model(merged), passes, os.path.join(work, "out", os.path.basename(merged)),
-                            show_progress=False)
         members = [{"path": s.path, "format": s.format, "bytes": s.bytes, "weight": w}
                    for s, w in zip(stores, weights)]
-        if limit is not None and result.output_bytes > limit:
-            table = "; ".join(f"{os.path.basename(os.path.normpath(m['path']))} {m['bytes']:,} B" for m in members)
-            raise WcompressError(f"merged model would be {result.output_bytes:,} B, over the budget of {limit:,} B "
-                                 f"(members: {table})")
-        final = _move_into_place(result.output, dest, stores, force)
-        return {"members": members, "output": final.path, "output_files": final.files, "output_bytes": final.bytes,
-                "dtype": dtype or "float32", "budget": limit, **names}
+
+        def within_budget(size):
+            if limit is not None and size > limit:
+                table = "; ".join(f"{os.path.basename(os.path.normpath(m['path']))} {m['bytes']:,} B" for m in members)
+                raise WcompressError(f"merged model would be {size:,} B, over the budget of {limit:,} B "
+                                     f"(members: {table})")
+
+        result = run_passes(open_model(merged), passes, dest, force=force, show_progress=False,
+                            extra_inputs=[f for s in stores for f in s.files()], check=within_budget)
+        return {"members": members, "output": result.output.path, "output_files": result.output.files,
+                "output_bytes": result.output_bytes, "dtype": dtype or "float32", "budget": limit, **names}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _move_into_place(written, dest, stores, force):
-    """Copy the finished merge to `dest` through the same safe writer every command uses."""
-    from .io import write_safely
-
-    store = open_model(written.path)
-    return write_safely(store, dest, lambda info: store.load(info.name), force=force,
-                        extra_inputs=[f for s in stores for f in s.files()])

@@ -54,12 +54,13 @@ class ModelStore:
         raise NotImplementedError
 
 
-def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()):
+def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=(), check=None):
     """Write through a temp path in the destination folder, then rename into place.
 
     `writer(target, produce)` replaces the store's own writer (e.g. the sparse container), in which
-    case `dest` is a single file. Refuses to write over any input file and, without `force`, over
-    any existing file.
+    case `dest` is a single file. `check(bytes)` sees the staged output's size before the rename and
+    may raise to leave nothing behind (a size budget). Refuses to write over any input file and,
+    without `force`, over any existing file.
     """
     if writer is None:
         dest = store.resolve_output(dest)
@@ -82,6 +83,8 @@ def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()
     try:
         target = os.path.join(stage, os.path.basename(dest) or "model")
         produced = writer(target, produce)
+        if check is not None:
+            check(sum(os.path.getsize(f) for f in _walk(produced)))
         for old in clobbered:
             shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
         final = []
@@ -97,13 +100,18 @@ def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()
         shutil.rmtree(stage, ignore_errors=True)
         if not done and new_parent and not os.listdir(parent):
             os.rmdir(parent)  # leave no trace of a failed write
+    return WriteResult(path=dest, files=sorted(_walk(final)))
+
+
+def _walk(paths):
+    """Files in `paths`, folders expanded."""
     files = []
-    for f in final:
+    for f in paths:
         if os.path.isdir(f):
             files += [os.path.join(r, n) for r, _, ns in os.walk(f) for n in ns]
         else:
             files.append(f)
-    return WriteResult(path=dest, files=sorted(files))
+    return files
 
 
 def _same_prefix(store, dest):
