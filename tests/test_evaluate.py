@@ -1,7 +1,6 @@
 """evaluate, sweep, autotune and ensemble-search on real models with real data that ships with them."""
 
 import csv
-import json
 import os
 
 import numpy as np

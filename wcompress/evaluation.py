@@ -221,7 +221,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, max_
         if probe.eligible(info):
             sizes[info.layer] = sizes.get(info.layer, 0) + info.size
     layers = sorted(sizes, key=lambda layer: -sizes[layer])[:max_layers]
-    chosen, best = {}, uniform
+    chosen, evaluations = {}, len(grid) + 1  # the grid, plus the dense baseline
     for layer in layers:
         ladder = [round(uniform["delta"] + LADDER * k, 4) for k in range(1, 20)
                   if uniform["delta"] + LADDER * k < 0.999]
@@ -229,12 +229,13 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, max_
             chunk = ladder[start:start + max(1, jobs)]
             rows = run_variants([Variant(model, "relative", uniform["delta"], _overrides({**chosen, layer: d}))
                                  for d in chunk], spec, jobs)
+            evaluations += len(rows)
             stop = False
             for d, row in zip(chunk, rows):
                 if not ok(row):
                     stop = True
                     break
-                chosen[layer], best = d, row
+                chosen[layer] = d
             if stop:
                 break
     final = Variant(model, "relative", uniform["delta"], _overrides(chosen))
@@ -248,7 +249,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, max_
             "tuned": {"delta": uniform["delta"], "layers": chosen, "sparsity": sparsity, "value": value,
                       "within_budget": within_budget(metric, value, base, max_drop, relative)},
             "gain": sparsity - uniform["sparsity"], "output": path, "plan": plan_path,
-            "evaluations": len(UNIFORM_GRID) + sum(1 for _ in chosen)}
+            "evaluations": evaluations + 1}  # and the re-evaluation of the written model
 
 
 def _overrides(deltas):
