@@ -21,9 +21,20 @@ def test_unknown_pass_is_a_clear_error():
         get_pass("nope")
 
 
+def install_fake_plugin(root, module, entry, source):
+    """A module plus the dist-info that declares it under wcompress.passes, as pip would install it."""
+    (root / f"{module}.py").write_text(source)
+    dist = root / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    name = module.replace("_", "-")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[wcompress.passes]\n{entry} = {module}\n")
+    return dict(os.environ, PYTHONPATH=str(root))
+
+
 def test_third_party_plugin_via_entry_point(tmp_path):
     """A package installed beside wcompress registers a pass through the same entry-point group."""
-    (tmp_path / "wc_extra.py").write_text(textwrap.dedent('''
+    env = install_fake_plugin(tmp_path, "wc_extra", "negate", textwrap.dedent('''
         from wcompress.hookspecs import hookimpl
         from wcompress.passes import Pass
 
@@ -36,11 +47,6 @@ def test_third_party_plugin_via_entry_point(tmp_path):
         def register_passes(register):
             register(Negate())
     '''))
-    dist = tmp_path / "wc_extra-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wc-extra\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[wcompress.passes]\nnegate = wc_extra\n")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "wcompress.cli", "plugins", "--json"], env=env,
                          capture_output=True, text=True, check=True).stdout
     import json
@@ -52,12 +58,7 @@ def test_third_party_plugin_via_entry_point(tmp_path):
 
 
 def test_broken_plugin_is_reported_not_fatal(tmp_path):
-    (tmp_path / "wc_broken.py").write_text("raise ImportError('missing dependency xyz')\n")
-    dist = tmp_path / "wc_broken-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wc-broken\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[wcompress.passes]\nbroken = wc_broken\n")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = install_fake_plugin(tmp_path, "wc_broken", "broken", "raise ImportError('missing dependency xyz')\n")
     done = subprocess.run([sys.executable, "-m", "wcompress.cli", "plugins", "--json"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0
