@@ -37,7 +37,13 @@ class BundleReader:
             value = self._reader.get_tensor(key)
         except (tf.errors.OpError, ValueError, RuntimeError, IndexError) as exc:  # IndexError: truncated data
             raise WcompressError(f"cannot read tensor {key!r} ({_first_line(exc)})", self.prefix) from exc
-        if not isinstance(value, np.ndarray):
+        if isinstance(value, bytes):
+            # np.asarray(bytes) makes a fixed-width bytes_ that drops trailing NULs: a serialized
+            # object graph often ends in them. Keep the exact bytes in an object scalar.
+            exact = np.empty((), dtype=object)
+            exact[()] = value
+            value = exact
+        elif not isinstance(value, np.ndarray):
             value = np.asarray(value)
         if value.shape != self.shapes[key]:
             raise WcompressError(f"tensor {key!r} has shape {value.shape}, index says {self.shapes[key]}", self.prefix)
