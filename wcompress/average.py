@@ -28,12 +28,16 @@ def find_checkpoints(folder, steps=None):
     if not os.path.isdir(folder):
         raise WcompressError("not a folder", folder)
     low, high = parse_steps(steps)
-    found = {}
+    series = {}  # (stem, suffix) -> {step: path}: one training run's checkpoints
     for name in os.listdir(folder):
         m = _NUMBERED.match(name)
         if m:
             path = os.path.join(folder, m["stem"] + "-" + m["step"] + ("" if m["ext"] == ".index" else m["ext"]))
-            found[int(m["step"])] = path
+            series.setdefault((m["stem"], m["ext"]), {})[int(m["step"])] = path
+    if len(series) > 1:
+        names = ", ".join(f"{stem}-N{'' if ext == '.index' else ext}" for stem, ext in sorted(series))
+        raise WcompressError(f"folder holds several checkpoint series ({names}): name the checkpoints to average", folder)
+    found = next(iter(series.values()), {})
     chosen = [(s, p) for s, p in sorted(found.items()) if (low is None or s >= low) and (high is None or s <= high)]
     if not chosen:
         have = ", ".join(str(s) for s in sorted(found)) or "none"
@@ -41,7 +45,7 @@ def find_checkpoints(folder, steps=None):
     return [p for _, p in chosen]
 
 
-def average(paths, dest, keep_optimizer=False, force=False):
+def average(paths, dest=None, keep_optimizer=False, force=False):
     """Mean of every float model tensor (float64 accumulation, original dtype), written like the last input.
 
     Integer tensors and step counters come from the last checkpoint; optimizer state is dropped
@@ -64,7 +68,8 @@ def average(paths, dest, keep_optimizer=False, force=False):
         total /= len(stores)
         return total.astype(info.dtype)
 
-    written = write_safely(last, dest, produce, force=force)
+    written = write_safely(last, dest, produce, force=force, tag="avg",
+                           extra_inputs=[f for s in stores for f in s.files()])
     return {"inputs": [s.path for s in stores], "output": written.path, "output_files": written.files,
             "output_bytes": written.bytes, "input_bytes": [s.bytes for s in stores],
             "averaged_tensors": sum(1 for t in last.tensors if t.is_float and t.role not in TRAINING_STATE)}

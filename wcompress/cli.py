@@ -57,8 +57,11 @@ def cli(ctx, debug):
 
 
 def output_options(f):
-    f = click.option("--force", is_flag=True, help="Overwrite an existing output.")(f)
-    f = click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the result.")(f)
+    f = click.option("--force", is_flag=True, help="Replace an existing output (a file, or a checkpoint's or "
+                     "SavedModel's own files; never a folder holding anything else).")(f)
+    f = click.option("-o", "--output", type=click.Path(), help="Where to write the result: its suffix picks the "
+                     "format (.keras, .h5, .weights.h5); a folder (or DIR/) means inside it, under the input's "
+                     "name. Default: beside the input, NAME.TAG.EXT.")(f)
     return f
 
 
@@ -115,7 +118,8 @@ def strip(model, output, force, order_file, as_json):
     from .runner import run_passes
 
     store = open_model(model, order_file=order_file)
-    result = run_passes(store, [get_pass("strip").new()], output, force=force, show_progress=not as_json)
+    result = run_passes(store, [get_pass("strip").new()], output, force=force, show_progress=not as_json,
+                        tag="stripped")
     if as_json:
         emit_json(result.as_dict())
         return
@@ -137,9 +141,7 @@ def container_options(f):
 
 @cli.command()
 @click.argument("model", type=click.Path())
-@click.option("-o", "--output", type=click.Path(),
-              help="Where to write the result (default: beside the input, named NAME.sparse.EXT).")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@output_options
 @click.option("--method", help="flat, triangular or relative (or a plugin's thresholding method).")
 @click.option("--delta", type=float, help="flat: fraction of the smallest layer span; relative: fraction to zero.")
 @click.option("--sparsity", type=float, help="relative: the fraction of each layer to zero (same as --delta).")
@@ -187,24 +189,10 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
             write_plan(plan_path, sparsifier.plan_document(), force=force)
         _print_sparsity(summary, outcomes, None, as_json)
         return
-    output = output or default_output(store, "sparse", pack)
     writer = ContainerWriter(store, values=values_dtype, codec=codec) if pack else None
-    result = run_passes(store, [sparsifier], output, force=force, show_progress=not as_json, writer=writer)
+    result = run_passes(store, [sparsifier], output, force=force, show_progress=not as_json, writer=writer,
+                        tag="sparse")
     _print_sparsity(result.summaries[sparsifier.name], result.tensors, result, as_json)
-
-
-def default_output(store, tag, container=False):
-    """`model.ckpt` -> `model.sparse.ckpt`, `m.keras` -> `m.sparse.keras`, folders -> `folder-sparse`."""
-    import os
-
-    path = getattr(store, "prefix", None) if store.format.endswith("checkpoint") else store.path
-    path = os.path.normpath(path) if path and os.path.basename(path) else os.path.normpath(store.path)
-    if container:
-        return os.path.splitext(path)[0] + f".{tag}.h5"
-    if os.path.isdir(path):
-        return f"{path}-{tag}"
-    root, ext = os.path.splitext(path)
-    return f"{root}.{tag}{ext}"
 
 
 def _print_sparsity(summary, outcomes, result, as_json):
@@ -233,7 +221,7 @@ def pack(model, output, force, codec, values_dtype, order_file, as_json):
 
     store = open_model(model, order_file=order_file)
     result = run_passes(store, [], output, force=force, show_progress=not as_json,
-                        writer=ContainerWriter(store, values=values_dtype, codec=codec))
+                        writer=ContainerWriter(store, values=values_dtype, codec=codec), tag="packed")
     if as_json:
         emit_json(result.as_dict())
         return
@@ -246,13 +234,15 @@ def pack(model, output, force, codec, values_dtype, order_file, as_json):
 @cli.command("restore")
 @click.argument("container", type=click.Path(exists=True, dir_okay=False))
 @output_options
+@click.option("--unsafe", is_flag=True, help="Converting to another Keras format deserializes the model: allow "
+              "Lambda layers and custom code.")
 @json_option
-def restore_command(container, output, force, as_json):
+def restore_command(container, output, force, unsafe, as_json):
     """Turn a container back into its original format (bit-exact for float32 values)."""
     from .io.container import ContainerStore, restore
 
     source = ContainerStore(container)
-    written = restore(container, output, force=force)
+    written = restore(container, output, force=force, unsafe=unsafe)
     if as_json:
         emit_json({"container": container, "format": source.source_format, "output": written.path,
                    "output_files": written.files, "output_bytes": written.bytes,
@@ -303,7 +293,7 @@ def fp16(model, output, force, cover, min_bytes, tensors, on_overflow, order_fil
 
     store = open_model(model, order_file=order_file)
     caster = get_pass("fp16").new(cover=cover, min_bytes=min_bytes, tensors=tensors, on_overflow=on_overflow)
-    result = run_passes(store, [caster], output, force=force, show_progress=not as_json)
+    result = run_passes(store, [caster], output, force=force, show_progress=not as_json, tag="fp16")
     if as_json:
         emit_json(result.as_dict())
         return

@@ -7,3 +7,24 @@ class WcompressError(Exception):
     def __init__(self, message, path=None):
         self.path = str(path) if path is not None else None
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class WcompressWarning(UserWarning):
+    """Something the user should know although the command succeeds; printed on stderr."""
+
+
+def warn(message, path=None):
+    import warnings
+
+    warnings.warn(WcompressWarning(f"{path}: {message}" if path is not None else message), stacklevel=2)
+
+
+def root_cause(exc, limit=300):
+    """The first line of an exception that says what went wrong, not where (TF's and Keras's
+    messages often open with a generic line such as 'Graph execution error:')."""
+    generic = ("graph execution error", "traceback", "exception encountered", "error when deserializing")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if not line.lower().rstrip(":. ").startswith(generic) and not line.startswith(("File ", "Detected at node")):
+            return line[:limit]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -44,8 +44,7 @@ def report(path, against=None, gzip=True):
                              np.dtype(e["value_dtype"]).itemsize * 8, e["value_dtype"]))
         if gzip:
             with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as work:
-                written = restore(path, os.path.join(work, "dense") + (os.sep if "checkpoint" in store.source_format
-                                                                      else ""))
+                written = restore(path, work + os.sep)  # inside the private folder, under the original's name
                 gz = gzip_bytes(written.files)
                 dense_file = written.bytes
         kind = store.source_format

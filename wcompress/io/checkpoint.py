@@ -6,7 +6,7 @@ import shutil
 
 from ..errors import WcompressError
 from . import tf1_meta
-from .bundle import OBJECT_GRAPH_KEY, BundleReader, bundle_files, data_files, prune_object_graph, write_bundle
+from .bundle import OBJECT_GRAPH_KEY, BundleReader, bundle_files, prune_object_graph, write_bundle
 from .store import ModelStore
 from .tensors import OPTIMIZER, TensorInfo, assign_layer_order, classify, natural_key
 
@@ -130,18 +130,6 @@ class CheckpointStore(ModelStore):
         state = os.path.join(os.path.dirname(self.prefix), "checkpoint")
         return files + ([state] if os.path.isfile(state) else [])
 
-    def resolve_output(self, dest):
-        if os.path.isdir(dest) or dest.endswith(os.sep):
-            return os.path.join(dest, os.path.basename(self.prefix) or "model.ckpt")
-        return dest
-
-    def output_files(self, dest):
-        folder = os.path.dirname(dest) or "."
-        if not os.path.isdir(folder):
-            return []
-        found = [dest + s for s in (".index", ".meta") if os.path.exists(dest + s)]
-        return found + data_files(dest)
-
     def write(self, target, produce):
         kept, retyped = [], {}
 
@@ -217,12 +205,6 @@ class SavedModelStore(CheckpointStore):
 
     def files(self):
         return [os.path.join(r, n) for r, _, ns in os.walk(self.path) for n in ns]
-
-    def resolve_output(self, dest):
-        return dest.rstrip(os.sep)
-
-    def output_files(self, dest):
-        return [dest] if os.path.exists(dest) else []
 
     def write(self, target, produce):
         dropped, retyped = [], {}

@@ -254,9 +254,11 @@ class ContainerStore(ModelStore):
     def files(self):
         return [self.path]
 
+    read_only = ("a container is read-only here: `wcompress restore` it first, or write a new one with `pack` / "
+                 "`sparsify --pack`")
+
     def write(self, target, produce):
-        raise WcompressError("a container is read-only here: `wcompress restore` it first, or write a new one "
-                             "with `pack` / `sparsify --pack`", self.path)
+        raise WcompressError(self.read_only, self.path)
 
     # The reader interface CheckpointStore expects, so the original store can be rebuilt on top of it.
     @property
@@ -310,17 +312,22 @@ def is_container(path):
         return False
 
 
-def restore(container_path, dest, force=False):
-    """Write the container back in its original format."""
+def restore(container_path, dest, force=False, unsafe=False):
+    """Write the container back in its original format (or another Keras format, by the output's suffix).
+
+    With no `dest`, the output goes beside the container under the original's name, tagged `restored`.
+    """
     from .store import write_safely
 
     container = ContainerStore(container_path)
     work = tempfile.mkdtemp(prefix="wcompress-restore-")
     try:
         store = container.original(work)
-        if store.format.endswith("checkpoint") and (os.path.isdir(dest) or dest.endswith(os.sep)):
-            dest = os.path.join(dest, container.source_name or "model.ckpt")  # the original's name
-        return write_safely(store, dest, lambda info: store.load(info.name), force=force,
-                            extra_inputs=[container_path])
+        # The name recorded in the file is data: only a plain file name is used, never a path.
+        name = os.path.basename(container.source_name.replace("\\", "/"))
+        if name in ("", ".", ".."):
+            name = "model.ckpt" if store.format.endswith("checkpoint") else None
+        return write_safely(store, dest, lambda info: store.load(info.name), force=force, tag="restored",
+                            name=name, beside=container_path, extra_inputs=[container_path], unsafe=unsafe)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -261,6 +261,11 @@ class KerasZipStore(H5Store):
         os.remove(weights)
         return [target]
 
+    def write_weights(self, target, produce):
+        """Only the archive's weights file: exactly Keras 3's `.weights.h5` format."""
+        self._write_h5(target, produce)
+        return [target]
+
     def skeleton(self, kept, retyped, workdir):
         target = os.path.join(workdir, "model.keras")
         self.write(target, self._placeholders(kept, retyped))

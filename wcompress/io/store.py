@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from ..errors import WcompressError
+from .outputs import check_not_input, convert_keras, native_suffix, plan_output
 
 
 @dataclass
@@ -41,66 +42,69 @@ class ModelStore:
     def bytes(self):
         return sum(os.path.getsize(f) for f in self.files())
 
-    def resolve_output(self, dest):
-        """Where the output really goes for a user-given -o path."""
-        return dest
-
-    def output_files(self, dest):
-        """Existing files that writing to `dest` would replace."""
-        return [dest] if os.path.exists(dest) else []
-
     def write(self, target, produce):
         """Write the model to `target`, tensor by tensor: produce(info) gives the array or None to drop it."""
         raise NotImplementedError
 
 
-def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=(), check=None):
-    """Write through a temp path in the destination folder, then rename into place.
+def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=(), check=None, tag="out",
+                 name=None, beside=None, unsafe=False):
+    """Write through a temp folder beside the destination, then rename into place (see io/outputs.py).
 
-    `writer(target, produce)` replaces the store's own writer (e.g. the sparse container), in which
-    case `dest` is a single file. `check(bytes)` sees the staged output's size before the rename and
-    may raise to leave nothing behind (a size budget). Refuses to write over any input file and,
-    without `force`, over any existing file.
+    `dest` is the user's -o (None: the default name beside the input, with `tag`). `writer(target,
+    produce)` replaces the store's own writer (the sparse container). `check(bytes)` sees the staged
+    output's size before the rename and may raise to leave nothing behind (a size budget). Refuses to
+    write over any input file and, without `force`, over any existing output. On any failure, Ctrl-C
+    or SIGTERM, nothing is left: no staging folder, no folder we created.
     """
-    if writer is None:
-        dest = store.resolve_output(dest)
-        existing = store.output_files(dest)
-        writer = store.write
-    else:
-        existing = [dest] if os.path.exists(dest) else []
-    inputs = {os.path.realpath(f) for f in list(store.files()) + list(extra_inputs)} | {os.path.realpath(store.path)}
-    real_dest = os.path.realpath(dest)
-    clobbered = [os.path.realpath(f) for f in existing]
-    if real_dest in inputs or any(f in inputs for f in clobbered) or _same_prefix(store, dest):
-        raise WcompressError("output would overwrite the input; choose another -o path", dest)
-    if clobbered and not force:
-        raise WcompressError("output exists; pass --force to overwrite it", dest)
-    parent = os.path.dirname(os.path.abspath(dest))
-    new_parent = not os.path.exists(parent)
+    plan = plan_output(store, dest, tag=tag, container=writer is not None, name=name, beside=beside)
+    check_not_input(plan, list(store.files()) + list(extra_inputs) + [store.path])
+    if plan.replaces and not force:
+        raise WcompressError("output exists; pass --force to overwrite it", plan.path)
+    parent = os.path.dirname(os.path.abspath(plan.path))
     os.makedirs(parent, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".wcompress-", dir=parent)
     done = False
     try:
-        target = os.path.join(stage, os.path.basename(dest) or "model")
-        produced = writer(target, produce)
+        target = os.path.join(stage, os.path.basename(plan.path))
+        produced = _write_as(store, plan, target, produce, writer, unsafe)
         if check is not None:
             check(sum(os.path.getsize(f) for f in _walk(produced)))
-        for old in clobbered:
+        for old in plan.replaces:
             shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
         final = []
         for path in produced:
             rel = os.path.relpath(path, stage)
             out = os.path.join(parent, rel)
-            if rel == "checkpoint" and os.path.exists(out):
-                continue  # leave an existing checkpoint state file as it is
+            if rel == "checkpoint" and (os.path.exists(out) or not plan.state_file):
+                continue  # never replace a state file, nor add one to a folder the user did not name
             os.replace(path, out)
             final.append(out)
         done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        if not done and new_parent and not os.listdir(parent):
-            os.rmdir(parent)  # leave no trace of a failed write
-    return WriteResult(path=dest, files=sorted(_walk(final)))
+        if not done:
+            for folder in reversed(plan.created_dirs):  # leave no trace of a failed write
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+    return WriteResult(path=plan.path, files=sorted(_walk(final)))
+
+
+def _write_as(store, plan, target, produce, writer, unsafe):
+    """Write in the store's own format, then convert when the output's suffix asks for another."""
+    if writer is not None:
+        return writer(target, produce)
+    if plan.format == store.format:
+        return store.write(target, produce)
+    if plan.format == "keras-weights-h5" and hasattr(store, "write_weights"):
+        return store.write_weights(target, produce)
+    native = os.path.join(os.path.dirname(target), "native" + native_suffix(store.format))
+    store.write(native, produce)
+    produced = convert_keras(native, store.format, target, plan.format, unsafe=unsafe)
+    os.remove(native)
+    return produced
 
 
 def _walk(paths):
@@ -112,8 +116,3 @@ def _walk(paths):
         else:
             files.append(f)
     return files
-
-
-def _same_prefix(store, dest):
-    prefix = getattr(store, "prefix", None)
-    return prefix is not None and os.path.realpath(prefix) == os.path.realpath(dest)
