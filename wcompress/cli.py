@@ -1,14 +1,18 @@
 """The wcompress command line. Each command parses options, calls the library, and prints."""
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+import warnings
 import zipfile
 
 import click
 
 from . import __version__
-from .errors import WcompressError
+from .errors import WcompressError, WcompressWarning
 
 _USER_ERRORS = (WcompressError, OSError, ValueError, KeyError, zipfile.BadZipFile)
 
@@ -18,7 +22,10 @@ class Cli(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings(), _terminate_cleanly():
+                warnings.simplefilter("always", WcompressWarning)
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except click.UsageError as exc:
             if ctx.params.get("debug"):
                 raise
@@ -32,6 +39,28 @@ class Cli(click.Group):
                 raise
             click.echo(f"wcompress: error: {_one_line(exc)}", err=True)
             ctx.exit(2 if _is_user_error(exc) else 1)
+
+
+def _show_warning(message, category, *args, **kwargs):
+    if issubclass(category, WcompressWarning):
+        click.echo(f"wcompress: warning: {message}", err=True)
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every temp file and staging folder is removed."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _is_user_error(exc):
@@ -197,7 +226,10 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
 
 def _print_sparsity(summary, outcomes, result, as_json):
     if as_json:
-        emit_json({**(result.as_dict() if result else {}), "sparsify": summary,
+        from .runner import destruction_findings
+
+        found = result.warnings if result else destruction_findings(outcomes)
+        emit_json({**(result.as_dict() if result else {}), "sparsify": summary, "warnings": found,
                    "tensors": [o.__dict__ for o in outcomes]})
         return
     from .render import size_change, sparsity_table

@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .io import open_model, write_safely
+from .errors import warn
+from .io import TRAINING_STATE, open_model, write_safely
 from .passes import TensorSource
 from .progress import tensor_progress
 
@@ -18,6 +19,7 @@ class TensorOutcome:
     dtype: str
     zeros: int
     dropped: bool = False
+    zeros_before: int = 0
 
 
 @dataclass
@@ -28,6 +30,7 @@ class RunResult:
     output: object  # io.WriteResult
     tensors: list = field(default_factory=list)
     summaries: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
     @property
     def output_bytes(self):
@@ -43,6 +46,7 @@ class RunResult:
             "output_bytes": self.output_bytes,
             "saved_bytes": self.input_bytes - self.output_bytes,
             "passes": self.summaries,
+            "warnings": self.warnings,
             "tensors": [t.__dict__ for t in self.tensors],
         }
 
@@ -60,7 +64,8 @@ def run_passes(store, passes, dest, force=False, show_progress=True, writer=None
     with tensor_progress(store.tensors, "writing", enabled=show_progress) as advance:
         written = write_safely(store, dest, lambda info: _through(store, passes, info, outcomes, advance),
                                force=force, writer=writer, extra_inputs=extra_inputs, check=check, tag=tag)
-    return RunResult(store.path, store.format, store.bytes, written, outcomes, {p.name: p.summary() for p in passes})
+    return RunResult(store.path, store.format, store.bytes, written, outcomes, {p.name: p.summary() for p in passes},
+                     destruction_warnings(outcomes))
 
 
 def dry_run(store, passes, show_progress=True):
@@ -72,23 +77,58 @@ def dry_run(store, passes, show_progress=True):
     with tensor_progress(store.tensors, "computing", enabled=show_progress) as advance:
         for info in store.tensors:
             _through(store, passes, info, outcomes, advance)
+    destruction_warnings(outcomes)
     return outcomes
+
+
+# A pass that leaves a weight tensor or the whole model (nearly) all zeros has almost always been
+# given a threshold on the wrong scale: say so, although the command did what it was asked.
+TENSOR_ZEROS_WARNING = 0.95
+MODEL_ZEROS_WARNING = 0.90
+
+
+def destruction_warnings(outcomes):
+    """Warn (stderr, and the returned list for --json) where a pass zeroed nearly everything."""
+    found = destruction_findings(outcomes)
+    if found:
+        shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more tensors" if len(found) > 4 else "")
+        warn(f"{shown}: check the thresholds with --dry-run")
+    return found
+
+
+def destruction_findings(outcomes):
+    found = []
+    weights = [o for o in outcomes if not o.dropped and o.role not in TRAINING_STATE and o.size]
+    for o in weights:
+        if o.zeros > o.zeros_before and o.zeros > TENSOR_ZEROS_WARNING * o.size:
+            found.append(f"{o.name} is now {100 * o.zeros / o.size:.1f}% zeros")
+    size = sum(o.size for o in weights)
+    zeros, before = sum(o.zeros for o in weights), sum(o.zeros_before for o in weights)
+    if size and zeros > before and zeros > MODEL_ZEROS_WARNING * size:
+        found.insert(0, f"the model is now {100 * zeros / size:.1f}% zeros")
+    return found
 
 
 def _through(store, passes, info, outcomes, advance):
     """Load one tensor, run it through the passes, record what came out."""
     array = store.load(info.name)
+    before = _zeros(array)
     for p in passes:
         array = p.apply(info, array)
         if array is None:
             break
-    outcomes.append(_outcome(info, array))
+    outcomes.append(_outcome(info, array, before))
     advance(info)
     return array
 
 
-def _outcome(info, array):
+def _zeros(array):
+    return int(array.size - np.count_nonzero(array)) if array is not None and array.dtype != object else 0
+
+
+def _outcome(info, array, zeros_before):
     if array is None:
-        return TensorOutcome(info.name, info.layer, info.role, info.size, str(np.dtype(info.dtype)), 0, dropped=True)
-    zeros = int(array.size - np.count_nonzero(array)) if array.dtype != object else 0
-    return TensorOutcome(info.name, info.layer, info.role, int(array.size), str(array.dtype), zeros)
+        return TensorOutcome(info.name, info.layer, info.role, info.size, str(np.dtype(info.dtype)), 0, dropped=True,
+                             zeros_before=zeros_before)
+    return TensorOutcome(info.name, info.layer, info.role, int(array.size), str(array.dtype), _zeros(array),
+                         zeros_before=zeros_before)

@@ -3,7 +3,8 @@
 import os
 import zipfile
 
-from ..errors import WcompressError
+from ..errors import WcompressError, warn
+from .outputs import suffix_format
 from .store import ModelStore, WriteResult, write_safely
 from .tensors import ROLES, TRAINING_STATE, TensorInfo, read_order_file
 
@@ -29,6 +30,7 @@ def open_model(path, order_file=None):
         raise WcompressError("folder holds no checkpoint (.index) and no saved_model.pb", path)
     with open(path, "rb") as fh:
         magic = fh.read(8)
+    _warn_misnamed(path, "keras" if magic.startswith(b"PK") else "h5" if magic == b"\x89HDF\r\n\x1a\n" else None)
     if magic.startswith(b"PK"):
         if not zipfile.is_zipfile(path):
             raise WcompressError("truncated or damaged zip archive", path)
@@ -45,3 +47,13 @@ def open_model(path, order_file=None):
     raise WcompressError(
         "unrecognised model format (expected a TF checkpoint, SavedModel folder, .keras or Keras .h5)", path
     )
+
+
+def _warn_misnamed(path, kind):
+    """Keras picks its reader by suffix: a file whose suffix lies about its content will not load there."""
+    named = suffix_format(path)
+    if kind == "keras" and named not in (None, "keras"):
+        warn("is a Keras 3 .keras archive (zip) although named like HDF5: Keras will load it only as .keras", path)
+    elif kind == "h5" and named == "keras":
+        warn("is an HDF5 file although named .keras: Keras will load it only as .h5 (outputs named .keras are "
+             "converted to a real .keras archive)", path)

@@ -58,7 +58,7 @@ def model_name(store):
         base = os.path.basename(store.prefix)
         if base:
             return base, False
-        return os.path.basename(os.path.dirname(os.path.abspath(store.prefix))), True
+        return os.path.basename(os.path.abspath(os.path.dirname(store.prefix) or ".")), True
     path = os.path.abspath(store.path)
     return os.path.basename(os.path.normpath(path)), os.path.isdir(path)
 
@@ -72,7 +72,7 @@ def default_output(store, tag, container=False, name=None, beside=None):
     if beside is not None:
         folder = os.path.dirname(os.path.abspath(beside))
     elif store.format in CHECKPOINT_FORMATS:
-        folder = os.path.dirname(os.path.abspath(store.prefix))
+        folder = os.path.abspath(os.path.dirname(store.prefix) or ".")
         if is_folder:
             folder = os.path.dirname(folder)
     else:
