@@ -46,6 +46,12 @@ def tiny(tmp_path_factory):
     paths["tf2"] = ckpt.write(str(root / "tf2" / "ckpt"))
 
     paths["tf1"] = build_tf1_checkpoint(str(root / "tf1" / "model.ckpt"))
+    paths["tf1_resource"] = build_tf1_checkpoint(str(root / "tf1_resource" / "model.ckpt"), resource=True)
+    paths["tf1_variablev2"] = build_tf1_checkpoint(str(root / "tf1_variablev2" / "model.ckpt"), resource=False)
+    paths["savedmodel_tf1"] = build_tf1_savedmodel(str(root / "savedmodel_tf1"))
+    paths["savedmodel_module"] = build_module_savedmodel(str(root / "savedmodel_module"))
+    paths["savedmodel_export"] = str(root / "savedmodel_export")
+    model.export(paths["savedmodel_export"], verbose=False)
     return paths
 
 
@@ -60,8 +66,11 @@ def build_tiny_keras():
     return keras.Model(inputs, outputs, name="tiny")
 
 
-def build_tf1_checkpoint(prefix):
-    """A TF1 graph (dense → relu → dense) trained a few Adam steps, saved with its .meta."""
+def build_tf1_checkpoint(prefix, resource=None):
+    """A TF1 graph (dense → relu → dense) trained a few Adam steps, saved with its .meta.
+
+    `resource=None` takes tf.compat.v1.get_variable's default, which under TF2 is a resource variable
+    (VarHandleOp, read by ReadVariableOp); `resource=False` builds VariableV2 variables (TF1's default)."""
     import tensorflow as tf
 
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
@@ -71,10 +80,11 @@ def build_tf1_checkpoint(prefix):
         tf.compat.v1.set_random_seed(3)
         x = tf.compat.v1.placeholder(tf.float32, (None, 10), name="input")
         y = tf.compat.v1.placeholder(tf.float32, (None, 4), name="labels")
-        w1 = tf.compat.v1.get_variable("fc1/kernel", (10, 24))
-        b1 = tf.compat.v1.get_variable("fc1/bias", (24,), initializer=tf.compat.v1.zeros_initializer())
-        w2 = tf.compat.v1.get_variable("fc2/kernel", (24, 4))
-        b2 = tf.compat.v1.get_variable("fc2/bias", (4,), initializer=tf.compat.v1.zeros_initializer())
+        zeros = tf.compat.v1.zeros_initializer()
+        w1 = tf.compat.v1.get_variable("fc1/kernel", (10, 24), use_resource=resource)
+        b1 = tf.compat.v1.get_variable("fc1/bias", (24,), initializer=zeros, use_resource=resource)
+        w2 = tf.compat.v1.get_variable("fc2/kernel", (24, 4), use_resource=resource)
+        b2 = tf.compat.v1.get_variable("fc2/bias", (4,), initializer=zeros, use_resource=resource)
         out = tf.nn.sigmoid(tf.matmul(tf.nn.relu(tf.matmul(x, w1) + b1), w2) + b2, name="output")
         step = tf.compat.v1.train.get_or_create_global_step()
         train = tf.compat.v1.train.AdamOptimizer(0.01).minimize(tf.reduce_mean((out - y) ** 2), global_step=step)
@@ -85,6 +95,48 @@ def build_tf1_checkpoint(prefix):
                 sess.run(train, {x: rng.rand(8, 10), y: rng.rand(8, 4)})
             saver.save(sess, prefix)
     return prefix
+
+
+def build_tf1_savedmodel(folder, resource=False):
+    """A TF1 SavedModel (simple_save: a graph-mode Saver) with a serving signature; VariableV2
+    variables unless `resource`."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(4)
+        x = tf.compat.v1.placeholder(tf.float32, (None, 12), name="features")
+        w1 = tf.compat.v1.get_variable("fc1/kernel", (12, 48), use_resource=resource)
+        b1 = tf.compat.v1.get_variable("fc1/bias", (48,), initializer=tf.compat.v1.random_normal_initializer(),
+                                       use_resource=resource)
+        w2 = tf.compat.v1.get_variable("fc2/kernel", (48, 3), use_resource=resource)
+        out = tf.nn.relu(tf.matmul(x, w1) + b1) @ w2
+        out = tf.identity(out, name="scores")
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.saved_model.simple_save(sess, folder, {"features": x}, {"scores": out})
+    return folder
+
+
+def build_module_savedmodel(folder):
+    """A TF2 SavedModel: tf.saved_model.save of a tf.Module with a serving signature."""
+    import tensorflow as tf
+
+    class Tiny(tf.Module):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.RandomState(5)
+            self.w1 = tf.Variable(rng.randn(12, 48).astype("float32") / 4, name="w1")
+            self.b1 = tf.Variable(rng.randn(48).astype("float32") / 4, name="b1")
+            self.w2 = tf.Variable(rng.randn(48, 3).astype("float32") / 4, name="w2")
+
+        @tf.function(input_signature=[tf.TensorSpec((None, 12), tf.float32, name="features")])
+        def __call__(self, x):
+            return {"scores": tf.nn.relu(x @ self.w1 + self.b1) @ self.w2}
+
+    module = Tiny()
+    tf.saved_model.save(module, folder, signatures={"serving_default": module.__call__})
+    return folder
 
 
 # --- real data that ships in packages, for evaluate / sweep / autotune / ensemble-search ---------
@@ -103,15 +155,20 @@ def mhcnuggets_encode(peptides, length=15):
     return out
 
 
-def mhcnuggets_keras(weights, path):
-    """mhcnuggets' LSTM architecture (its models.py) with the shipped weights, saved as .keras."""
+def mhcnuggets_model():
+    """mhcnuggets' LSTM architecture (its models.py), untrained."""
     import keras
 
-    model = keras.Sequential([
+    return keras.Sequential([
         keras.Input((15, 21)), keras.layers.Masking(MHC_MASK), keras.layers.LSTM(64), keras.layers.Dense(64),
         keras.layers.Dropout(0.2), keras.layers.Activation("tanh"), keras.layers.Dense(1),
         keras.layers.Activation("sigmoid"),
     ])
+
+
+def mhcnuggets_keras(weights, path):
+    """mhcnuggets' architecture with the shipped weights, saved as .keras."""
+    model = mhcnuggets_model()
     model.load_weights(weights)
     model.save(path)
     return path

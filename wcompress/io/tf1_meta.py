@@ -155,10 +155,13 @@ def _prune_restore_function(func, dropped):  # noqa: C901
 def _retype_variables(meta, retyped, path):
     """Graph surgery for casting variables (seed 000's float16 weights, without touching model code).
 
-    Each retyped VariableV2 gets the new dtype; its snapshot read `V/read` becomes a Cast back to the
-    dtype the graph computes in, so every consumer still sees the same dtype; its initializer casts
-    the initial value. Ops that update the variable in place (optimizer steps, the old Saver's
-    restores) cannot take the new dtype and are removed with everything that depends on their data.
+    Each retyped variable gets the new dtype, and every read of it is cast back to the dtype the
+    graph computes in, so every consumer still sees the same dtype:
+    - a VariableV2's snapshot `V/read` becomes a Cast; its initializer `V/Assign` casts the initial value;
+    - a resource variable's (VarHandleOp) ReadVariableOp and ResourceGather read the new dtype and
+      keep their name on a Cast placed after them; its initializer `V/Assign` casts the initial value.
+    Ops that update the variable in place (optimizer steps, the old Saver's restores) cannot take
+    the new dtype and are removed with everything that depends on their data.
     """
     from ..errors import WcompressError
 
@@ -169,9 +172,8 @@ def _retype_variables(meta, retyped, path):
         var = nodes.get(name)
         if var is None:
             continue
-        if var.op not in ("VariableV2", "Variable"):
-            raise WcompressError(f"cannot cast {name!r}: the graph holds it as a {var.op}, "
-                                 "only VariableV2 graphs are rewritten", path)
+        if var.op not in _VARIABLE_OPS:
+            raise WcompressError(f"cannot cast {name!r}: the graph holds it as a {var.op}", path)
         new_type[name] = (var.attr["dtype"].type, tf.as_dtype(dtype).as_datatype_enum)
         var.attr["dtype"].type = new_type[name][1]
     removed = set()
@@ -183,19 +185,19 @@ def _retype_variables(meta, retyped, path):
         if node.op == "Identity" and len(node.input) == 1:
             node.op = "Cast"  # V/read: same name, same output dtype, now converting
             del node.attr["T"]
-            node.attr["SrcT"].type = new
-            node.attr["DstT"].type = old
-            node.attr["Truncate"].b = False
-        elif node.op == "Assign" and node.name == refs[0] + "/Assign":
+            _set_cast(node, new, old)
+        elif node.op in ("Assign", "AssignVariableOp") and node.name == refs[0] + "/Assign":
             cast = graph.node.add()
             cast.name = node.name + "/wcompress_cast"
             cast.op = "Cast"
             cast.input.append(node.input[1])
-            cast.attr["SrcT"].type = old
-            cast.attr["DstT"].type = new
-            cast.attr["Truncate"].b = False
+            _set_cast(cast, old, new)
             node.input[1] = cast.name
-            node.attr["T"].type = new
+            node.attr["T" if node.op == "Assign" else "dtype"].type = new
+        elif node.op in ("ReadVariableOp", "ResourceGather", "ResourceGatherNd"):
+            _cast_after_graph_read(graph, node, old, new)
+        elif node.op in _DTYPE_FREE_RESOURCE_OPS:
+            continue
         else:
             removed.add(node.name)
     removed = remove_nodes(graph.node, removed)
@@ -205,6 +207,32 @@ def _retype_variables(meta, retyped, path):
             values = [v for v in col.node_list.value if v.split(":")[0] not in removed]
             del col.node_list.value[:]
             col.node_list.value.extend(values)
+
+
+# Ops that take a resource variable but none of its values: a new dtype leaves them valid.
+_DTYPE_FREE_RESOURCE_OPS = {"VarIsInitializedOp", "DestroyResourceOp", "DisableCopyOnRead", "VariableShape"}
+
+
+def _set_cast(node, src, dst):
+    node.attr["SrcT"].type = src
+    node.attr["DstT"].type = dst
+    node.attr["Truncate"].b = False
+
+
+def _cast_after_graph_read(graph, read, old, new):
+    """A GraphDef read op now yields `new`: it moves to `<name>/wcompress_read` and a Cast back to
+    `old` takes its name, so every consumer (and tensor names users feed or fetch) is unchanged."""
+    name = read.name
+    read.name = name + "/wcompress_read"
+    read.attr["dtype"].type = new
+    cast = graph.node.add()
+    cast.name = name
+    cast.op = "Cast"
+    cast.input.append(read.name)
+    if read.device:
+        cast.device = read.device
+    _set_cast(cast, new, old)
+    return cast
 
 
 def remove_nodes(nodes, removed):
