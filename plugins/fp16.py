@@ -27,6 +27,21 @@ def covering(tensors, fraction):
     return chosen
 
 
+def _refuse_unloadable(source):
+    """Checkpoints that come without a graph are restored by the user's own float32 model, and
+    TensorFlow's restore (RestoreV2) accepts only the variable's own dtype: float16 storage there
+    would not load, so refuse before anything is written and say what works instead."""
+    instead = "for float16 storage use `wcompress pack --values float16`"
+    if source.format == "tf2-checkpoint":
+        raise WcompressError("a TF2 object checkpoint restores only into variables of its stored dtype, so a "
+                             f"float32 model cannot restore float16 tensors; {instead}, or save the model as "
+                             ".keras and run fp16 on that", source.path)
+    if source.format == "tf1-checkpoint" and not source.has_meta_graph:
+        raise WcompressError("a TF1 checkpoint without its .meta graph restores only into variables of its "
+                             f"stored dtype; keep the .meta beside it so the graph is rewritten, or {instead}",
+                             source.path)
+
+
 class Float16Pass(Pass):
     name = "fp16"
     help = "Cast the largest float32 tensors to float16; drop training state."
@@ -43,6 +58,7 @@ class Float16Pass(Pass):
         self.chosen, self.overflow, self.cast = set(), {}, {}
 
     def prepare(self, source):
+        _refuse_unloadable(source)
         model = [t for t in source.tensors if t.role not in TRAINING_STATE]
         floats = [t for t in model if np.dtype(t.dtype) == np.float32]
         if self.patterns:

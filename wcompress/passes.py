@@ -13,6 +13,11 @@ class TensorSource:
         self.tensors = list(store.tensors)
         # True where the model gives each layer one dtype (Keras): casts must cover whole layers.
         self.casts_whole_layers = bool(getattr(store, "casts_whole_layers", False))
+        # The format the output will be written in, and whether a TF1 graph (.meta) comes with it:
+        # a pass whose output that format cannot load stock refuses in prepare, before any write.
+        self.path = getattr(store, "path", None)
+        self.format = getattr(store, "format", None)
+        self.has_meta_graph = bool(getattr(store, "meta", None))
 
     def load(self, name):
         return self._store.load(name)

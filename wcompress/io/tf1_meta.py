@@ -28,9 +28,15 @@ def variable_names(path):
 def rewrite(meta_in, meta_out, kept, retyped):
     """Write a .meta whose Saver saves and restores exactly the `kept` variables, with the variables
     in `retyped` (name -> numpy dtype) stored in that dtype and cast back where the graph reads them."""
-    meta = load_meta_graph_def(meta_in)
+    meta = rewrite_meta_graph(load_meta_graph_def(meta_in), kept, retyped, meta_in)
+    with open(meta_out, "wb") as fh:
+        fh.write(meta.SerializeToString())
+
+
+def rewrite_meta_graph(meta, kept, retyped, path):
+    """The MetaGraphDef `rewrite` writes: the graph retyped, and a new Saver over the `kept` variables."""
     if retyped:
-        _retype_variables(meta, retyped, meta_in)
+        _retype_variables(meta, retyped, path)
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.train.import_meta_graph(meta, clear_devices=False)
@@ -38,70 +44,294 @@ def rewrite(meta_in, meta_out, kept, retyped):
         saver = tf.compat.v1.train.Saver(
             var_list={name: variables[name] for name in kept if name in variables}, name="wcompress_saver"
         )
-        tf.compat.v1.train.export_meta_graph(filename=meta_out, graph=graph, saver_def=saver.as_saver_def())
+        return tf.compat.v1.train.export_meta_graph(graph=graph, saver_def=saver.as_saver_def())
 
 
 def update_savedmodel_restore(pb_path, dropped=(), retyped=None):
-    """Keep a SavedModel's restore function in step with its variables bundle.
+    """Keep a SavedModel's graphs in step with its variables bundle.
 
-    The restore op named by the SaverDef calls a function holding a RestoreV2 whose outputs feed
-    Identity → AssignVariableOp pairs. Dropped keys lose their entry and that pair; retyped keys
-    (e.g. stored float16) are read in their stored dtype and cast back before the assignment.
+    TF1 SavedModels (a graph-mode Saver) get the .meta treatment: the graph is retyped and a new
+    Saver over the kept variables replaces the old one. TF2 SavedModels restore through a function
+    holding a RestoreV2 whose outputs feed Identity → AssignVariableOp pairs: dropped keys lose their
+    entry and that pair; retyped keys (stored float16) become float16 variables everywhere — in the
+    object graph `tf.saved_model.load` builds them from, in the graph the TF1 loader imports, and in
+    every function that reads them, where a Cast restores the dtype the function computes in.
     """
     from tensorflow.core.protobuf import saved_model_pb2
-
-    from ..errors import WcompressError
 
     saved = saved_model_pb2.SavedModel()
     with open(pb_path, "rb") as fh:
         saved.ParseFromString(fh.read())
+    shown = "saved_model.pb"  # errors name the graph, not the staging folder it is written in
     for meta in saved.meta_graphs:
         if any(node.op == "RestoreV2" for node in meta.graph_def.node):
-            raise WcompressError("this SavedModel restores in graph mode; wcompress rewrites only restore "
-                                 "functions", pb_path)
-        restore = meta.saver_def.restore_op_name.split(":")[0]
-        names = {n.attr["f"].func.name for n in meta.graph_def.node if n.name == restore and "f" in n.attr}
-        for func in meta.graph_def.library.function:
-            if func.signature.name in names:
-                if retyped:
-                    _retype_restore_function(func, retyped)
-                if dropped:
+            _rewrite_graph_mode_saver(meta, set(dropped), retyped or {}, shown)
+            continue
+        if retyped:
+            _retype_savedmodel_variables(meta, retyped, shown)
+        if dropped:
+            restore = meta.saver_def.restore_op_name.split(":")[0]
+            names = {n.attr["f"].func.name for n in meta.graph_def.node if n.name == restore and "f" in n.attr}
+            for func in meta.graph_def.library.function:
+                if func.signature.name in names:
                     _prune_restore_function(func, set(dropped))
     with open(pb_path, "wb") as fh:
         fh.write(saved.SerializeToString())
 
 
-def _retype_restore_function(func, retyped):
+def _rewrite_graph_mode_saver(meta, dropped, retyped, path):
+    """A TF1 SavedModel (simple_save, builder): the same surgery as a .meta, saved back in place."""
+    graph = meta.graph_def
+    for node in graph.node:
+        if "_output_shapes" in node.attr:
+            del node.attr["_output_shapes"]
+    nodes = {n.name: n for n in graph.node}
+    keys = [k.decode() for n in graph.node if n.op == "RestoreV2"
+            for k in nodes[n.input[1].split(":")[0]].attr["value"].tensor.string_val]
+    new = rewrite_meta_graph(meta, [k for k in keys if k not in dropped], retyped, path)
+    meta.graph_def.CopyFrom(new.graph_def)
+    meta.saver_def.CopyFrom(new.saver_def)
+    meta.ClearField("collection_def")
+    for key, value in new.collection_def.items():
+        meta.collection_def[key].CopyFrom(value)
+
+
+_CALL_OPS = {"StatefulPartitionedCall", "PartitionedCall"}
+_READ_OUTPUTS = {"ReadVariableOp": "value", "ResourceGather": "output", "ResourceGatherNd": "output"}
+_ASSIGN_OPS = {"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp"}
+
+
+def _retype_savedmodel_variables(meta, retyped, path):  # noqa: C901
+    """Make the retyped variables of a TF2 SavedModel float16 (say) for both loaders.
+
+    Entry points: the object graph's concrete functions receive variables as bound inputs (the TF2
+    loader), and graph-level call nodes receive VarHandleOps (the TF1 loader). From there each
+    resource argument is followed into the functions it is passed to. Reads get the new dtype and a
+    Cast back; the restore function reads and assigns the stored dtype; the save function saves it.
+    """
+    from ..errors import WcompressError
+
+    wanted = {key: tf.as_dtype(dtype).as_datatype_enum for key, dtype in retyped.items()}
+    functions = {f.signature.name: f for f in meta.graph_def.library.function}
+    typed_args, pending = {}, []
+
+    def mark(fname, index, types):
+        if fname not in functions:
+            raise WcompressError(f"cannot cast variables: function {fname!r} is missing from the SavedModel", path)
+        if typed_args.setdefault((fname, index), types) is types:
+            pending.append((fname, index))
+
+    # The TF2 loader builds variables from the object graph and binds them to functions' last inputs.
+    objects = meta.object_graph_def
+    var_types = {}
+    for node_id, key in _object_graph_variable_keys(objects).items():
+        if key in wanted:
+            variable = objects.nodes[node_id].variable
+            var_types[node_id] = (variable.dtype, wanted[key])
+            variable.dtype = wanted[key]
+    if objects.nodes and len(var_types) != len(wanted):
+        missing = sorted(set(wanted) - set(_object_graph_variable_keys(objects).values()))
+        raise WcompressError(f"cannot cast {missing[0]!r}: no variable of the object graph holds it", path)
+    for fname, concrete in objects.concrete_functions.items():
+        offset = len(functions[fname].signature.input_arg) - len(concrete.bound_inputs)
+        for j, node_id in enumerate(concrete.bound_inputs):
+            if node_id in var_types:
+                mark(fname, offset + j, var_types[node_id])
+
+    # The TF1 loader imports the graph: its VarHandleOps are found through the restore call's inputs.
+    graph = meta.graph_def
+    nodes = {n.name: n for n in graph.node}
+    restore_call = nodes[meta.saver_def.restore_op_name.split(":")[0]]
+    handle_types = {}
+    for key, index in _restore_assign_args(functions[restore_call.attr["f"].func.name]).items():
+        if key in wanted:
+            handle = nodes[restore_call.input[index].split(":")[0]]
+            handle_types[handle.name] = (handle.attr["dtype"].type, wanted[key])
+            handle.attr["dtype"].type = wanted[key]
+    for node in list(graph.node):
+        for pos, inp in enumerate(node.input):
+            if inp.startswith("^") or inp.split(":")[0] not in handle_types:
+                continue
+            old, new = handle_types[inp.split(":")[0]]
+            if node.op in _CALL_OPS:
+                mark(node.attr["f"].func.name, pos, (old, new))
+            elif node.op in _READ_OUTPUTS:
+                _cast_after_graph_read(graph, node, old, new)
+            elif node.op in _ASSIGN_OPS and pos == 0:  # an initializer: reads above are cast back already
+                cast = graph.node.add()
+                cast.name = node.name + "/wcompress_cast"
+                cast.op = "Cast"
+                cast.input.append(node.input[1])
+                _set_cast(cast, old, new)
+                node.input[1] = cast.name
+                node.attr["dtype"].type = new
+            elif node.op not in _DTYPE_FREE_RESOURCE_OPS:
+                raise WcompressError(f"cannot cast {inp!r}: the SavedModel's graph uses it in a {node.op}", path)
+
+    # Restore functions read the stored dtype and pass it on to the assignment.
+    stored = {}  # function name -> refs that now carry the stored dtype
+    for func in functions.values():
+        stored[func.signature.name] = _retype_restore_reads(func, wanted)
+
+    casts = {}  # (function, cast ref) -> the stored-dtype ref it converts
+    while pending:
+        fname, index = pending.pop()
+        func = functions[fname]
+        arg = func.signature.input_arg[index].name
+        old, new = typed_args[(fname, index)]
+        for node in list(func.node_def):
+            for pos, inp in enumerate(node.input):
+                if inp != arg:
+                    continue
+                if node.op in _CALL_OPS:
+                    mark(node.attr["f"].func.name, pos, (old, new))
+                elif node.op in _READ_OUTPUTS:
+                    raw, cast = _cast_after_function_read(func, node, old, new)
+                    casts[(fname, cast)] = raw
+                elif node.op in _ASSIGN_OPS and pos == 0:
+                    node.attr["dtype"].type = new
+                    if node.input[1] not in stored[fname]:
+                        node.input[1] = _function_cast(func, node.input[1], node.name, old, new)
+                elif node.op not in _DTYPE_FREE_RESOURCE_OPS:
+                    raise WcompressError(f"cannot cast a variable that {fname} uses in a {node.op} ({node.name})",
+                                         path)
+    for func in functions.values():
+        _save_stored_dtype(func, casts)
+    _check_call_sites(meta, functions, typed_args, handle_types, var_types, path)
+
+
+def _object_graph_variable_keys(objects):
+    """Object-graph node id -> checkpoint key of each variable: the first breadth-first path from
+    the root, named as TensorFlow names checkpoint keys (node ids match the checkpoint's graph)."""
+    from tensorflow.python.trackable import trackable_utils
+
+    if not objects.nodes:
+        return {}
+    paths, queue = {0: []}, [0]
+    while queue:
+        node_id = queue.pop(0)
+        for child in objects.nodes[node_id].children:
+            if child.node_id not in paths:
+                paths[child.node_id] = paths[node_id] + [trackable_utils.escape_local_name(child.local_name)]
+                queue.append(child.node_id)
+    return {i: trackable_utils.checkpoint_key("/".join(paths[i]), "VARIABLE_VALUE")
+            for i, node in enumerate(objects.nodes) if node.WhichOneof("kind") == "variable" and i in paths}
+
+
+def _restore_assign_args(func):
+    """Checkpoint key -> index of the resource argument its AssignVariableOp writes, in a restore function."""
     nodes = {n.name: n for n in func.node_def}
+    args = {a.name: i for i, a in enumerate(func.signature.input_arg)}
+    found = {}
     for restore in [n for n in func.node_def if n.op == "RestoreV2"]:
         keys = [k.decode() for k in nodes[restore.input[1].split(":")[0]].attr["value"].tensor.string_val]
         for index, key in enumerate(keys):
-            if key not in retyped:
+            refs = {f"{restore.name}:tensors:{index}"}
+            refs |= {f"{n.name}:output:0" for n in func.node_def if n.op == "Identity" and n.input[0] in refs}
+            for node in func.node_def:
+                if node.op == "AssignVariableOp" and node.input[1] in refs and node.input[0] in args:
+                    found[key] = args[node.input[0]]
+    return found
+
+
+def _retype_restore_reads(func, wanted):
+    """RestoreV2 reads the retyped keys in their stored dtype, and the Identity after it passes that
+    on; returns the refs that now carry a stored dtype."""
+    nodes = {n.name: n for n in func.node_def}
+    refs = set()
+    for restore in [n for n in func.node_def if n.op == "RestoreV2"]:
+        keys = [k.decode() for k in nodes[restore.input[1].split(":")[0]].attr["value"].tensor.string_val]
+        for index, key in enumerate(keys):
+            if key not in wanted:
                 continue
-            stored = tf.as_dtype(retyped[key]).as_datatype_enum
-            wanted = restore.attr["dtypes"].list.type[index]
-            restore.attr["dtypes"].list.type[index] = stored
-            source = f"{restore.name}:tensors:{index}"
-            readers = [n for n in func.node_def if source in n.input]
-            for reader in readers:
-                if reader.op == "Identity":
-                    reader.attr["T"].type = stored  # pass the stored value on, cast after it
-                    source_out, after = f"{reader.name}:output:0", reader.name
-                else:
-                    source_out, after = source, None
-                cast = func.node_def.add()
-                cast.name = (after or f"{restore.name}_{index}") + "/wcompress_cast"
-                cast.op = "Cast"
-                cast.input.append(source_out)
-                cast.attr["SrcT"].type = stored
-                cast.attr["DstT"].type = wanted
-                cast.attr["Truncate"].b = False
-                for node in func.node_def:
-                    if node is cast:
-                        continue
-                    for pos, inp in enumerate(node.input):
-                        if inp == source_out and (after or node is reader):
-                            node.input[pos] = f"{cast.name}:y:0"
+            restore.attr["dtypes"].list.type[index] = wanted[key]
+            ref = f"{restore.name}:tensors:{index}"
+            refs.add(ref)
+            for node in func.node_def:
+                if node.op == "Identity" and node.input and node.input[0] == ref:
+                    node.attr["T"].type = wanted[key]
+                    refs.add(f"{node.name}:output:0")
+    return refs
+
+
+def _function_cast(func, ref, name, src, dst):
+    cast = func.node_def.add()
+    cast.name = name + "/wcompress_cast"
+    cast.op = "Cast"
+    cast.input.append(ref)
+    _set_cast(cast, src, dst)
+    return f"{cast.name}:y:0"
+
+
+def _cast_after_function_read(func, read, old, new):
+    """A function's read op now yields `new`; every use of its value reads a Cast back to `old`."""
+    read.attr["dtype"].type = new
+    raw = f"{read.name}:{_READ_OUTPUTS[read.op]}:0"
+    cast = _function_cast(func, raw, read.name, new, old)
+    for node in func.node_def:
+        if node.name != cast.split(":")[0]:
+            for pos, inp in enumerate(node.input):
+                if inp == raw:
+                    node.input[pos] = cast
+    for key, value in list(func.ret.items()):
+        if value == raw:
+            func.ret[key] = cast
+    return raw, cast
+
+
+def _save_stored_dtype(func, casts):
+    """A save function saves the stored dtype: SaveV2 takes the read before its Cast back."""
+    nodes = {n.name: n for n in func.node_def}
+    for save in [n for n in func.node_def if n.op in ("SaveV2", "SaveSlices")]:
+        for j, inp in enumerate(list(save.input)[3:]):
+            if inp.startswith("^"):
+                break
+            chain, ref = [], inp
+            while nodes.get(ref.split(":")[0]) is not None and nodes[ref.split(":")[0]].op == "Identity" \
+                    and ref.endswith(":output:0"):
+                chain.append(nodes[ref.split(":")[0]])
+                ref = chain[-1].input[0]
+            raw = casts.get((func.signature.name, ref))
+            if raw is None:
+                continue
+            new = nodes[raw.split(":")[0]].attr["dtype"].type
+            for identity in chain:
+                identity.attr["T"].type = new
+            if chain:
+                chain[-1].input[0] = raw
+            else:
+                save.input[3 + j] = raw
+            save.attr["dtypes"].list.type[j] = new
+
+
+def _check_call_sites(meta, functions, typed_args, handle_types, var_types, path):
+    """One function argument cannot read a float16 variable at one call and a float32 one at another."""
+    from ..errors import WcompressError
+
+    def check(fname, pos, retyped_here, where):
+        if (fname, pos) in typed_args and not retyped_here:
+            raise WcompressError(f"cannot cast these variables: {fname} reads both cast and uncast variables "
+                                 f"through one argument ({where}); cast more or fewer tensors (--tensors)", path)
+
+    handles = {n.name for n in meta.graph_def.node if n.op == "VarHandleOp"}
+    for node in meta.graph_def.node:
+        if node.op in _CALL_OPS:
+            for pos, inp in enumerate(node.input):
+                if not inp.startswith("^") and inp.split(":")[0] in handles:
+                    check(node.attr["f"].func.name, pos, inp.split(":")[0] in handle_types, node.name)
+    for fname, func in functions.items():
+        typed = {func.signature.input_arg[i].name for (f, i) in typed_args if f == fname}
+        resources = {a.name for a in func.signature.input_arg if a.type == tf.resource.as_datatype_enum}
+        for node in func.node_def:
+            if node.op in _CALL_OPS:
+                for pos, inp in enumerate(node.input):
+                    if inp in resources:
+                        check(node.attr["f"].func.name, pos, inp in typed, f"{fname}/{node.name}")
+    for fname, concrete in meta.object_graph_def.concrete_functions.items():
+        offset = len(functions[fname].signature.input_arg) - len(concrete.bound_inputs)
+        for j, node_id in enumerate(concrete.bound_inputs):
+            if meta.object_graph_def.nodes[node_id].WhichOneof("kind") == "variable":
+                check(fname, offset + j, node_id in var_types, "bound input")
 
 
 def _prune_restore_function(func, dropped):  # noqa: C901
