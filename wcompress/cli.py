@@ -316,8 +316,16 @@ def report_command(path, against, no_gzip, as_json):
 def fp16(model, output, force, cover, min_bytes, tensors, on_overflow, order_file, as_json):
     """Cast the largest float32 tensors to float16; the output loads in stock TensorFlow/Keras.
 
-    Keras files get a float16 dtype policy on the cast layers; TF1 .meta graphs get float16 variables
-    cast back to float32 where they are read. Training state is dropped.
+    \b
+    What loads where (training state is dropped in every case):
+    - .keras, Keras .h5: float16 dtype policy on the cast layers; keras.models.load_model.
+    - .weights.h5, weights-only .h5: float16 storage; model.load_weights casts it.
+    - TF1 checkpoint with .meta (VariableV2 or resource variables): float16 variables cast back
+      where read, new Saver; import_meta_graph + saver.restore.
+    - SavedModel (simple_save, tf.saved_model.save, model.export): float16 variables cast back
+      where read; tf.saved_model.load and the TF1 loader.
+    - TF2 object checkpoints and TF1 checkpoints without .meta are refused: a float32 model
+      cannot restore float16 tensors. Use pack --values float16, or save the model as .keras.
     """
     from .io import open_model
     from .plugins import get_pass
