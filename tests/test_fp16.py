@@ -195,18 +195,25 @@ def _serve_tf2(folder, x):
     return {k: v.numpy() for k, v in serve(**{name: tf.constant(x)}).items()}
 
 
-@pytest.mark.parametrize("kind", ["savedmodel_tf1", "savedmodel_module", "savedmodel_export"])
-def test_fp16_savedmodel_kinds_load_in_both_stock_loaders(tiny, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["savedmodel_tf1", "savedmodel_module", "savedmodel_export", "savedmodel_keras"])
+def test_fp16_savedmodel_kinds_load_in_stock_loaders(tiny, tmp_path, kind):
+    import keras
     import tensorflow as tf
     from helpers import savedmodel_predict
 
+    if kind == "savedmodel_keras":  # tf.saved_model.save of a Keras 3 model: TF2 loader only, even unchanged
+        src = str(tmp_path / "keras_sm")
+        tf.saved_model.save(keras.models.load_model(tiny["keras"]), src)
+        loaders = (_serve_tf2,)
+    else:
+        src, loaders = tiny[kind], (_serve_tf2, savedmodel_predict)
     out = tmp_path / "sm16"
-    result = run_json("fp16", tiny[kind], "--cover", "1.0", "-o", out)
+    result = run_json("fp16", src, "--cover", "1.0", "-o", out)
     cast = result["passes"]["fp16"]["cast_tensors"]
     assert cast and all(stock_tensors(out)[k].dtype == np.float16 for k in cast)
     x = np.random.RandomState(0).rand(16, 12).astype("float32")
-    for run in (_serve_tf2, savedmodel_predict):
-        expected, got = run(tiny[kind], x), run(out, x)
+    for run in loaders:
+        expected, got = run(src, x), run(out, x)
         assert sorted(got) == sorted(expected)
         for key in expected:
             assert got[key].dtype == np.float32

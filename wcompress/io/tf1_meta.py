@@ -118,7 +118,8 @@ def _retype_savedmodel_variables(meta, retyped, path):  # noqa: C901
     def mark(fname, index, types):
         if fname not in functions:
             raise WcompressError(f"cannot cast variables: function {fname!r} is missing from the SavedModel", path)
-        if typed_args.setdefault((fname, index), types) is types:
+        if (fname, index) not in typed_args:
+            typed_args[(fname, index)] = types
             pending.append((fname, index))
 
     # The TF2 loader builds variables from the object graph and binds them to functions' last inputs.
@@ -138,23 +139,56 @@ def _retype_savedmodel_variables(meta, retyped, path):  # noqa: C901
             if node_id in var_types:
                 mark(fname, offset + j, var_types[node_id])
 
-    # The TF1 loader imports the graph: its VarHandleOps are found through the restore call's inputs.
+    # The TF1 loader imports the graph: its VarHandleOps are those the restore call assigns, and
+    # those graph-level calls pass into arguments that read a cast variable.
     graph = meta.graph_def
     nodes = {n.name: n for n in graph.node}
     restore_call = nodes[meta.saver_def.restore_op_name.split(":")[0]]
-    handle_types = {}
+    handle_types, handled = {}, set()
     for key, index in _restore_assign_args(functions[restore_call.attr["f"].func.name]).items():
         if key in wanted:
             handle = nodes[restore_call.input[index].split(":")[0]]
             handle_types[handle.name] = (handle.attr["dtype"].type, wanted[key])
-            handle.attr["dtype"].type = wanted[key]
+
+    # Restore functions read the stored dtype and pass it on to the assignment.
+    stored = {}  # function name -> refs that now carry the stored dtype
+    for func in functions.values():
+        stored[func.signature.name] = _retype_restore_reads(func, wanted)
+
+    casts = {}  # (function, cast ref) -> the stored-dtype ref it converts
+    while True:
+        for name in set(handle_types) - handled:
+            handled.add(name)
+            nodes[name].attr["dtype"].type = handle_types[name][1]
+            _retype_graph_handle(graph, name, handle_types[name], mark, path)
+        while pending:
+            fname, index = pending.pop()
+            _retype_function_arg(functions[fname], index, typed_args[(fname, index)], mark, stored[fname],
+                                 casts, path)
+        for node in graph.node:
+            for pos, inp in enumerate(node.input if node.op in _CALL_OPS else ()):
+                source = nodes.get(inp.split(":")[0])
+                if source is not None and source.op == "VarHandleOp" and source.name not in handle_types \
+                        and (node.attr["f"].func.name, pos) in typed_args:
+                    handle_types[source.name] = typed_args[(node.attr["f"].func.name, pos)]
+        if set(handle_types) == handled and not pending:
+            break
+    for func in functions.values():
+        _save_stored_dtype(func, casts)
+    _check_call_sites(meta, functions, typed_args, handle_types, var_types, path)
+
+
+def _retype_graph_handle(graph, name, types, mark, path):
+    """Every graph-level use of a cast VarHandleOp: reads cast back, initializers cast in, calls followed."""
+    from ..errors import WcompressError
+
+    old, new = types
     for node in list(graph.node):
         for pos, inp in enumerate(node.input):
-            if inp.startswith("^") or inp.split(":")[0] not in handle_types:
+            if inp.startswith("^") or inp.split(":")[0] != name:
                 continue
-            old, new = handle_types[inp.split(":")[0]]
             if node.op in _CALL_OPS:
-                mark(node.attr["f"].func.name, pos, (old, new))
+                mark(node.attr["f"].func.name, pos, types)
             elif node.op in _READ_OUTPUTS:
                 _cast_after_graph_read(graph, node, old, new)
             elif node.op in _ASSIGN_OPS and pos == 0:  # an initializer: reads above are cast back already
@@ -166,38 +200,30 @@ def _retype_savedmodel_variables(meta, retyped, path):  # noqa: C901
                 node.input[1] = cast.name
                 node.attr["dtype"].type = new
             elif node.op not in _DTYPE_FREE_RESOURCE_OPS:
-                raise WcompressError(f"cannot cast {inp!r}: the SavedModel's graph uses it in a {node.op}", path)
+                raise WcompressError(f"cannot cast {name!r}: the SavedModel's graph uses it in a {node.op}", path)
 
-    # Restore functions read the stored dtype and pass it on to the assignment.
-    stored = {}  # function name -> refs that now carry the stored dtype
-    for func in functions.values():
-        stored[func.signature.name] = _retype_restore_reads(func, wanted)
 
-    casts = {}  # (function, cast ref) -> the stored-dtype ref it converts
-    while pending:
-        fname, index = pending.pop()
-        func = functions[fname]
-        arg = func.signature.input_arg[index].name
-        old, new = typed_args[(fname, index)]
-        for node in list(func.node_def):
-            for pos, inp in enumerate(node.input):
-                if inp != arg:
-                    continue
-                if node.op in _CALL_OPS:
-                    mark(node.attr["f"].func.name, pos, (old, new))
-                elif node.op in _READ_OUTPUTS:
-                    raw, cast = _cast_after_function_read(func, node, old, new)
-                    casts[(fname, cast)] = raw
-                elif node.op in _ASSIGN_OPS and pos == 0:
-                    node.attr["dtype"].type = new
-                    if node.input[1] not in stored[fname]:
-                        node.input[1] = _function_cast(func, node.input[1], node.name, old, new)
-                elif node.op not in _DTYPE_FREE_RESOURCE_OPS:
-                    raise WcompressError(f"cannot cast a variable that {fname} uses in a {node.op} ({node.name})",
-                                         path)
-    for func in functions.values():
-        _save_stored_dtype(func, casts)
-    _check_call_sites(meta, functions, typed_args, handle_types, var_types, path)
+def _retype_function_arg(func, index, types, mark, stored, casts, path):
+    """Every use of a cast resource argument inside one function."""
+    from ..errors import WcompressError
+
+    fname, arg = func.signature.name, func.signature.input_arg[index].name
+    old, new = types
+    for node in list(func.node_def):
+        for pos, inp in enumerate(node.input):
+            if inp != arg:
+                continue
+            if node.op in _CALL_OPS:
+                mark(node.attr["f"].func.name, pos, types)
+            elif node.op in _READ_OUTPUTS:
+                raw, cast = _cast_after_function_read(func, node, old, new)
+                casts[(fname, cast)] = raw
+            elif node.op in _ASSIGN_OPS and pos == 0:
+                node.attr["dtype"].type = new
+                if node.input[1] not in stored:
+                    node.input[1] = _function_cast(func, node.input[1], node.name, old, new)
+            elif node.op not in _DTYPE_FREE_RESOURCE_OPS:
+                raise WcompressError(f"cannot cast a variable that {fname} uses in a {node.op} ({node.name})", path)
 
 
 def _object_graph_variable_keys(objects):
