@@ -327,6 +327,8 @@ def restore(container_path, dest, force=False, unsafe=False):
         name = os.path.basename(container.source_name.replace("\\", "/"))
         if name in ("", ".", ".."):
             name = "model.ckpt" if store.format.endswith("checkpoint") else None
+            if dest is None and store.format.endswith("checkpoint"):  # the model was a folder: so is its copy
+                dest = os.path.splitext(os.path.abspath(container_path))[0] + "-restored" + os.sep
         return write_safely(store, dest, lambda info: store.load(info.name), force=force, tag="restored",
                             name=name, beside=container_path, extra_inputs=[container_path], unsafe=unsafe)
     finally:
