@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import lzma
+import zlib
 
 import h5py
 import numpy as np
@@ -175,8 +177,20 @@ def test_crafted_index_out_of_range(tmp_path):
         pool = h5["streams"][ref["pool"]]
         pool[ref["offset"]:ref["offset"] + 4] = np.array([10**9], dtype=np.uint32).view(np.uint8)
     line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
+    assert "checksum mismatch in streams/pool0" in line and str(container) in line
+    with h5py.File(container, "r+") as h5:  # a crafted file carries matching checksums
+        index["checksums"]["streams/pool0"] = zlib.crc32(h5["streams/pool0"][()].tobytes())
+        _replace_index(h5, index)
+    line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
     assert "out of range" in line and str(container) in line
     assert not os.path.exists(tmp_path / "r")
+
+
+def _replace_index(h5, index):
+    packed = np.frombuffer(lzma.compress(json.dumps(index).encode()), dtype=np.uint8)
+    del h5["index"]
+    h5["index"] = packed
+    h5.attrs["index_crc32"] = zlib.crc32(packed.tobytes())
 
 
 def test_crafted_huge_shape_refused_before_allocating(tmp_path):
@@ -184,10 +198,9 @@ def test_crafted_huge_shape_refused_before_allocating(tmp_path):
     with h5py.File(container, "r+") as h5:
         index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
         index["tensors"][-1]["shape"] = [10**9, 10**9]
-        del h5["index"]
-        h5.create_dataset("index", data=np.frombuffer(lzma.compress(json.dumps(index).encode()), dtype=np.uint8))
+        _replace_index(h5, index)
     line = run_error("report", container)
-    assert "implausibly large" in line
+    assert "would decode to 4,000,000,000,000,000,000 bytes" in line
 
 
 def test_container_is_not_a_pass_target(tmp_path):
@@ -202,3 +215,94 @@ def test_truncated_container(tmp_path):
     container.write_bytes(data[: len(data) * 2 // 3])
     line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
     assert str(container) in line
+
+
+def _edit_index(container, edit):
+    """Rewrite a container's index as a crafted file would, checksums made to match."""
+    with h5py.File(container, "r+") as h5:
+        index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
+        edit(h5, index)
+        _replace_index(h5, index)
+
+
+def test_source_name_is_data_not_a_path(tmp_path):
+    container = _coo_container(tmp_path)
+    for hostile in ("../../escaped", "/tmp/absolute-escape", ".."):
+        with h5py.File(container, "r+") as h5:
+            h5.attrs["source_name"] = hostile
+        out = tmp_path / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        written = run_json("restore", container, "-o", str(out) + "/")["output"]
+        assert os.path.dirname(written) == str(out)
+        assert not os.path.exists(tmp_path.parent / "escaped.index") and not os.path.exists("/tmp/absolute-escape.index")
+    before = sorted(os.listdir(tmp_path))
+    run_cli("report", container)  # measures gzip through a private restore: writes nothing here
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_every_byte_of_streams_is_checked(tmp_path):
+    """Flip each byte of the stored streams in turn: every flip is an error, never different tensors."""
+    container = _coo_container(tmp_path)
+    pristine = container.read_bytes()
+    with h5py.File(container, "r") as h5:
+        offset = h5["streams/pool0"].id.get_offset()
+        size = h5["streams/pool0"].id.get_storage_size()
+    for at in range(offset, offset + size, max(1, size // 40)):
+        damaged = bytearray(pristine)
+        damaged[at] ^= 0x40
+        container.write_bytes(bytes(damaged))
+        assert "checksum mismatch" in run_error("restore", container, "-o", str(tmp_path / "r") + "/")
+        assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("crafted, message", [
+    (lambda h5, index: index["tensors"].append(dict(index["tensors"][0])), "listed twice"),
+    (lambda h5, index: index["tensors"][0].update(name=""), "without a tensor name"),
+    (lambda h5, index: index["tensors"][-1]["streams"]["values"].update(dtype="int32"), "has dtype int32"),
+    (lambda h5, index: index["tensors"][-1]["streams"]["index"].update(dtype="int32"), "has dtype int32"),
+    (lambda h5, index: index["checksums"].clear(), "no checksum recorded"),
+])
+def test_crafted_indexes_are_refused(tmp_path, crafted, message):
+    container = _coo_container(tmp_path)
+    _edit_index(container, crafted)
+    line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
+    assert message in line and str(container) in line
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_repeated_coo_positions_are_refused(tmp_path):
+    container = _coo_container(tmp_path)
+
+    def repeat_first_position(h5, index):
+        (kernel,) = [t for t in index["tensors"] if t["name"] == "big/kernel"]
+        ref = kernel["streams"]["index"]
+        pool = h5["streams"][ref["pool"]]
+        first = pool[ref["offset"]:ref["offset"] + 4]
+        pool[ref["offset"] + 4:ref["offset"] + 8] = first
+        index["checksums"]["streams/pool0"] = zlib.crc32(pool[()].tobytes())
+
+    _edit_index(container, repeat_first_position)
+    assert "not strictly increasing" in run_error("restore", container, "-o", str(tmp_path / "r") + "/")
+
+
+def test_metadata_bomb_is_refused(tmp_path):
+    container = _coo_container(tmp_path)
+    bomb = np.frombuffer(lzma.compress(b"\0" * (512 * 2**20)), dtype=np.uint8)  # ~75 KB that inflate to 512 MB
+    with h5py.File(container, "r+") as h5:
+        del h5["index"]
+        h5["index"] = bomb
+        h5.attrs["index_crc32"] = zlib.crc32(bomb.tobytes())
+    assert "inflates beyond" in run_error("profile", container)
+
+
+def test_version_1_containers_still_restore(tmp_path):
+    """Version 1 had no checksums: a file written that way (checksums removed) restores bit-exact."""
+    container = _coo_container(tmp_path)
+    with h5py.File(container, "r+") as h5:
+        index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
+        del index["checksums"]
+        _replace_index(h5, index)
+        del h5.attrs["index_crc32"]
+        h5.attrs["version"] = 1
+    restored = run_json("restore", container, "-o", str(tmp_path / "r") + "/")["output"]
+    assert_same_tensors(stock_tensors(str(tmp_path / "ck" / "model.ckpt")), stock_tensors(restored))

@@ -2,10 +2,11 @@
 everything else needed to rebuild the original model (see docs/format.md)."""
 
 import json
+import lzma
 import os
 import shutil
 import tempfile
-import lzma
+import zlib
 
 import h5py
 import numpy as np
@@ -17,11 +18,17 @@ from .store import ModelStore
 from .tensors import TensorInfo
 
 MAGIC = "wcompress-sparse-container"
-VERSION = 1
+# Version 2 adds a CRC-32 of every stored dataset (streams, pools, metadata blobs) and of the index.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CODECS = ("none", "gzip", "lzf", "zstd")
-# A crafted file may declare any shape: refuse tensors that would decode to more than this many
-# times the container's own size (real sparse models stay far below it).
+# A crafted file may declare any shape: refuse a tensor that would decode to more than this many
+# times the bytes its own streams hold (above a floor), so memory is never allocated on its word.
 MAX_EXPANSION = 4096
+EXPANSION_FLOOR = 64 * 2**20
+# Metadata blobs (index, graphs, configs) are xz: refuse any that would inflate beyond this ratio.
+MAX_METADATA_RATIO = 200
+METADATA_FLOOR = 16 * 2**20
 # Streams smaller than this share pooled byte datasets: an HDF5 dataset costs hundreds of bytes of
 # headers, which would dominate models with many small tensors.
 POOL_STREAM_BYTES = 64 * 1024
@@ -62,11 +69,26 @@ def _zipped(data):
     return np.frombuffer(lzma.compress(data, preset=preset), dtype=np.uint8)
 
 
-def _unzipped(dataset):
+def _unzipped(dataset, checksum=None):
+    """Decompress a metadata blob, checking its checksum first and bounding what it may inflate to."""
+    if not isinstance(dataset, h5py.Dataset) or dataset.dtype != np.uint8 or dataset.ndim != 1:
+        raise ValueError(f"metadata blob {getattr(dataset, 'name', '?')} is not a byte dataset")
+    data = dataset[()].tobytes()
+    if checksum is not None and zlib.crc32(data) != int(checksum):
+        raise ValueError(f"checksum mismatch in metadata blob {dataset.name}")
+    limit = max(METADATA_FLOOR, MAX_METADATA_RATIO * len(data))
     try:
-        return lzma.decompress(dataset[()].tobytes())
+        unpacker = lzma.LZMADecompressor()
+        out = unpacker.decompress(data, max_length=limit + 1)
     except lzma.LZMAError as exc:
         raise ValueError(f"damaged metadata blob {dataset.name}") from exc
+    if len(out) > limit or not unpacker.eof:
+        raise ValueError(f"metadata blob {dataset.name} is truncated or inflates beyond {limit:,} bytes")
+    return out
+
+
+def _crc(array):
+    return zlib.crc32(np.ascontiguousarray(array).view(np.uint8))
 
 
 class ContainerWriter:
@@ -87,7 +109,7 @@ class ContainerWriter:
             h5.attrs.update(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
                             codec=self.codec, values=self.values)
             streams = create_group(h5, "streams")
-            self._pool, self._pool_bytes, self._pools = [], 0, 0
+            self._pool, self._pool_bytes, self._pools, self._checksums = [], 0, 0, {}
             for info in self.store.tensors:
                 array = produce(info)
                 if array is None:
@@ -101,17 +123,25 @@ class ContainerWriter:
                 files, raw = self.store.skeleton(kept, retyped, work)
             skeleton = create_group(h5, "skeleton") if files else None
             for n, (rel, data) in enumerate(sorted(files.items())):
-                skeleton.create_dataset(str(n), data=_zipped(data), **NO_TIMES).attrs["path"] = rel
+                packed = _zipped(data)
+                skeleton.create_dataset(str(n), data=packed, **NO_TIMES).attrs["path"] = rel
+                self._checksums[f"skeleton/{n}"] = _crc(packed)
             blobs = create_group(h5, "raw") if raw else None
             for key, data in raw.items():
-                blobs.create_dataset(str(len(blobs)), data=_zipped(data), **NO_TIMES).attrs["key"] = key
-            h5.create_dataset("index", data=_zipped(json.dumps({"tensors": entries}, separators=(",", ":")).encode()),
-                              **NO_TIMES)
+                packed = _zipped(data)
+                self._checksums[f"raw/{len(blobs)}"] = _crc(packed)
+                blobs.create_dataset(str(len(blobs)), data=packed, **NO_TIMES).attrs["key"] = key
+            document = {"tensors": entries, "checksums": self._checksums}
+            index = _zipped(json.dumps(document, separators=(",", ":")).encode())
+            h5.create_dataset("index", data=index, **NO_TIMES)
+            h5.attrs["index_crc32"] = _crc(index)
         return [target]
 
     def _flush_pool(self, group):
         if self._pool:
-            group.create_dataset(f"pool{self._pools}", data=np.concatenate(self._pool), **NO_TIMES)
+            pool = np.concatenate(self._pool)
+            group.create_dataset(f"pool{self._pools}", data=pool, **NO_TIMES)
+            self._checksums[f"streams/pool{self._pools}"] = _crc(pool)
         self._pool, self._pool_bytes, self._pools = [], 0, self._pools + (1 if self._pool else 0)
 
     def _value_dtype(self, array):
@@ -142,6 +172,7 @@ class ContainerWriter:
             else:
                 name = f"{number}.{stream}"
                 group.create_dataset(name, data=data, **_stream_options(self.codec, data), **NO_TIMES)
+                self._checksums[f"streams/{name}"] = _crc(data)
                 names[stream] = {"dataset": name, "count": int(data.size), "dtype": str(data.dtype)}
         return {
             "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
@@ -163,54 +194,95 @@ class ContainerStore(ModelStore):
             self.h5 = h5py.File(path, "r")
             attrs = dict(self.h5.attrs)
             if attrs.get("format") != MAGIC:
-                raise WcompressError("HDF5 file is not a wcompress container", path)
-            if int(attrs.get("version", 0)) != VERSION:
-                raise WcompressError(f"container version {attrs.get('version')} is not supported (expected {VERSION})",
-                                     path)
-            index = json.loads(_unzipped(self.h5["index"]).decode())
+                raise WcompressError("not a wcompress container (an HDF5 file without the container's mark)", path)
+            self.version = int(attrs.get("version", 0))
+            if self.version not in READABLE_VERSIONS:
+                raise WcompressError(f"container version {attrs.get('version')} is not supported (this wcompress "
+                                     f"reads {', '.join(map(str, READABLE_VERSIONS))})", path)
+            self.checksums = self.version >= 2
+            index_crc = None
+            if self.checksums:
+                if "index_crc32" not in attrs:
+                    raise ValueError("index checksum missing")
+                index_crc = int(attrs["index_crc32"])
+            index = json.loads(_unzipped(self.h5["index"], index_crc).decode())
+            if not isinstance(index, dict) or not isinstance(index.get("tensors", []), list):
+                raise ValueError("index is not a tensor list")
+            self._checksums = index.get("checksums", {}) if self.checksums else None
+            if self.checksums and not isinstance(self._checksums, dict):
+                raise ValueError("checksum table missing")
+            self._verified = set()
         except WcompressError:
             raise
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise WcompressError(f"damaged container ({str(exc).splitlines()[0]})", path) from exc
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, RecursionError) as exc:
+            raise WcompressError(f"damaged container ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                                 path) from exc
         self.source_format = str(attrs["source_format"])
         self.source_name = str(attrs.get("source_name", "model"))
         self.codec = str(attrs.get("codec", "none"))
         self.entries = {}
         for entry in index.get("tensors", []):
             self._validate(entry)
+            if entry["name"] in self.entries:
+                raise WcompressError(f"tensor {entry['name']!r} is listed twice", path)
             self.entries[entry["name"]] = entry
         self.tensors = [
             TensorInfo(name=e["name"], shape=tuple(e["shape"]), dtype=np.dtype(e["dtype"]), layer=e["layer"],
                        role=e["role"], order=e["order"]) for e in self.entries.values()
         ]
         self.raw = {}
-        for ds in self.h5.get("raw", {}).values():
-            self.raw[str(ds.attrs["key"])] = ds
+        try:
+            for ds in self.h5.get("raw", {}).values():
+                self.raw[str(ds.attrs["key"])] = ds
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise WcompressError(f"damaged container (raw blobs: {exc})", path) from exc
+
+    def _checksum(self, key):
+        """The checksum a version-2 file records for dataset `key` (None for version 1, which has none)."""
+        if not self.checksums:
+            return None
+        if not isinstance(self._checksums.get(key), int):
+            raise ValueError(f"no checksum recorded for {key}")
+        return self._checksums[key]
+
+    def _verify(self, key, array):
+        """Compare a dataset's bytes, read in full, with its recorded checksum (once per dataset)."""
+        if self.checksums and key not in self._verified:
+            if _crc(array) != self._checksum(key):
+                raise WcompressError(f"damaged container: checksum mismatch in {key}", self.path)
+            self._verified.add(key)
 
     def _validate(self, e):
         """Check declared shapes, counts and stream lengths against each other before reading data."""
         try:
+            if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not e["name"].strip():
+                raise ValueError("entry without a tensor name")
+            if not isinstance(e["shape"], list) or len(e["shape"]) > 32 or not isinstance(e["streams"], dict):
+                raise ValueError("malformed entry")
             shape = tuple(int(d) for d in e["shape"])
-            n = int(np.prod(shape, dtype=np.int64)) if shape else 1
             if any(d < 0 for d in shape):
                 raise ValueError("negative dimension")
+            n = int(np.prod([float(d) for d in shape])) if shape else 1  # float: no silent int64 overflow
             if str(e["dtype"]) not in _VALUE_DTYPES or str(e["value_dtype"]) not in _VALUE_DTYPES:
                 raise ValueError(f"dtype {e['dtype']}/{e['value_dtype']} not allowed")
-            if n * np.dtype(e["dtype"]).itemsize > MAX_EXPANSION * max(self.file_bytes, 1 << 20):
-                raise ValueError(f"declared shape {shape} is implausibly large for this file")
             nnz, entries = int(e["nnz"]), int(e["entries"])
             if not 0 <= nnz <= n or entries < nnz:
                 raise ValueError(f"non-zero count {nnz} impossible for {n} elements")
             expected = encodings.stream_lengths(e["encoding"], shape, nnz, entries)
             if set(expected) != set(e["streams"]):
                 raise ValueError(f"streams {sorted(e['streams'])} do not match encoding {e['encoding']}")
+            stored = 0
             for stream, length in expected.items():
                 ref = e["streams"][stream]
                 dtype = str(ref["dtype"])
-                if dtype not in (_INDEX_DTYPES | _VALUE_DTYPES):
-                    raise ValueError(f"stream {stream} has dtype {dtype}")
+                allowed = {str(e["value_dtype"])} if stream == "values" else _INDEX_DTYPES
+                if dtype not in allowed:
+                    raise ValueError(f"stream {stream} has dtype {dtype}, expected {' or '.join(sorted(allowed))}")
+                stored += length * np.dtype(dtype).itemsize
                 if int(ref["count"]) != length:
                     raise ValueError(f"stream {stream} holds {ref['count']} entries, expected {length}")
+                where = "streams/" + str(ref["pool"] if "pool" in ref else ref["dataset"])
+                self._checksum(where)  # a version-2 file records one for every dataset
                 if "pool" in ref:
                     ds = self.h5["streams"][str(ref["pool"])]
                     end = int(ref["offset"]) + length * np.dtype(dtype).itemsize
@@ -220,26 +292,38 @@ class ContainerStore(ModelStore):
                     ds = self.h5["streams"][str(ref["dataset"])]
                     if ds.ndim != 1 or ds.shape[0] != length or str(ds.dtype) != dtype:
                         raise ValueError(f"stream {stream} holds {ds.shape} {ds.dtype}, expected {length} {dtype}")
-                if ds.compression is None and ds.id.get_storage_size() < ds.size * ds.dtype.itemsize:
+                if not isinstance(ds, h5py.Dataset) or ds.shape is None:
+                    raise ValueError(f"stream {stream} is not a dataset")
+                held = ds.id.get_storage_size()
+                logical = ds.size * ds.dtype.itemsize
+                if (ds.compression is None and held < logical) or held * MAX_EXPANSION < logical:
                     raise ValueError(f"stream {stream} is truncated")
-        except (KeyError, ValueError, TypeError) as exc:
+            decoded = n * np.dtype(e["dtype"]).itemsize
+            if decoded > max(EXPANSION_FLOOR, MAX_EXPANSION * stored):
+                raise ValueError(f"declared shape {shape} would decode to {decoded:,} bytes from {stored:,} stored")
+        except (KeyError, ValueError, TypeError, OverflowError, RuntimeError, OSError, AttributeError) as exc:
             raise WcompressError(f"tensor {e.get('name', '?')!r}: {exc}", self.path) from exc
 
     def load(self, name):
         e = self.entries[name]
         try:
             streams = {s: self._read_stream(ref) for s, ref in e["streams"].items()}
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise WcompressError(f"cannot read tensor {name!r} ({str(exc).splitlines()[0]})", self.path) from exc
         return encodings.decode(e["encoding"], streams, tuple(e["shape"]), e["dtype"], what=f"{self.path}: {name!r}")
 
     def _read_stream(self, ref):
         dtype = np.dtype(str(ref["dtype"]))
         if "pool" in ref:
+            pool = self.h5["streams"][str(ref["pool"])]
+            key = "streams/" + str(ref["pool"])
+            if self.checksums and key not in self._verified:
+                self._verify(key, pool[()])  # pools are small (a few MB): checked whole, once
             start = int(ref["offset"])
-            raw = self.h5["streams"][str(ref["pool"])][start:start + int(ref["count"]) * dtype.itemsize]
-            return raw.view(dtype)
-        return self.h5["streams"][str(ref["dataset"])][()]
+            return pool[start:start + int(ref["count"]) * dtype.itemsize].view(dtype)
+        data = self.h5["streams"][str(ref["dataset"])][()]
+        self._verify("streams/" + str(ref["dataset"]), data)
+        return data
 
     def stored_bytes(self, name):
         """Bytes the tensor's streams occupy in the file (after any codec; pooled streams: their slice)."""
@@ -275,8 +359,13 @@ class ContainerStore(ModelStore):
 
     def get(self, key):
         if key in self.raw:
+            ds = self.raw[key]
+            try:
+                data = _unzipped(ds, self._checksum("raw/" + ds.name.split("/")[-1]))
+            except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                raise WcompressError(f"damaged container ({exc})", self.path) from exc
             value = np.empty((), dtype=object)
-            value[()] = _unzipped(self.raw[key])
+            value[()] = data
             return value
         return self.load(key)
 
@@ -286,14 +375,21 @@ class ContainerStore(ModelStore):
         from .keras_h5 import H5Store, KerasZipStore
 
         root = os.path.join(workdir, "model")
-        for ds in self.h5.get("skeleton", {}).values():
-            rel = str(ds.attrs["path"])
-            if os.path.isabs(rel) or ".." in rel.split("/"):
+        skeleton = self.h5.get("skeleton", {})
+        if not isinstance(skeleton, (h5py.Group, dict)):
+            raise WcompressError("damaged container (skeleton is not a group)", self.path)
+        for ds in skeleton.values():
+            rel = str(ds.attrs.get("path", ""))
+            if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
                 raise WcompressError(f"skeleton path {rel!r} escapes the model folder", self.path)
             target = os.path.join(root, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                data = _unzipped(ds, self._checksum("skeleton/" + ds.name.split("/")[-1]))
+            except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                raise WcompressError(f"damaged container ({exc})", self.path) from exc
             with open(target, "wb") as fh:
-                fh.write(_unzipped(ds))
+                fh.write(data)
         os.makedirs(root, exist_ok=True)
         kinds = {"tf1-checkpoint": CheckpointStore, "tf2-checkpoint": CheckpointStore, "savedmodel": SavedModelStore,
                  "keras": KerasZipStore, "keras-h5": H5Store, "weights-h5": H5Store, "keras-weights-h5": H5Store}
@@ -308,7 +404,7 @@ def is_container(path):
     try:
         with h5py.File(path, "r") as h5:
             return h5.attrs.get("format") == MAGIC
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError):
         return False
 
 

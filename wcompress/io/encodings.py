@@ -128,6 +128,8 @@ def decode(encoding, streams, shape, dtype, what="tensor"):
         return values.astype(dtype, copy=False).reshape(shape)
     out = np.zeros(n, dtype=dtype)
     if encoding == "bitmask":
+        if streams["mask"].dtype != np.uint8:
+            raise bad("mask is not a byte stream")
         mask = np.unpackbits(streams["mask"], count=n).astype(bool)
         if int(mask.sum()) != values.size:
             raise bad(f"mask marks {int(mask.sum())} non-zeros, {values.size} values stored")
@@ -136,8 +138,12 @@ def decode(encoding, streams, shape, dtype, what="tensor"):
         index = streams["index"]
         if index.size != values.size:
             raise bad("index and values differ in length")
+        if index.dtype.kind != "u":
+            raise bad(f"index stream has signed type {index.dtype}")
         if index.size and int(index.max()) >= n:
             raise bad(f"index {int(index.max())} out of range for {n} elements")
+        if np.any(np.diff(index.astype(np.int64)) <= 0):
+            raise bad("index positions are not strictly increasing")  # a repeat would silently collapse
         out[index] = values
     elif encoding == "csr":
         indptr, col = streams["indptr"].astype(np.int64), streams["col"]
@@ -146,12 +152,17 @@ def decode(encoding, streams, shape, dtype, what="tensor"):
             raise bad("row pointers are inconsistent with the shape or the values")
         if col.size != values.size or (col.size and int(col.max()) >= cols):
             raise bad("column index out of range")
+        if col.dtype.kind != "u":
+            raise bad(f"column stream has signed type {col.dtype}")
         row = np.repeat(np.arange(rows, dtype=np.int64), np.diff(indptr))
-        out[row * cols + col] = values
+        flat_pos = row * cols + col
+        if np.any(np.diff(flat_pos) <= 0):
+            raise bad("column indexes are not strictly increasing within rows")
+        out[flat_pos] = values
     elif encoding == "delta8":
         gap = streams["gap"]
-        if gap.size != values.size:
-            raise bad("gap and values differ in length")
+        if gap.size != values.size or gap.dtype != np.uint8:
+            raise bad("gap and values differ in length, or gaps are not bytes")
         pos = np.cumsum(gap.astype(np.int64) + 1) - 1
         if pos.size and pos[-1] >= n:
             raise bad(f"position {int(pos[-1])} out of range for {n} elements")
