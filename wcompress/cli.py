@@ -2,19 +2,26 @@
 
 import contextlib
 import json
+import lzma
 import os
 import signal
+import struct
 import sys
 import threading
 import warnings
 import zipfile
+import zlib
 
 import click
 
 from . import __version__
-from .errors import WcompressError, WcompressWarning
+from .errors import WcompressError, WcompressWarning, root_cause
 
-_USER_ERRORS = (WcompressError, OSError, ValueError, KeyError, zipfile.BadZipFile)
+# What damaged or hostile input makes the libraries we read with raise (h5py's RuntimeError, a
+# deeply nested JSON's RecursionError, a truncated file's EOFError, protobuf's DecodeError...).
+_USER_ERRORS = (WcompressError, OSError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError, IndexError,
+                EOFError, TypeError, lzma.LZMAError, zlib.error, struct.error)
+_USER_ERROR_NAMES = {"DecodeError", "EncodeError"}
 
 
 class Cli(click.Group):
@@ -24,6 +31,7 @@ class Cli(click.Group):
         try:
             with warnings.catch_warnings(), _terminate_cleanly():
                 warnings.simplefilter("always", WcompressWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)  # numpy on garbage values: the error says why
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except click.UsageError as exc:
@@ -37,7 +45,7 @@ class Cli(click.Group):
         except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
             if ctx.params.get("debug") or os.environ.get("WCOMPRESS_DEBUG"):
                 raise
-            click.echo(f"wcompress: error: {_one_line(exc)}", err=True)
+            click.echo(f"wcompress: error: {_one_line(exc, _input_path(ctx))}", err=True)
             ctx.exit(2 if _is_user_error(exc) else 1)
 
 
@@ -63,17 +71,25 @@ def _terminate_cleanly():
             signal.signal(s, handler)
 
 
+def _input_path(ctx):
+    """The first path argument of the command that failed, to name the file in an error."""
+    return next((a for a in ctx.args if not a.startswith("-")), None)
+
+
 def _is_user_error(exc):
-    if isinstance(exc, _USER_ERRORS):
+    if isinstance(exc, _USER_ERRORS) or type(exc).__name__ in _USER_ERROR_NAMES:
         return True
     from .io.tfenv import tf
 
     return isinstance(exc, tf.errors.OpError)
 
 
-def _one_line(exc):
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:500]
+def _one_line(exc, path=None):
+    """The cause in one line, naming the input when the library's own message does not."""
+    line = root_cause(exc, limit=500)
+    if not isinstance(exc, WcompressError) and path and path not in line:
+        line = f"{path}: {line}"
+    return line
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,6 +6,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 
 import h5py
 import numpy as np
@@ -14,6 +15,16 @@ from ..errors import WcompressError
 from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import OTHER, TensorInfo, assign_layer_order, classify, natural_key
+
+# A dataset may declare any shape: refuse one whose stored bytes could not hold it (a never-written
+# or crafted dataset would otherwise be allocated in full on its word).
+MAX_DATASET_EXPANSION = 4096
+# Nesting deeper than this is not a model a Keras version wrote (and a link cycle would recurse forever).
+MAX_GROUP_DEPTH = 64
+# A .keras entry that inflates beyond this ratio (and size) is a zip bomb, not a model.
+MAX_ZIP_RATIO = 1000
+ZIP_RATIO_FLOOR = 64 * 2**20
+MAX_CONFIG_BYTES = 256 * 2**20
 
 # Keras 3 stores a layer's variables as vars/0, vars/1, ...: their names, by layer class.
 _KERAS3_VARS = {
@@ -60,17 +71,17 @@ class H5Store(ModelStore):
         try:
             self.h5 = h5py.File(self.h5_path, "r")
             self.layout = self._detect_layout()
+            self.config = config
+            if self.layout == "legacy":
+                self.format = "keras-h5" if "model_config" in self.h5.attrs else "weights-h5"
+                infos, model_order = self._legacy_tensors()
+            else:
+                self.format = "keras" if config is not None else "keras-weights-h5"
+                infos, model_order = self._keras3_tensors()
         except WcompressError:
             raise
-        except (OSError, KeyError, ValueError) as exc:
-            raise WcompressError(f"not a readable HDF5 model file ({str(exc).splitlines()[0]})", path) from exc
-        self.config = config
-        if self.layout == "legacy":
-            self.format = "keras-h5" if "model_config" in self.h5.attrs else "weights-h5"
-            infos, model_order = self._legacy_tensors()
-        else:
-            self.format = "keras" if config is not None else "keras-weights-h5"
-            infos, model_order = self._keras3_tensors()
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, RuntimeError, IndexError) as exc:
+            raise WcompressError(f"not a readable HDF5 model file ({_cause(exc)})", path) from exc
         if layer_sequence is not None:
             self.order_source = "file"
         elif model_order:
@@ -133,14 +144,18 @@ class H5Store(ModelStore):
 
     def _info(self, name, layer, leaf, parents):
         ds = self.h5[name]
+        if not isinstance(ds, h5py.Dataset) or ds.shape is None:
+            raise WcompressError(f"{name!r} is not a tensor dataset", self.path)
         return TensorInfo(name=name, shape=tuple(ds.shape), dtype=ds.dtype, layer=layer,
                           role=classify(leaf, tuple(ds.shape), ds.dtype, parents) if ds.dtype.kind in "fiub" else OTHER)
 
     def load(self, name):
         try:
-            value = self.h5[name][()]
-        except (OSError, KeyError, ValueError) as exc:
-            raise WcompressError(f"cannot read {name!r} ({str(exc).splitlines()[0]})", self.path) from exc
+            value = checked_read(self.h5[name], self.path)
+        except WcompressError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise WcompressError(f"cannot read {name!r} ({_cause(exc)})", self.path) from exc
         return np.asarray(value)
 
     def files(self):
@@ -176,13 +191,19 @@ class H5Store(ModelStore):
             self._copy_group(self.h5, out, by_name, tracking)
         return retyped
 
-    def _copy_group(self, src, dst, by_name, produce):
-        for key, item in src.items():
+    def _copy_group(self, src, dst, by_name, produce, depth=0):
+        if depth > MAX_GROUP_DEPTH:
+            raise WcompressError(f"groups nested deeper than {MAX_GROUP_DEPTH} (or a link cycle) at {src.name}", self.path)
+        for key in src.keys():
+            try:
+                item = src[key]
+            except (KeyError, OSError, RuntimeError) as exc:
+                raise WcompressError(f"{src.name}/{key} cannot be read ({_cause(exc)})", self.path) from exc
             if isinstance(item, h5py.Group):
                 child = create_group(dst, key)
                 _copy_attrs(item, child)
                 had_data = _has_dataset(item)
-                self._copy_group(item, child, by_name, produce)
+                self._copy_group(item, child, by_name, produce, depth + 1)
                 if had_data and not _has_dataset(child):
                     del dst[key]  # every weight of this group was dropped: drop the group too
                 elif "weight_names" in item.attrs:
@@ -192,7 +213,10 @@ class H5Store(ModelStore):
             else:
                 info = by_name.get(item.name.lstrip("/"))
                 if info is None:
-                    src.copy(item, dst, name=key)
+                    if isinstance(item, h5py.Dataset):
+                        # Read and rewrite, validated, rather than h5py's Group.copy, which trusts the
+                        # file's internal structure (a damaged byte there crashed the process).
+                        _copy_attrs(item, dst.create_dataset(key, data=checked_read(item, self.path), **NO_TIMES))
                     continue
                 value = produce(info)
                 if isinstance(value, Placeholder):
@@ -234,11 +258,21 @@ class KerasZipStore(H5Store):
             names = archive.namelist()
             if self.WEIGHTS not in names or "config.json" not in names:
                 raise WcompressError("not a Keras archive (no config.json / model.weights.h5)", path)
+            for item in archive.infolist():
+                if item.file_size > max(ZIP_RATIO_FLOOR, MAX_ZIP_RATIO * max(item.compress_size, 1)):
+                    raise WcompressError(f"archive entry {item.filename!r} would inflate {item.compress_size:,} bytes "
+                                         f"to {item.file_size:,}: refused as a zip bomb", path)
+            if archive.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
+                raise WcompressError("config.json is implausibly large", path)
             config = json.loads(archive.read("config.json"))
+            if not isinstance(config, dict):
+                raise WcompressError("config.json is not a Keras model config", path)
             self._tmp = tempfile.mkdtemp(prefix="wcompress-keras-")
             archive.extract(self.WEIGHTS, self._tmp)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise WcompressError(f"not a readable .keras archive ({str(exc).splitlines()[0]})", path) from exc
+        except WcompressError:
+            raise
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RecursionError, zlib.error, KeyError) as exc:
+            raise WcompressError(f"not a readable .keras archive ({_cause(exc)})", path) from exc
         self.archive = archive
         super().__init__(path, os.path.join(self._tmp, self.WEIGHTS), config, layer_sequence)
         self.format = "keras"
@@ -310,6 +344,24 @@ def _config_layers(config):
         yield layer
         if isinstance(layer.get("config"), dict) and "layers" in layer["config"]:
             yield from _config_layers(layer)
+
+
+def checked_read(ds, path):
+    """A dataset's values, after checking that the file really holds the bytes its shape declares."""
+    if not isinstance(ds, h5py.Dataset) or ds.shape is None:
+        raise WcompressError(f"{ds.name} is not a readable dataset", path)
+    declared = ds.size * ds.dtype.itemsize
+    held = ds.id.get_storage_size()
+    if declared and ds.dtype.kind in "fiub" and (
+            (ds.compression is None and held < declared) or held * MAX_DATASET_EXPANSION < declared):
+        raise WcompressError(f"{ds.name} declares {declared:,} bytes but the file holds {held:,} "
+                             "(truncated, never written, or crafted)", path)
+    return ds[()]
+
+
+def _cause(exc):
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _copy_attrs(src, dst):
