@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS := 0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test fuzz bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Long fuzz run: damaged copies of every format through every reader (SEED and CASES may be set).
+fuzz: $(STAMP)
+	$(PY) tests/fuzzing.py --cases $${CASES:-10000} --seed $${SEED:-1}
 
 bench: $(STAMP)
 	$(PY) bench/bench_profile.py

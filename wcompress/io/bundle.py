@@ -24,7 +24,7 @@ class BundleReader:
             self._reader = tf.compat.v1.train.NewCheckpointReader(prefix)
             shapes = self._reader.get_variable_to_shape_map()
             dtypes = self._reader.get_variable_to_dtype_map()
-        except (tf.errors.OpError, ValueError, RuntimeError) as exc:
+        except (tf.errors.OpError, ValueError, RuntimeError, MemoryError) as exc:  # MemoryError: a crafted index
             raise WcompressError(f"not a readable TensorFlow checkpoint ({_first_line(exc)})", prefix) from exc
         self.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
         self.dtypes = {k: np.dtype(v.as_numpy_dtype) if v != tf.string else np.dtype(object) for k, v in dtypes.items()}
@@ -32,10 +32,20 @@ class BundleReader:
     def keys(self):
         return list(self.shapes)
 
+    def _data_bytes(self):
+        if not hasattr(self, "_data_size"):
+            self._data_size = sum(os.path.getsize(f) for f in data_files(self.prefix))
+        return self._data_size
+
     def get(self, key):
+        declared = int(np.prod(self.shapes[key], dtype=np.float64)) * self.dtypes[key].itemsize
+        if self.dtypes[key] != object and declared > self._data_bytes():
+            # A bundle stores tensors raw: one larger than its data files is a damaged or crafted index.
+            raise WcompressError(f"tensor {key!r} declares {declared:,} bytes, more than the checkpoint's data "
+                                 "files hold", self.prefix)
         try:
             value = self._reader.get_tensor(key)
-        except (tf.errors.OpError, ValueError, RuntimeError, IndexError) as exc:  # IndexError: truncated data
+        except (tf.errors.OpError, ValueError, RuntimeError, IndexError, MemoryError) as exc:  # IndexError: truncated
             raise WcompressError(f"cannot read tensor {key!r} ({_first_line(exc)})", self.prefix) from exc
         if isinstance(value, bytes):
             # np.asarray(bytes) makes a fixed-width bytes_ that drops trailing NULs: a serialized

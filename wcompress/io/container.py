@@ -234,7 +234,7 @@ class ContainerStore(ModelStore):
         try:
             for ds in self.h5.get("raw", {}).values():
                 self.raw[str(ds.attrs["key"])] = ds
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
             raise WcompressError(f"damaged container (raw blobs: {exc})", path) from exc
 
     def _checksum(self, key):
@@ -379,6 +379,8 @@ class ContainerStore(ModelStore):
         if not isinstance(skeleton, (h5py.Group, dict)):
             raise WcompressError("damaged container (skeleton is not a group)", self.path)
         for ds in skeleton.values():
+            if not isinstance(ds, h5py.Dataset):
+                raise WcompressError("damaged container (a skeleton entry is not a dataset)", self.path)
             rel = str(ds.attrs.get("path", ""))
             if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
                 raise WcompressError(f"skeleton path {rel!r} escapes the model folder", self.path)

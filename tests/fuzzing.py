@@ -1,0 +1,279 @@
+"""A seeded mutation fuzzer for every reader: damaged copies of real small models and containers,
+driven through the CLI in a worker process that a crash or a hang cannot take down with us.
+
+    python tests/fuzzing.py --cases 10000 --seed 1      (what `make fuzz` runs)
+
+Each case: a mutated copy of one corpus file, one command on it. Checked: exit code 0 or 2, no
+traceback, the input's bytes unchanged, nothing left at the output path on failure, and a container
+that restores gives exactly the tensors it was packed from. A failing case prints its seed and case
+number, which reproduce it exactly.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CASE_TIMEOUT = 60  # seconds: a reader that spins longer than this is a hang
+REPLY = "@@wcompress-fuzz "  # marks the worker's replies among anything a library prints
+
+COMMANDS = {
+    "profile": lambda src, out: ["profile", src, "--json"],
+    "strip": lambda src, out: ["strip", src, "-o", out],
+    "pack": lambda src, out: ["pack", src, "-o", out + ".h5"],
+    "restore": lambda src, out: ["restore", src, "-o", out + "/"],
+    "report": lambda src, out: ["report", src, "--json"],
+}
+CONTAINER_COMMANDS = ("profile", "restore", "report")
+MODEL_COMMANDS = ("profile", "strip", "pack")
+
+
+def build_corpus(folder):
+    """Small real files of every format we read, and containers packed from them."""
+    sys.path.insert(0, HERE)
+    import numpy as np
+    from conftest import build_tf1_checkpoint, build_tiny_keras
+
+    from wcompress import samples
+
+    os.makedirs(folder, exist_ok=True)
+    model = build_tiny_keras()
+    model(np.zeros((1, 12), np.float32))
+    corpus = {}
+    corpus["keras"] = os.path.join(folder, "tiny.keras")
+    model.save(corpus["keras"])
+    corpus["weights_h5"] = os.path.join(folder, "tiny.weights.h5")
+    model.save_weights(corpus["weights_h5"])
+    corpus["legacy_h5"] = os.path.join(folder, "tiny.h5")
+    model.save(corpus["legacy_h5"])
+    mhc = samples.fetch("mhcnuggets", cache=os.path.join(os.path.dirname(HERE), ".cache", "samples"))
+    corpus["legacy_weights"] = os.path.join(folder, "mhc.h5")
+    shutil.copy(mhc, corpus["legacy_weights"])
+    prefix = build_tf1_checkpoint(os.path.join(folder, "tf1", "model.ckpt"))
+    corpus["tf1_index"] = prefix + ".index"
+    from click.testing import CliRunner
+
+    from wcompress.cli import cli
+
+    for name in ("keras", "legacy_weights"):
+        container = os.path.join(folder, f"{name}.container.h5")
+        CliRunner().invoke(cli, ["pack", corpus[name], "-o", container], catch_exceptions=False)
+        corpus[f"container_{name}"] = container
+    container = os.path.join(folder, "tf1.container.h5")
+    CliRunner().invoke(cli, ["pack", prefix, "-o", container], catch_exceptions=False)
+    corpus["container_tf1"] = container
+    return corpus
+
+
+def mutate(data, rng):
+    """One random damage: flipped bytes, a truncation, an overwritten range, or a repeated chunk."""
+    data = bytearray(data)
+    kind = rng.choice(["flip", "flip", "flip", "truncate", "overwrite", "repeat", "zero"])
+    if kind == "flip":
+        for _ in range(rng.choice([1, 1, 2, 4, 16])):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == "truncate":
+        del data[rng.randrange(len(data)):]
+    elif kind in ("overwrite", "zero"):
+        start = rng.randrange(len(data))
+        length = min(len(data) - start, rng.choice([2, 8, 64, 512]))
+        data[start:start + length] = bytes(length) if kind == "zero" else rng.randbytes(length)
+    else:
+        start = rng.randrange(len(data))
+        chunk = data[start:start + rng.choice([4, 64, 1024])]
+        at = rng.randrange(len(data))
+        data[at:at + len(chunk)] = chunk
+    return bytes(data), kind
+
+
+def _digest(path):
+    h = hashlib.sha256()
+    paths = [path] if os.path.isfile(path) else sorted(
+        os.path.join(r, n) for r, _, ns in os.walk(path) for n in ns)
+    for p in paths:
+        with open(p, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
+class Worker:
+    """A child process that runs CLI invocations in-process, one JSON line per case."""
+
+    def __init__(self, scratch):
+        env = dict(os.environ, TMPDIR=scratch, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+
+    def run(self, request, timeout):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.time() + timeout
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.time()))
+            if not ready:
+                self.proc.kill()
+                self.proc.wait()
+                return {"outcome": "hang"}
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.wait()
+                return {"outcome": "crash", "signal": -self.proc.returncode}
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+def worker_loop():
+    """The child's side: run each requested command, report exit code, output and tensor digest."""
+    from click.testing import CliRunner
+    from helpers import stock_tensors
+
+    from wcompress.cli import cli
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("tensors"):
+            try:
+                tensors = stock_tensors(request["tensors"])
+            except Exception as exc:  # noqa: BLE001 - stock TF refusing our output is the finding
+                print(REPLY + json.dumps({"unreadable": f"{type(exc).__name__}: {exc}"[:300]}), flush=True)
+                continue
+            h = hashlib.sha256()
+            for name in sorted(tensors):
+                h.update(name.encode() + tensors[name].tobytes() + str(tensors[name].dtype).encode())
+            print(REPLY + json.dumps({"digest": h.hexdigest()}), flush=True)
+            continue
+        result = CliRunner().invoke(cli, request["args"])
+        escaped = result.exception is not None and not isinstance(result.exception, SystemExit)
+        reply = {"outcome": "ran", "exit": result.exit_code, "stderr": result.stderr[-2000:],
+                 "traceback": escaped or "Traceback" in result.output}
+        print(REPLY + json.dumps(reply), flush=True)
+
+
+def fuzz(cases, seed, corpus_dir=None, log=print, keep=None):
+    """Run `cases` mutated inputs; return the counts and every failing case (`keep`: a folder where
+    failing cases' inputs are copied, to reproduce them by hand)."""
+    rng = random.Random(seed)
+    scratch = tempfile.mkdtemp(prefix="wcompress-fuzz-")
+    counts = {"cases": 0, "exit0": 0, "exit2": 0, "crashes": 0, "hangs": 0, "silent_corruptions": 0,
+              "modified_inputs": 0, "tracebacks": 0, "other_exits": 0, "leftovers": 0}
+    failures = []
+    try:
+        corpus = build_corpus(corpus_dir or os.path.join(scratch, "corpus"))
+        worker = Worker(scratch)
+        truth = {}
+        for name, path in corpus.items():  # what each container must restore to
+            if name.startswith("container_"):
+                source = corpus[name[len("container_"):].replace("tf1", "tf1_index")]
+                source = source[: -len(".index")] if source.endswith(".index") else source
+                truth[name] = worker.run({"tensors": source}, 300)["digest"]
+        pristine = {name: open(path, "rb").read() for name, path in corpus.items()}
+        started = time.time()
+        for number in range(cases):
+            name = rng.choice(sorted(corpus))
+            data, kind = mutate(pristine[name], rng)
+            command = rng.choice(CONTAINER_COMMANDS if name.startswith("container_") else MODEL_COMMANDS)
+            case_dir = os.path.join(scratch, f"case{number}")
+            os.makedirs(case_dir)
+            src = _place(corpus[name], data, case_dir)
+            before = _digest(os.path.dirname(src))
+            out = os.path.join(case_dir, "out", "result")
+            reply = worker.run({"args": COMMANDS[command](src, out)}, CASE_TIMEOUT)
+            problem = None
+            if reply["outcome"] in ("hang", "crash"):
+                counts["hangs" if reply["outcome"] == "hang" else "crashes"] += 1
+                problem = reply["outcome"]
+                worker = Worker(scratch)
+            else:
+                counts[{0: "exit0", 2: "exit2"}.get(reply["exit"], "other_exits")] += 1
+                if reply["exit"] not in (0, 2):
+                    problem = f"exit {reply['exit']}: {reply['stderr'].strip()[-300:]}"
+                elif reply["traceback"]:
+                    counts["tracebacks"] += 1
+                    problem = "traceback"
+                elif reply["exit"] == 2 and os.path.exists(os.path.join(case_dir, "out")):
+                    counts["leftovers"] += 1
+                    problem = "output left after a failure"
+                elif reply["exit"] == 0 and command == "restore":
+                    restored = _only_output(out)
+                    answer = worker.run({"tensors": restored}, 300)
+                    if "digest" not in answer:  # stock TF itself could not read what we wrote
+                        worker = Worker(scratch)
+                    if answer.get("digest") != truth[name]:
+                        counts["silent_corruptions"] += 1
+                        problem = f"restored tensors differ from the packed ones ({answer})"
+            if _digest(os.path.dirname(src)) != before:
+                counts["modified_inputs"] += 1
+                problem = problem or "input modified"
+            counts["cases"] += 1
+            if problem:
+                failures.append({"seed": seed, "case": number, "file": name, "mutation": kind, "command": command,
+                                 "problem": problem})
+                log(f"FAIL seed={seed} case={number} {name} {kind} {command}: {problem}")
+                if keep:
+                    shutil.copytree(os.path.dirname(src), os.path.join(keep, f"seed{seed}-case{number}"))
+            shutil.rmtree(case_dir, ignore_errors=True)
+            if number and number % 500 == 0:
+                log(f"{number} cases, {time.time() - started:.0f} s, {len(failures)} failures")
+        worker.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return counts, failures
+
+
+def _place(original, data, case_dir):
+    """Write the mutated file where a user would have it (a checkpoint keeps its sibling files)."""
+    if original.endswith(".index"):
+        folder = os.path.join(case_dir, "in")
+        shutil.copytree(os.path.dirname(original), folder)
+        target = os.path.join(folder, os.path.basename(original))
+        with open(target, "wb") as fh:
+            fh.write(data)
+        return target[: -len(".index")]
+    folder = os.path.join(case_dir, "in")
+    os.makedirs(folder)
+    target = os.path.join(folder, os.path.basename(original))
+    with open(target, "wb") as fh:
+        fh.write(data)
+    return target
+
+
+def _only_output(folder):
+    names = [n for n in os.listdir(folder) if n != "checkpoint"]
+    index = [n for n in names if n.endswith(".index")]
+    if index:
+        return os.path.join(folder, index[0][: -len(".index")])
+    return os.path.join(folder, names[0])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=10000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", help="Copy each failing case's input into this folder.")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        sys.path.insert(0, HERE)
+        worker_loop()
+        return
+    counts, failures = fuzz(args.cases, args.seed, keep=args.keep)
+    print(json.dumps({"seed": args.seed, **counts}, indent=2))
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()
