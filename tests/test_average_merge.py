@@ -97,8 +97,8 @@ def test_merge_musicnn_graphs(real, tmp_path):
     feed = musicnn_feed(3)
     a = tf1_predict(os.path.join(real["musicnn"], ".meta"), real["musicnn"] + "/", feed, MUSICNN_OUT)
     b = tf1_predict(os.path.join(real["musicnn-vgg"], ".meta"), real["musicnn-vgg"] + "/", feed, MUSICNN_OUT)
-    args = [real["musicnn"], real["musicnn-vgg"], "--weights", "0.6,0.4", "--input", MUSICNN_IN,
-            "--output", MUSICNN_OUT, "--feed", "model/Placeholder_2:0=false"]
+    args = [real["musicnn"], real["musicnn-vgg"], "--weights", "0.6,0.4", "--input-tensor", MUSICNN_IN,
+            "--output-tensor", MUSICNN_OUT, "--feed", "model/Placeholder_2:0=false"]
     for dtype, tolerance in (("float32", 1e-5), ("float16", 1e-2)):
         result = run_json("merge", *args, "--dtype", dtype, "-o", str(tmp_path / dtype) + "/")
         prefix = result["output"]
@@ -111,11 +111,51 @@ def test_merge_musicnn_graphs(real, tmp_path):
     assert any(k.startswith("model0/") for k in keys) and any(k.startswith("model1/") for k in keys)
 
 
-def test_merge_lists_candidates_and_checks_budget(real, tmp_path):
-    line = run_error("merge", real["musicnn"], real["musicnn-vgg"], "-o", tmp_path / "m")
-    assert "candidates: model/Placeholder:0" in line
-    line = run_error("merge", real["musicnn"], real["musicnn-vgg"], "--input", MUSICNN_IN, "--output", MUSICNN_OUT,
-                     "--feed", "model/Placeholder_2:0=false", "--budget", "1MB", "-o", str(tmp_path / "b") + "/")
+def test_merge_design_card_line_verbatim(real, tmp_path):
+    """`wcompress merge a.ckpt b.ckpt --weights 0.6,0.4 --dtype float16`: input, output and the
+    is-training flag are inferred, the output goes beside the first model and runs fed only its input."""
+    import shutil
+
+    a, b = tmp_path / "MTT_musicnn", tmp_path / "MTT_vgg"
+    shutil.copytree(real["musicnn"], a)
+    shutil.copytree(real["musicnn-vgg"], b)
+    result = run_cli("merge", a, b, "--weights", "0.6,0.4", "--dtype", "float16")
+    assert f"input {MUSICNN_IN}, output {MUSICNN_OUT}, --feed model/Placeholder_2:0=false" in result.stdout
+    prefix = str(tmp_path / "MTT_musicnn-merged" / "model.ckpt")
+    feed = musicnn_feed(2)
+    expected = 0.6 * tf1_predict(str(a / ".meta"), str(a) + "/", feed, MUSICNN_OUT) + 0.4 * tf1_predict(
+        str(b / ".meta"), str(b) + "/", feed, MUSICNN_OUT)
+    got = tf1_predict(prefix + ".meta", prefix, {"input:0": feed[MUSICNN_IN]}, "output:0")
+    assert np.abs(got - expected).max() < 1e-2
+
+
+def test_merge_refuses_placeholders_it_cannot_fill(tmp_path):
+    """An output that needs a second float placeholder is refused, naming it, unless --feed fixes it."""
+    import tensorflow as tf
+
+    prefixes = []
+    for i in range(2):
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, (None, 3), name="x")
+            scale = tf.compat.v1.placeholder(tf.float32, (), name="scale")
+            w = tf.compat.v1.get_variable("w", (3, 2))
+            tf.identity(tf.matmul(x, w) * scale, name="y")
+            with tf.compat.v1.Session() as sess:
+                sess.run(tf.compat.v1.global_variables_initializer())
+                prefixes.append(tf.compat.v1.train.Saver().save(sess, str(tmp_path / f"m{i}" / "model.ckpt")))
+    line = run_error("merge", *prefixes, "--input-tensor", "x:0", "--output-tensor", "y:0", "-o", str(tmp_path / "out") + "/")
+    assert "also needs scale:0 (float32)" in line and "--feed" in line
+    assert not os.path.exists(tmp_path / "out")
+    run_cli("merge", *prefixes, "--input-tensor", "x", "--output-tensor", "y", "--feed", "scale=2", "-o",
+            str(tmp_path / "out") + "/")
+    got = tf1_predict(str(tmp_path / "out" / "model.ckpt.meta"), str(tmp_path / "out" / "model.ckpt"),
+                      {"input:0": np.ones((1, 3), np.float32)}, "output:0")
+    assert got.shape == (1, 2)
+
+
+def test_merge_checks_budget(real, tmp_path):
+    line = run_error("merge", real["musicnn"], real["musicnn-vgg"], "--budget", "1MB", "-o", str(tmp_path / "b") + "/")
     assert "over the budget of 1,000,000 B" in line
     assert not os.path.exists(tmp_path / "b")
 

@@ -180,3 +180,38 @@ def test_lambda_models_need_unsafe(tmp_path):
     assert "--unsafe" in line and path in line
     assert run_json("evaluate", path, "--data", data, "--metric", "mse", "--unsafe")["examples"] == 3
     assert "--unsafe" in run_error("merge", path, path, "-o", tmp_path / "m.keras")
+
+
+def test_evaluate_takes_every_checkpoint_path_form(tiny, tmp_path):
+    """A prefix, its .index file and its folder are the same model, as for profile and sparsify."""
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.RandomState(0).rand(8, 10).astype("float32"))
+    prefix = tiny["tf1"]
+    scores = [run_json("evaluate", form, "--data", data, "--reference", prefix, "--input-tensor", "input:0",
+                       "--output-tensor", "output:0")["results"][0]["value"]
+              for form in (prefix, prefix + ".index", os.path.dirname(prefix))]
+    assert scores == [1.0, 1.0, 1.0]
+
+
+def test_topk_needs_more_classes_than_k(faces):
+    data = np.load(faces["astronaut"])
+    assert "top7 means nothing for a model with 7 classes" in run_error(
+        "evaluate", _fer(), "--data", faces["astronaut"], "--metric", "top7")
+    assert data["y"][0] == 3
+
+
+def _fer():
+    from conftest import SAMPLE_CACHE
+
+    from wcompress import samples
+
+    return samples.fetch("fer", cache=SAMPLE_CACHE)
+
+
+def test_graph_errors_name_their_cause(real, tmp_path):
+    """A graph run that fails says why (TensorFlow's own line), not just 'Graph execution error:'."""
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.zeros((2, 187, 96), np.float32), y=np.zeros((2, 50), np.float32))
+    line = run_error("evaluate", real["musicnn"], "--data", data, "--metric", "mse", "--input-tensor",
+                     "model/Placeholder:0", "--output-tensor", "model/Sigmoid:0")
+    assert "Graph execution error" not in line and "must feed a value for placeholder" in line

@@ -177,8 +177,8 @@ def test_merge_float16_resource_graphs(tiny, tmp_path):
 
     other = build_tf1_checkpoint(str(tmp_path / "other" / "model.ckpt"), resource=True)
     out = tmp_path / "m" / "model.ckpt"
-    run_cli("merge", tiny["tf1_resource"], other, "--dtype", "float16", "--input", "input:0",
-            "--output", "output:0", "-o", out)
+    run_cli("merge", tiny["tf1_resource"], other, "--dtype", "float16", "--input-tensor", "input:0",
+            "--output-tensor", "output:0", "-o", out)
     assert any(v.dtype == np.float16 for v in stock_tensors(out).values())
     x = np.random.RandomState(1).rand(8, 10).astype("float32")
     members = [_restore_and_run(p + ".meta", p, {"input:0": x}, "output:0") for p in (tiny["tf1_resource"], other)]

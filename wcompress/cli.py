@@ -396,25 +396,28 @@ def average(checkpoints, output, force, folder, steps, keep_optimizer, as_json):
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", "destination", required=True, type=click.Path(),
-              help="Where to write the merged model (--output names a tensor here).")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@output_options
 @click.option("--weights", help="Comma-separated output weights, one per model (default: equal).")
 @click.option("--no-normalize", is_flag=True, help="Allow weights that do not sum to 1.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="float16 applies the fp16 pass to the merged model.")
 @click.option("--budget", help="Fail, writing nothing, if the merged files would exceed this size (e.g. 1GB).")
-@click.option("--input", "input_name", help="TF graphs: the input placeholder every member shares.")
-@click.option("--output", "output_name", help="TF graphs: the output tensor of each member.")
-@click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE fixes a placeholder "
-              "(e.g. an is_training flag) to a constant.")
+@click.option("--input-tensor", "input_name", help="TF graphs: the input placeholder every member shares "
+              "(default: the only float placeholder the output needs).")
+@click.option("--output-tensor", "output_name", help="TF graphs: the output tensor of each member (default: the "
+              "shared float output that depends on the most variables).")
+@click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE fixes a placeholder to a constant "
+              "(bool placeholders, e.g. is_training flags, default to false).")
 @click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")
 @json_option
-def merge(models, destination, force, weights, no_normalize, dtype, budget, input_name, output_name, feeds,
+def merge(models, output, force, weights, no_normalize, dtype, budget, input_name, output_name, feeds,
           unsafe, as_json):
     """Merge models into one with a weighted-sum output: Keras -> one .keras, TF1 graphs -> one graph.
 
-    Example: wcompress merge a.keras b.keras --weights 0.6,0.4 -o ensemble.keras
+    Example: wcompress merge a.ckpt b.ckpt --weights 0.6,0.4 --dtype float16
+
+    The merged model is run once on a batch of zeros before it is written: one that cannot run is
+    never written.
     """
     from .merge import merge as run_merge
 
@@ -424,7 +427,7 @@ def merge(models, destination, force, weights, no_normalize, dtype, budget, inpu
             parsed = [float(w) for w in weights.split(",")]
         except ValueError as exc:
             raise WcompressError(f"--weights takes numbers separated by commas, got {weights!r}") from exc
-    result = run_merge(list(models), destination, weights=parsed, dtype=dtype, budget=budget,
+    result = run_merge(list(models), output, weights=parsed, dtype=dtype, budget=budget,
                        normalize=not no_normalize, input_name=input_name, output_name=output_name, feeds=feeds,
                        unsafe=unsafe, force=force)
     if as_json:
@@ -433,6 +436,9 @@ def merge(models, destination, force, weights, no_normalize, dtype, budget, inpu
     for m in result["members"]:
         click.echo(f"member {m['path']} ({m['format']}): {m['bytes']:,} B, weight {m['weight']:g}")
     budget_note = f" (budget {result['budget']:,} B)" if result["budget"] else ""
+    if result.get("member_input"):
+        click.echo(f"each member: input {result['member_input']}, output {result['member_output']}"
+                   + "".join(f", --feed {f}" for f in result.get("implied_feeds", [])))
     click.echo(f"merged {result['dtype']} → {result['output']}: {result['output_bytes']:,} B{budget_note}; "
                f"feed {result['input_tensor']}, read {result['output_tensor']}")
 
@@ -440,9 +446,10 @@ def merge(models, destination, force, weights, no_normalize, dtype, budget, inpu
 def eval_options(f):
     f = click.option("--batch-size", type=int, default=256, show_default=True, help="Examples per batch.")(f)
     f = click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE for an extra placeholder.")(f)
-    f = click.option("--output", "output_name", help="TF graphs / SavedModels: the output tensor or key.")(f)
-    f = click.option("--input", "input_names", multiple=True, help="TF graphs / SavedModels: input tensor(s).")(f)
-    f = click.option("--reference", type=click.Path(exists=True), help="Reference model for fidelity metrics.")(f)
+    f = click.option("--output-tensor", "output_name", help="TF graphs / SavedModels: the output tensor or key.")(f)
+    f = click.option("--input-tensor", "input_names", multiple=True,
+                     help="TF graphs / SavedModels: input tensor(s).")(f)
+    f = click.option("--reference", type=click.Path(), help="Reference model for fidelity metrics (any path form).")(f)
     f = click.option("--data", required=True, help="DATA.npz (x or named inputs, optional y) or module:function.")(f)
     f = click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")(f)
     return f
@@ -456,7 +463,7 @@ def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, 
 
 
 @cli.command()
-@click.argument("model", type=click.Path(exists=True))
+@click.argument("model", type=click.Path())
 @eval_options
 @click.option("--metric", "metrics", multiple=True,
               help="top1, top5, topK, gap20, auc, mse, fidelity, cosine, maxdiff, a plugin's, or module:function "
@@ -485,7 +492,7 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 
 
 @cli.command()
-@click.argument("model", type=click.Path(exists=True))
+@click.argument("model", type=click.Path())
 @eval_options
 @click.option("--metric", required=True, help="The metric to plot against sparsity (see evaluate).")
 @click.option("--methods", default="flat,triangular,relative", show_default=True)
@@ -525,13 +532,14 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 
 
 @cli.command()
-@click.argument("model", type=click.Path(exists=True))
+@click.argument("model", type=click.Path())
 @eval_options
 @click.option("--metric", required=True, help="The metric to keep within budget (see evaluate).")
 @click.option("--max-drop", type=float, required=True, help="Largest loss allowed, e.g. 0.05.")
 @click.option("--relative/--absolute", default=True, show_default=True,
               help="--max-drop as a fraction of the dense score, or in the metric's own units.")
-@click.option("-o", "--out", "destination", required=True, type=click.Path(), help="Where to write the model.")
+@click.option("-o", "--output", "destination", required=True, type=click.Path(),
+              help="Where to write the model (its suffix picks the format).")
 @click.option("--plan", "plan_path", type=click.Path(), help="Where to write the plan (default: OUT.plan.json).")
 @click.option("--max-layers", type=int, default=8, show_default=True, help="Tune this many largest layers.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
@@ -563,7 +571,7 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 
 
 @cli.command("ensemble-search")
-@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("models", nargs=-1, required=True, type=click.Path())
 @eval_options
 @click.option("--metric", required=True, help="The metric to maximise (see evaluate).")
 @click.option("--budget", required=True, help="Largest merged size, e.g. 1GB.")

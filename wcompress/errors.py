@@ -25,6 +25,7 @@ def root_cause(exc, limit=300):
     generic = ("graph execution error", "traceback", "exception encountered", "error when deserializing")
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in lines:
-        if not line.lower().rstrip(":. ").startswith(generic) and not line.startswith(("File ", "Detected at node")):
+        if not line.lower().rstrip(":. ").startswith(generic) and not line.startswith(
+                ("File ", "Detected at node", "Node: ", "[[")):
             return line[:limit]
     return (lines[0] if lines else type(exc).__name__)[:limit]

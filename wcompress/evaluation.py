@@ -375,9 +375,9 @@ def merge_command(combo, dtype, spec, output="ensemble"):
     if dtype == "float16":
         parts += ["--dtype", "float16"]
     for name in spec.input_names:
-        parts += ["--input", name]
+        parts += ["--input-tensor", name]
     if spec.output_name:
-        parts += ["--output", spec.output_name]
+        parts += ["--output-tensor", spec.output_name]
     for feed in spec.feeds:
         parts += ["--feed", feed]
     return " ".join(parts + ["-o", output])

@@ -7,7 +7,8 @@ import tempfile
 
 from .errors import WcompressError
 from .io import open_model
-from .io.ensemble import build_keras, build_tf1
+from .io.ensemble import build_keras, build_tf1, smoke_run
+from .io.outputs import default_output
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 _KERAS_FORMATS = ("keras", "keras-h5")
@@ -32,9 +33,10 @@ def check_weights(weights, count, normalize=True):
     return list(weights)
 
 
-def merge(paths, dest, weights=None, dtype=None, budget=None, normalize=True, input_name=None,
+def merge(paths, dest=None, weights=None, dtype=None, budget=None, normalize=True, input_name=None,
           output_name=None, feeds=(), unsafe=False, force=False):
-    """Build the merged model in a temp folder, optionally cast it to float16, check the budget, write."""
+    """Build the merged model in a temp folder, optionally cast it to float16, check the budget and that
+    the staged output runs on a batch of zeros, then write (by default beside the first model)."""
     from .plugins import get_pass
     from .runner import run_passes
 
@@ -56,20 +58,22 @@ def merge(paths, dest, weights=None, dtype=None, budget=None, normalize=True, in
             merged = build_keras(paths, weights, os.path.join(work, "merged.keras"), unsafe=unsafe)
             names = {"input_tensor": "input", "output_tensor": "weighted_sum"}
         else:
-            merged = os.path.join(work, "merged.ckpt")
+            merged = os.path.join(work, "model.ckpt")  # the name it takes inside an output folder
             names = build_tf1(stores, weights, merged, input_name, output_name, feeds)
         passes = [get_pass("fp16").new()] if dtype == "float16" else []
         members = [{"path": s.path, "format": s.format, "bytes": s.bytes, "weight": w}
                    for s, w in zip(stores, weights)]
 
-        def within_budget(size):
+        def runs_within_budget(size, staged, fmt):
+            smoke_run(staged, fmt, unsafe=unsafe)
             if limit is not None and size > limit:
                 table = "; ".join(f"{os.path.basename(os.path.normpath(m['path']))} {m['bytes']:,} B" for m in members)
                 raise WcompressError(f"merged model would be {size:,} B, over the budget of {limit:,} B "
                                      f"(members: {table})")
 
-        result = run_passes(open_model(merged), passes, dest, force=force, show_progress=False,
-                            extra_inputs=[f for s in stores for f in s.files()], check=within_budget)
+        result = run_passes(open_model(merged), passes, dest or default_output(stores[0], "merged"), force=force,
+                            show_progress=False, extra_inputs=[f for s in stores for f in s.files()],
+                            check=runs_within_budget, unsafe=unsafe)
         return {"members": members, "output": result.output.path, "output_files": result.output.files,
                 "output_bytes": result.output_bytes, "dtype": dtype or "float32", "budget": limit, **names}
     finally:

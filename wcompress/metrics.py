@@ -33,6 +33,9 @@ def _class_labels(y, pred, name):
 def top_k(k):
     def accuracy(y, pred):
         labels = _class_labels(y, pred, f"top{k}")
+        if k >= pred.shape[1]:
+            raise WcompressError(f"top{k} means nothing for a model with {pred.shape[1]} classes (every example "
+                                 f"would count as correct): use top1..top{pred.shape[1] - 1}")
         best = np.argsort(-pred, axis=1, kind="stable")[:, :k]
         return float(np.mean([label in row for label, row in zip(labels, best)]))
 

@@ -52,7 +52,7 @@ class RunResult:
 
 
 def run_passes(store, passes, dest, force=False, show_progress=True, writer=None, extra_inputs=(), check=None,
-               tag="out"):
+               tag="out", unsafe=False):
     """Prepare every pass, then stream tensors from the store through the passes into the writer
     (the store's own format, or e.g. a ContainerWriter)."""
     if not hasattr(store, "tensors"):
@@ -63,7 +63,8 @@ def run_passes(store, passes, dest, force=False, show_progress=True, writer=None
     outcomes = []
     with tensor_progress(store.tensors, "writing", enabled=show_progress) as advance:
         written = write_safely(store, dest, lambda info: _through(store, passes, info, outcomes, advance),
-                               force=force, writer=writer, extra_inputs=extra_inputs, check=check, tag=tag)
+                               force=force, writer=writer, extra_inputs=extra_inputs, check=check, tag=tag,
+                               unsafe=unsafe)
     return RunResult(store.path, store.format, store.bytes, written, outcomes, {p.name: p.summary() for p in passes},
                      destruction_warnings(outcomes))
 

@@ -48,13 +48,78 @@ def tf1_candidates(meta, kind):
             and not n.name.split("/")[0] in _TRAINING_SCOPES]
 
 
+def _ancestors(graph_def, tensor_name):
+    """Every node a tensor depends on (data and control inputs), by name."""
+    inputs = {n.name: [i.lstrip("^").split(":")[0] for i in n.input] for n in graph_def.node}
+    seen, stack = set(), [tensor_name.split(":")[0]]
+    while stack:
+        node = stack.pop()
+        if node not in seen and node in inputs:
+            seen.add(node)
+            stack.extend(inputs[node])
+    return seen
+
+
+def _is_float(node):
+    dtype = node.attr["T"].type if "T" in node.attr else node.attr["dtype"].type if "dtype" in node.attr else 0
+    return dtype != 0 and tf.as_dtype(dtype).is_floating
+
+
+def infer_output(metas, paths):
+    """The members' shared model output: a float leaf outside training scopes that needs exactly one float
+    placeholder (two would be a loss against labels); among several, the one depending on the most
+    variables (a network's output depends on all its weights, a side statistic on a prefix)."""
+    shared = set.intersection(*(set(tf1_candidates(m, "output")) for m in metas))
+    graph = metas[0].graph_def
+    nodes = {n.name: n for n in graph.node}
+    ranked = []
+    for name in sorted(shared):
+        if not _is_float(nodes[name.split(":")[0]]):
+            continue
+        needed = [nodes[a] for a in _ancestors(graph, name)]
+        float_inputs = [n for n in needed if n.op == "Placeholder" and _is_float(n)]
+        variables = sum(n.op in ("VariableV2", "VarHandleOp", "Variable") for n in needed)
+        if len(float_inputs) == 1 and variables:
+            ranked.append((variables, name))
+    ranked.sort(reverse=True)
+    if len(ranked) == 1 or (len(ranked) > 1 and ranked[0][0] > ranked[1][0]):
+        return ranked[0][1]
+    listed = ", ".join(n for _, n in ranked[:12]) or ", ".join(sorted(shared)[:12]) or "none"
+    raise WcompressError(f"name the output tensor with --output-tensor; candidates: {listed}", paths[0])
+
+
+def infer_input(meta, output_name, path):
+    """The only float placeholder the output depends on."""
+    nodes = {n.name: n for n in meta.graph_def.node}
+    found = sorted(f"{a}:0" for a in _ancestors(meta.graph_def, output_name)
+                   if nodes[a].op == "Placeholder" and _is_float(nodes[a]))
+    if len(found) != 1:
+        raise WcompressError(f"name the input tensor with --input-tensor; {output_name} depends on "
+                             f"{', '.join(found) or 'no float placeholder'}", path)
+    return found[0]
+
+
+def flag_feeds(meta, output_name, input_name, feeds, path):
+    """Placeholders besides the input that the output needs: a bool one (an is-training flag) is fed
+    False, as inference does; any other must be given with --feed."""
+    given = {spec.partition("=")[0] if ":" in spec.partition("=")[0] else spec.partition("=")[0] + ":0"
+             for spec in feeds}
+    nodes = {n.name: n for n in meta.graph_def.node}
+    needed = sorted(f"{a}:0" for a in _ancestors(meta.graph_def, output_name)
+                    if nodes[a].op == "Placeholder" and f"{a}:0" not in given and f"{a}:0" != input_name)
+    added, missing = [], []
+    for name in needed:
+        if tf.as_dtype(nodes[name[:-2]].attr["dtype"].type) == tf.bool:
+            added.append(f"{name}=false")
+        else:
+            missing.append(f"{name} ({tf.as_dtype(nodes[name[:-2]].attr['dtype'].type).name})")
+    if missing:
+        raise WcompressError(f"the output {output_name} also needs {', '.join(missing)}: fix each with "
+                             "--feed NAME=VALUE", path)
+    return added
+
+
 def _resolve(name, metas, paths, kind):
-    if name is None:
-        found = tf1_candidates(metas[0], kind)
-        if len(found) == 1:
-            return found[0]
-        listed = ", ".join(found[:12]) + (" …" if len(found) > 12 else "")
-        raise WcompressError(f"name the {kind} tensor with --{kind}; candidates: {listed}", paths[0])
     name = name if ":" in name else name + ":0"
     for meta, path in zip(metas, paths):
         if name.split(":")[0] not in {n.name for n in meta.graph_def.node}:
@@ -81,8 +146,11 @@ def build_tf1(stores, weights, target_prefix, input_name=None, output_name=None,
         if store.format != "tf1-checkpoint" or not store.meta:
             raise WcompressError("merge of TF graphs needs TF1 checkpoints with their .meta", store.path)
     metas = [load_meta_graph_def(s.meta) for s in stores]
-    input_name = _resolve(input_name, metas, paths, "input")
-    output_name = _resolve(output_name, metas, paths, "output")
+    output_name = _resolve(output_name, metas, paths, "output") if output_name else infer_output(metas, paths)
+    input_name = (_resolve(input_name, metas, paths, "input") if input_name
+                  else infer_input(metas[0], output_name, paths[0]))
+    implied = flag_feeds(metas[0], output_name, input_name, feeds, paths[0])
+    feeds = tuple(feeds) + tuple(implied)
     signature = [_placeholder(m, input_name) for m in metas]
     for path, sig in zip(paths, signature):
         if sig[0] != signature[0][0] or sig[1].as_list() != signature[0][1].as_list():
@@ -115,7 +183,34 @@ def build_tf1(stores, weights, target_prefix, input_name=None, output_name=None,
     with open(os.path.join(os.path.dirname(target_prefix), "checkpoint"), "w") as fh:
         fh.write(f'model_checkpoint_path: "{os.path.basename(target_prefix)}"\n')
     return {"input_tensor": "input:0", "output_tensor": "output:0", "member_input": input_name,
-            "member_output": output_name}
+            "member_output": output_name, "implied_feeds": implied}
+
+
+def smoke_run(path, fmt, unsafe=False):
+    """Run a written model once on a batch of zeros; a model that cannot run is an error, in one line."""
+    from ..errors import root_cause
+
+    if fmt not in ("keras", "keras-h5", "tf1-checkpoint"):
+        return  # weights only: nothing to run
+    try:
+        if fmt in ("keras", "keras-h5"):
+            from .predict import load_keras_model
+
+            model = load_keras_model(path, unsafe)
+            shape = [1] + [d or 1 for d in model.inputs[0].shape[1:]]
+            model(np.zeros(shape, dtype=model.inputs[0].dtype), training=False)
+            return
+        meta = load_meta_graph_def(path + ".meta")
+        graph = tf.Graph()
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+            tf.compat.v1.train.import_meta_graph(meta).restore(session, path)
+            inputs = graph.get_tensor_by_name("input:0")
+            shape = [1] + [d or 1 for d in (inputs.shape.as_list()[1:] if inputs.shape.rank else [])]
+            session.run("output:0", {inputs: np.zeros(shape, inputs.dtype.as_numpy_dtype)})
+    except WcompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever stops the model from running is the message
+        raise WcompressError(f"the merged model does not run on a batch of zeros: {root_cause(exc)}") from exc
 
 
 def _parse_value(text, dtype):

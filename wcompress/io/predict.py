@@ -101,7 +101,7 @@ class GraphPredictor(Predictor):
                 sig_outputs = {k: v.name for k, v in signature.outputs.items()} if signature else {}
                 input_names = [sig_inputs.get(n, n) for n in input_names] if input_names else list(sig_inputs.values())
                 if output_name is None and len(sig_outputs) != 1:
-                    raise WcompressError(f"name the output with --output; signature outputs: "
+                    raise WcompressError(f"name the output with --output-tensor; signature outputs: "
                                          f"{', '.join(f'{k} ({v})' for k, v in sig_outputs.items())}", path)
                 output_name = sig_outputs.get(output_name, output_name) if output_name else next(iter(
                     sig_outputs.values()))
@@ -110,7 +110,7 @@ class GraphPredictor(Predictor):
                 for name, kind_ in ((input_names, "input"), (output_name, "output")):
                     if not name:
                         found = tf1_candidates(meta_def, kind_)
-                        raise WcompressError(f"name the {kind_} tensor with --{kind_}; candidates: "
+                        raise WcompressError(f"name the {kind_} tensor with --{kind_}-tensor; candidates: "
                                              f"{', '.join(found[:12])}", path)
                 saver = tf.compat.v1.train.import_meta_graph(meta_def)
                 saver.restore(self.session, prefix)
@@ -155,7 +155,7 @@ def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=Fa
             shutil.rmtree(work, ignore_errors=True)
     if store.format in ("keras", "keras-h5"):
         if input_names or output_name or feeds:
-            raise WcompressError("--input/--output/--feed are for TF graphs, not Keras models", path)
+            raise WcompressError("--input-tensor/--output-tensor/--feed are for TF graphs, not Keras models", path)
         return KerasPredictor(path, unsafe=unsafe)
     if store.format == "savedmodel":
         return GraphPredictor(path, "savedmodel", input_names, output_name, feeds)

@@ -52,8 +52,8 @@ def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()
     """Write through a temp folder beside the destination, then rename into place (see io/outputs.py).
 
     `dest` is the user's -o (None: the default name beside the input, with `tag`). `writer(target,
-    produce)` replaces the store's own writer (the sparse container). `check(bytes)` sees the staged
-    output's size before the rename and may raise to leave nothing behind (a size budget). Refuses to
+    produce)` replaces the store's own writer (the sparse container). `check(bytes, path, format)` sees
+    the staged output before the rename and may raise to leave nothing behind (a size budget, a run). Refuses to
     write over any input file and, without `force`, over any existing output. On any failure, Ctrl-C
     or SIGTERM, nothing is left: no staging folder, no folder we created.
     """
@@ -69,7 +69,7 @@ def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()
         target = os.path.join(stage, os.path.basename(plan.path))
         produced = _write_as(store, plan, target, produce, writer, unsafe)
         if check is not None:
-            check(sum(os.path.getsize(f) for f in _walk(produced)))
+            check(sum(os.path.getsize(f) for f in _walk(produced)), target, plan.format)
         for old in plan.replaces:
             shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
         final = []
