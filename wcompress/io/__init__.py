@@ -39,6 +39,9 @@ def open_model(path, order_file=None):
         return KerasZipStore(path, sequence)
     if magic == b"\x89HDF\r\n\x1a\n":
         from .container import ContainerStore, is_container
+        from .h5check import check_structure
+
+        check_structure(path)
         from .keras_h5 import H5Store
 
         if is_container(path):

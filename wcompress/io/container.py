@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import WcompressError
 from . import encodings
+from .h5check import check_structure
 from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import TensorInfo
@@ -190,6 +191,7 @@ class ContainerStore(ModelStore):
     def __init__(self, path):
         super().__init__(path)
         self.file_bytes = os.path.getsize(path)
+        check_structure(path)
         try:
             self.h5 = h5py.File(path, "r")
             attrs = dict(self.h5.attrs)

@@ -1,0 +1,61 @@
+"""A damaged byte in an HDF5 file's metadata can crash the HDF5 library (SIGSEGV) or make it spin
+forever while reading an attribute, and no Python code can catch either. So before we read an HDF5
+file in this process, a child process walks its whole structure (every group, dataset header and
+attribute, no tensor data) under a time limit: a crash or a hang there is a one-line error here."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from ..errors import WcompressError
+
+_CHECKED = set()  # (path, size, mtime) of files already walked by this process
+_WALK = r"""
+import sys
+import h5py
+
+seen = set()
+
+def walk(obj, depth):
+    if depth > 64:
+        return
+    try:
+        address = h5py.h5o.get_info(obj.id).addr
+        if address in seen:
+            return
+        seen.add(address)
+        for key in obj.attrs:
+            obj.attrs[key]
+        if isinstance(obj, h5py.Dataset):
+            obj.shape, obj.dtype, obj.chunks, obj.compression, obj.id.get_storage_size()
+            return
+        for key in obj:
+            walk(obj[key], depth + 1)
+    except Exception:
+        pass  # Python-level errors are reported by the reader itself; only crashes and hangs matter here
+
+try:
+    handle = h5py.File(sys.argv[1], "r")
+except Exception:
+    sys.exit(0)
+walk(handle, 0)
+"""
+
+
+def check_structure(path):
+    """Raise a one-line error if reading `path`'s HDF5 structure crashes or hangs the HDF5 library."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    limit = max(30, stat.st_size // (20 * 2**20))
+    try:
+        child = subprocess.run([sys.executable, "-c", _WALK, path], capture_output=True, timeout=limit,
+                               env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    except subprocess.TimeoutExpired as exc:
+        raise WcompressError(f"damaged HDF5 file: reading its structure did not finish in {limit} s", path) from exc
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        raise WcompressError(f"damaged HDF5 file: reading its structure crashed the HDF5 library ({name})", path)
+    _CHECKED.add(key)
