@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -71,8 +72,58 @@ def test_tensor_stats_exact_figures():
     assert stats["zeros"] == 2
     assert stats["small"] == 4  # 0, 0.0005, 0, -0.0001
     assert stats["min"] == -0.25 and stats["max"] == 2.0 and stats["span"] == 2.25
-    assert stats["std"] == pytest.approx(float(values.astype(np.float64).std()), rel=1e-6)
+    assert stats["std"] == pytest.approx(float(values.astype(np.float64).std()), rel=1e-12)
     assert sum(stats["hist"]) == 8
+
+
+def _reference_mean_std(values):
+    """Mean and population std from their definition, with exactly rounded sums (math.fsum)."""
+    flat = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+    mean = math.fsum(flat) / len(flat)
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in flat) / len(flat))
+
+
+_RNG = np.random.default_rng(8)
+STAT_CASES = {
+    "one element": np.array([0.3238], dtype=np.float32),  # musicnn's gamma showed std 4.55e-05
+    "constant": np.full((64, 3), 1.7470001, dtype=np.float32),
+    "constant float64": np.full(999, 0.1),  # 0.1 * 999 / 999 is not 0.1 in float64
+    "constant, several threads": np.full(3_000_001, -0.25, dtype=np.float32),
+    "two close values": np.array([1.0, np.nextafter(np.float32(1), np.float32(2))], dtype=np.float32),
+    "normal": _RNG.standard_normal((300, 700)).astype(np.float32),
+    "far from zero": (1e4 + 1e-3 * _RNG.standard_normal(2_500_003)).astype(np.float32),
+    "float64 offset": 1e8 + _RNG.standard_normal(700_001),
+    "outlier first": np.concatenate([[1e6], _RNG.standard_normal(2_200_000)]).astype(np.float32),
+    "float16": _RNG.standard_normal(5000).astype(np.float16),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STAT_CASES))
+def test_tensor_stats_mean_std_exact(case):
+    values = STAT_CASES[case]
+    mean, std = _reference_mean_std(values)
+    stats = tensor_stats(values)
+    if std == 0:
+        assert stats["std"] == 0.0 and stats["mean"] == mean
+    else:
+        assert stats["std"] == pytest.approx(std, rel=1e-12, abs=0)
+        assert stats["mean"] == pytest.approx(mean, rel=1e-12, abs=1e-15 * std)
+    assert stats["min"] == float(values.min()) and stats["max"] == float(values.max())
+    assert sum(stats["hist"]) == len(values.reshape(-1)[::max(1, values.size // (1 << 18))])
+
+
+def test_tensor_stats_non_finite_values_give_nan_not_a_wrong_range():
+    stats = tensor_stats(np.array([1.0, np.nan, 2.0], dtype=np.float32))
+    assert all(math.isnan(stats[k]) for k in ("min", "max", "mean", "std"))
+    stats = tensor_stats(np.array([1.0, np.inf], dtype=np.float32))
+    assert stats["min"] == 1.0 and stats["max"] == math.inf and "hist" not in stats
+
+
+def test_profile_constant_tensor_std_is_zero(real):
+    report = run_json("profile", real["musicnn"])
+    gamma = next(r for r in report["tensors"] if r["name"] == "batch_normalization/gamma")
+    assert gamma["params"] == 1 and gamma["std"] == 0.0 and gamma["mean"] == gamma["min"]
+    assert all(r["std"] == 0.0 for r in report["tensors"] if r.get("min") is not None and r["min"] == r["max"])
 
 
 def test_profile_stats_match_numpy_on_real_tensor(real):
@@ -81,7 +132,8 @@ def test_profile_stats_match_numpy_on_real_tensor(real):
     row = max(report["tensors"], key=lambda r: r["params"])
     array = store.load(row["name"]).astype(np.float64)
     assert row["min"] == array.min() and row["max"] == array.max()
-    assert row["std"] == pytest.approx(array.std(), rel=1e-5)
+    assert row["std"] == pytest.approx(array.std(), rel=1e-12)
+    assert row["mean"] == pytest.approx(array.mean(), rel=1e-12)
     assert row["small"] == int((np.abs(array) < 1e-3).sum())
 
 

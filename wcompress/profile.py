@@ -13,52 +13,96 @@ HIST_BINS = 16
 # Histograms come from an evenly strided sample of this many elements (every other figure is exact).
 HIST_SAMPLE = 1 << 18
 SMALL = 1e-3
-# Chunks small enough to stay in cache, so the six reductions cost about one pass over memory.
+# Chunks small enough to stay in cache, so the reductions (and the float64 second pass over each chunk
+# for the std) cost about one pass over memory.
 _CHUNK = 1 << 18
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
-def _reduce(flat, start, stop):
-    """min, max, zeros, sum, sum of squares and |w| < SMALL count over flat[start:stop]."""
-    lo, hi, zeros, total, total_sq, small = np.inf, -np.inf, 0, 0.0, 0.0, 0
+def _reduce(flat, start, stop, shift):
+    """min, max, zeros, |w| < SMALL count, and the count, mean and sum of squared deviations (M2) of
+    flat[start:stop] - shift.
+
+    Mean and M2 are float64 and exact to its rounding: each cache-sized chunk is copied to float64, less
+    `shift` (a value near the mean, so that the subtraction is exact and the chunk means are small), and
+    summed twice (its mean, then its squared deviations from that mean); chunks are combined with Chan,
+    Golub & LeVeque's pairwise update. Never E[x²] − E[x]², which cancels catastrophically (a constant
+    tensor used to show a std of 1e-5).
+    """
+    lo, hi, zeros, small = np.inf, -np.inf, 0, 0
+    count, mean, m2 = 0, 0.0, 0.0
+    buf = np.empty(min(_CHUNK, max(stop - start, 0)), dtype=np.float64)
     for i in range(start, stop, _CHUNK):
         chunk = flat[i:min(i + _CHUNK, stop)]
         if chunk.dtype.itemsize < 4:
             chunk = chunk.astype(np.float32)
-        lo = min(lo, float(chunk.min()))
-        hi = max(hi, float(chunk.max()))
+        lo = np.minimum(lo, chunk.min())  # np.minimum, not min(): a NaN must come through
+        hi = np.maximum(hi, chunk.max())
         zeros += int(np.count_nonzero(chunk == 0))  # 3x faster than count_nonzero on floats
-        total += float(chunk.sum(dtype=np.float64)) if chunk.dtype == np.float64 else float(chunk.sum())
-        total_sq += float(np.dot(chunk, chunk))
         small += int(np.count_nonzero(np.abs(chunk) < SMALL))
-    return lo, hi, zeros, total, total_sq, small
+        n = chunk.size
+        dev = buf[:n]
+        np.copyto(dev, chunk, casting="unsafe")
+        dev -= shift
+        chunk_mean = float(dev.sum()) / n  # numpy's pairwise summation
+        dev -= chunk_mean
+        np.multiply(dev, dev, out=dev)  # not np.dot: a threaded BLAS call per chunk is 20x slower here
+        mean, m2, count = _combine(count, mean, m2, n, chunk_mean, float(dev.sum()))
+    return float(lo), float(hi), zeros, small, count, mean, m2
+
+
+def _combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Mean and M2 of two disjoint parts (Chan, Golub & LeVeque's pairwise update)."""
+    if n_a == 0:
+        return mean_b, m2_b, n_b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n), n
 
 
 def tensor_stats(array):
-    """min/max/span/mean/std, exact zero and |w| < 1e-3 counts, and a histogram of the values."""
+    """min/max/span/mean/std, exact zero and |w| < 1e-3 counts, and a histogram of the values.
+
+    mean and std (the population std, ddof=0) are float64 and agree with numpy's float64
+    `x.astype(np.float64).std()` to float64 rounding; a constant tensor gives exactly 0.
+    """
     flat = np.ascontiguousarray(array).reshape(-1)
     if flat.size == 0 or flat.dtype == object or not np.issubdtype(flat.dtype, np.number):
         return {"zeros": int(flat.size - np.count_nonzero(flat)) if flat.dtype != object else 0}
     if not np.issubdtype(flat.dtype, np.floating):
         return {"zeros": int(flat.size - np.count_nonzero(flat)), "min": float(flat.min()), "max": float(flat.max()),
                 "span": float(flat.max()) - float(flat.min())}
-    # numpy releases the GIL in these reductions: split big tensors across threads.
-    parts = _WORKERS if flat.size >= 8 * _CHUNK else 1
-    bounds = [flat.size * k // parts for k in range(parts + 1)]
-    if parts > 1:
-        with ThreadPoolExecutor(parts) as pool:
-            results = list(pool.map(lambda k: _reduce(flat, bounds[k], bounds[k + 1]), range(parts)))
-    else:
-        results = [_reduce(flat, 0, flat.size)]
-    lo = min(r[0] for r in results)
-    hi = max(r[1] for r in results)
-    zeros, total, total_sq, small = (sum(r[i] for r in results) for i in range(2, 6))
-    mean = total / flat.size
-    out = {"zeros": int(zeros), "min": lo, "max": hi, "span": hi - lo, "mean": mean,
-           "std": float(np.sqrt(max(total_sq / flat.size - mean * mean, 0.0))), "small": int(small)}
     step = max(1, flat.size // HIST_SAMPLE)
+    sample = flat[::step].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN weights give NaN figures, silently
+        shift = float(sample.mean())  # near the mean: exact subtractions, small chunk means
+        if not np.isfinite(shift):
+            shift = 0.0
+        # numpy releases the GIL in these reductions: split big tensors across threads.
+        parts = _WORKERS if flat.size >= 8 * _CHUNK else 1
+        bounds = [flat.size * k // parts for k in range(parts + 1)]
+        if parts > 1:
+            with ThreadPoolExecutor(parts) as pool:
+                results = list(pool.map(lambda k: _reduce(flat, bounds[k], bounds[k + 1], shift), range(parts)))
+        else:
+            results = [_reduce(flat, 0, flat.size, shift)]
+        lo = float(np.min([r[0] for r in results]))
+        hi = float(np.max([r[1] for r in results]))
+        zeros, small = sum(r[2] for r in results), sum(r[3] for r in results)
+        count, mean, m2 = 0, 0.0, 0.0
+        for r in results:
+            mean, m2, count = _combine(count, mean, m2, r[4], r[5], r[6])
+        mean += shift
+        if lo == hi:  # constant (or one element): exactly, whatever the rounding of the sums
+            mean, m2 = lo, 0.0
+        elif np.isfinite(mean):
+            mean = min(max(mean, lo), hi)
+        std = float(np.sqrt(m2 / flat.size))
+    out = {"zeros": int(zeros), "min": lo, "max": hi, "span": hi - lo, "mean": mean, "std": std,
+           "small": int(small)}
     if np.isfinite(lo) and np.isfinite(hi):
-        counts, _ = np.histogram(flat[::step], bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1))
+        # float64 edges: in float32, a narrow range far from 0 (1e4 ± 1e-3) cannot hold 16 distinct bins.
+        counts, _ = np.histogram(sample, bins=HIST_BINS, range=(lo, hi if hi > lo else lo + 1))
         out.update(hist=counts.tolist(), hist_sampled=step > 1)
     return out
 
