@@ -3,8 +3,10 @@ import math
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from helpers import run_cli, run_json
 
+from wcompress.cli import cli
 from wcompress.io import open_model
 from wcompress.profile import tensor_stats
 
@@ -146,3 +148,96 @@ def test_plot_writes_png(real, tmp_path):
 def test_profile_json_is_valid_json(real):
     text = run_cli("profile", real["basic-pitch"], "--json").stdout
     assert json.loads(text)["totals"]["params"] == 16_864
+
+
+_REPORTS = {}
+
+
+def _profile_at(path, columns, *extra):
+    """The profile table as a user's terminal of `columns` columns gets it (rich reads COLUMNS)."""
+    result = CliRunner(env={"COLUMNS": str(columns)}).invoke(cli, ["profile", str(path), *extra],
+                                                             catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _table_rows(out):
+    """(header cells, [(name cell, is_tensor_row)]) read back from the printed table."""
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("tensor "))
+    header = lines[head].split()
+    name_end = lines[head].index(" role ") + 1
+    rows = []
+    for line in lines[head + 2:]:
+        if not line.strip() or line.startswith(("not shown at ", "params ")):
+            break
+        rows.append((line[:name_end].strip(), line.startswith("  ")))
+    return header, rows
+
+
+def _assert_every_name_readable(out, report, columns, whole):
+    header, rows = _table_rows(out)
+    for col in ("tensor", "role", "shape", "dtype", "params", "bytes", "share", "zeros"):
+        assert col in header, (columns, header)
+    shown = [name for name, is_tensor in rows if is_tensor]
+    assert len(shown) == len(report["tensors"]), columns
+    for cell, r in zip(shown, report["tensors"]):
+        last = r["name"].rsplit("/", 1)[-1]
+        tail = cell[1:] if cell.startswith("…") else cell
+        assert r["name"].endswith(tail) and tail.endswith(last), (columns, cell, r["name"])
+        if whole:
+            assert not cell.startswith("…") and (r["name"] == tail or r["name"].endswith("/" + tail)), (columns, cell)
+    layers = [name for name, is_tensor in rows if not is_tensor]
+    runs = [r["layer"] for i, r in enumerate(report["tensors"]) if i == 0 or r["layer"] != report["tensors"][i - 1]["layer"]]
+    assert len(layers) == len(runs)
+    for cell, layer in zip(layers, runs):
+        assert layer.endswith(cell[1:] if cell.startswith("…") else cell) and (cell == layer or not whole)
+
+
+@pytest.mark.parametrize("columns", [80, 120, 200])
+@pytest.mark.parametrize("model", ["fer", "musicnn", "mhcnuggets"])
+def test_profile_table_fits_the_terminal_and_keeps_every_name(real, model, columns):
+    report = _REPORTS.get(model) or _REPORTS.setdefault(model, run_json("profile", real[model]))
+    out = _profile_at(real[model], columns)
+    assert max(len(line) for line in out.splitlines()) <= columns
+    # Names are whole where they fit: always at 200 columns, at 120 for these models.
+    _assert_every_name_readable(out, report, columns, whole=columns >= 120)
+    header, _ = _table_rows(out)
+    if columns == 200:
+        assert header[-6:] == ["max", "span", "std", "zeros", "|w|<1e-3", "histogram"]
+    if columns == 80:
+        assert "(--wide shows them)" in " ".join(out.split()) and "span" not in header
+    assert "model tensors hold 98% of the bytes" in " ".join(out.split())
+
+
+def test_profile_wide_shows_every_column_at_80(real):
+    report = run_json("profile", real["fer"])
+    out = _profile_at(real["fer"], 80, "--wide")
+    header, _ = _table_rows(out)
+    assert header == ["tensor", "role", "shape", "dtype", "params", "bytes", "share", "min", "max", "span", "std",
+                      "zeros", "|w|<1e-3", "histogram"]
+    assert "--wide" not in out
+    _assert_every_name_readable(out, report, 80, whole=True)
+
+
+def test_profile_table_ellipsizes_long_names_in_the_middle(capsys):
+    from wcompress.render import profile_table
+
+    deep = "encoder/" + "/".join(f"block_{i}" for i in range(30)) + "/attention/query/kernel"
+    rows = [{"name": deep, "layer": "encoder", "role": "kernel", "shape": [512, 512], "dtype": "float32",
+             "params": 262_144, "bytes": 1_048_576, "share": 0.5, "zeros": 0, "min": -1.0, "max": 1.0,
+             "span": 2.0, "std": 0.5, "small": 3, "hist": [1] * 16},
+            {"name": "x" * 300, "layer": "x" * 300, "role": "bias", "shape": [], "dtype": "float16",
+             "params": 1, "bytes": 2, "share": 0.0, "zeros": 1}]
+    profile = {"path": "m.ckpt", "format": "tf1-checkpoint", "order": "graph", "file_bytes": 10, "tensors": rows,
+               "totals": {"params": 262_145, "params_with_training_state": 262_145, "model_bytes": 1_048_578,
+                          "optimizer_bytes": 0, "training_state_bytes": 0, "tensors_holding_98pct": 1,
+                          "model_tensors": 2}}
+    for columns in (80, 120, 200):
+        profile_table(profile, width=columns)
+        out = capsys.readouterr().out
+        assert max(len(line) for line in out.splitlines()) <= columns
+        _, table = _table_rows(out)
+        (cell, _), = [(c, t) for c, t in table if t and "kernel" in c]
+        assert cell.startswith("…") and cell.endswith("query/kernel") and deep.endswith(cell[1:])
+        assert len(cell) >= min(columns - 60, 32)  # the name keeps the room the essential columns leave

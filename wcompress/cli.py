@@ -130,7 +130,10 @@ def emit_json(data):
 @model_options
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(), help="Also draw per-layer weight histograms to a PNG.")
-def profile(model, order_file, as_json, plot_path):
+@click.option("--wide", is_flag=True,
+              help="Show every column whatever the terminal's width (a narrow terminal drops span, min, max, "
+                   "histogram, std, |w|<1e-3 in that order to keep the tensor names readable).")
+def profile(model, order_file, as_json, plot_path, wide):
     """Per-tensor table: role, shape, bytes and share, value range, zeros, histogram; with totals."""
     from .io import open_model
     from .profile import profile_model
@@ -146,7 +149,7 @@ def profile(model, order_file, as_json, plot_path):
         return
     from .render import console, profile_table
 
-    profile_table(result)
+    profile_table(result, wide=wide)
     if plot_path:
         console.print(f"histograms written to {plot_path}")
 

@@ -1,11 +1,15 @@
 """Tables for the terminal. Only formatting here: every figure arrives already measured."""
 
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 _BARS = " ▁▂▃▄▅▆▇█"
 
 import os
+import shutil
 import sys
 
 # Pipes and CI logs get the full table rather than 80 folded columns.
@@ -38,33 +42,113 @@ def _short(name, layer):
     return name.split(marker, 1)[1] if marker in name else name
 
 
-def profile_table(profile):
+# The profile table's columns: (header, justify, essential). Essential columns are always shown; the
+# others give way, in _PROFILE_DROP order, to keep the tensor names readable on a narrow terminal.
+_PROFILE_COLUMNS = (("tensor", "left", True), ("role", "left", True), ("shape", "left", True),
+                    ("dtype", "left", True), ("params", "right", True), ("bytes", "right", True),
+                    ("share", "right", True), ("min", "right", False), ("max", "right", False),
+                    ("span", "right", False), ("std", "right", False), ("zeros", "right", True),
+                    ("|w|<1e-3", "right", False), ("histogram", "left", False))
+_PROFILE_DROP = ("span", "max", "min", "histogram", "std", "|w|<1e-3")
+# Names keep at least this many characters before a statistic column is dropped for them, and never
+# fewer than _NAME_MIN (the table then runs past the terminal's edge rather than hide the names).
+_NAME_WANT, _NAME_MIN = 32, 16
+
+
+def terminal_width():
+    """COLUMNS when set, else the terminal's width; 200 for pipes and CI logs (the full table)."""
+    env = os.environ.get("COLUMNS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((200, 24)).columns
+    return 200
+
+
+def fit_name(name, width):
+    """`name` in at most `width` cells: the middle gives way to "…" so that the tail (…/kernel) stays."""
+    if cell_len(name) <= width:
+        return name
+    if width <= 1:
+        return "…"[:width]
+    tail = name[-(width - 1):]
+    while cell_len(tail) > width - 1:
+        tail = tail[1:]
+    return "…" + tail
+
+
+def _profile_cells(r):
+    pct = (lambda k: f"{100 * r[k] / r['params']:.1f}%" if k in r and r["params"] else "")
+    return {
+        "tensor": _short(r["name"], r["layer"]), "role": r["role"], "shape": "×".join(map(str, r["shape"])) or "scalar",
+        "dtype": r["dtype"], "params": f"{r['params']:,}", "bytes": f"{r['bytes']:,}", "share": f"{100 * r['share']:.2f}%",
+        "min": _num(r.get("min")), "max": _num(r.get("max")), "span": _num(r.get("span")), "std": _num(r.get("std")),
+        "zeros": pct("zeros"), "|w|<1e-3": pct("small"), "histogram": sparkline(r.get("hist")),
+    }
+
+
+def profile_layout(profile, width, wide=False):
+    """Which columns the profile table shows within `width` cells, and how wide the name column is.
+
+    Returns (columns, name_width, table_width): every column when `wide` or when they all fit with
+    the names whole; otherwise statistic columns are dropped (span, max, min, histogram, std, |w|<1e-3)
+    until the names keep min(their length, 32) cells, then the names take what is left, ellipsized in
+    the middle; never below 16 cells (the table is then wider than `width`).
+    """
+    rows = [_profile_cells(r) for r in profile["tensors"]]
+    widths = {c: max([cell_len(c)] + [cell_len(row[c]) for row in rows]) for c, _, _ in _PROFILE_COLUMNS}
+    # Tensor rows are indented two cells under their layer's row.
+    widths["tensor"] = max([cell_len("tensor")] + [2 + cell_len(row["tensor"]) for row in rows]
+                           + [cell_len(r["layer"]) for r in profile["tensors"]])
+    shown = [c for c, _, _ in _PROFILE_COLUMNS]
+    natural = widths["tensor"]
+
+    def others():  # every shown column but the name, with one space between columns
+        return sum(widths[c] + 1 for c in shown if c != "tensor")
+
+    if wide:
+        return shown, natural, natural + others()
+    for victim in _PROFILE_DROP:
+        if width - others() >= min(natural, _NAME_WANT):
+            break
+        shown.remove(victim)
+    name_width = max(min(natural, width - others()), min(natural, _NAME_MIN))
+    return shown, name_width, name_width + others()
+
+
+def profile_table(profile, wide=False, width=None):
+    """Print the per-tensor table and the totals, fitted to `width` (the terminal's) unless `wide`."""
     t = profile["totals"]
-    table = Table(title=f"{profile['path']}  ({profile['format']}, layer order: {profile['order']})",
-                  show_lines=False, header_style="bold")
-    for col, justify in (("tensor", "left"), ("role", "left"), ("shape", "left"), ("dtype", "left"),
-                         ("params", "right"), ("bytes", "right"), ("share", "right"), ("min", "right"),
-                         ("max", "right"), ("span", "right"), ("std", "right"), ("zeros", "right"),
-                         ("|w|<1e-3", "right"), ("histogram", "left")):
-        table.add_column(col, justify=justify, no_wrap=col != "tensor")
+    width = width or terminal_width()
+    shown, name_width, table_width = profile_layout(profile, width, wide)
+    justify = {c: j for c, j, _ in _PROFILE_COLUMNS}
+    table = Table(title=Text(f"{profile['path']}  ({profile['format']}, layer order: {profile['order']})"),
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0), header_style="bold")
+    for col in shown:
+        table.add_column(col, justify=justify[col], no_wrap=True,
+                         min_width=name_width if col == "tensor" else None)
     last_layer = None
     for r in profile["tensors"]:
         if r["layer"] != last_layer:
-            table.add_row(f"[bold]{r['layer']}[/]", *[""] * 13)
+            table.add_row(Text(fit_name(r["layer"], name_width), style="bold"), *[""] * (len(shown) - 1))
             last_layer = r["layer"]
-        pct = (lambda k: f"{100 * r[k] / r['params']:.1f}%" if k in r and r["params"] else "")
-        table.add_row(
-            "  " + _short(r["name"], r["layer"]), r["role"], "×".join(map(str, r["shape"])) or "scalar", r["dtype"],
-            f"{r['params']:,}", f"{r['bytes']:,}", f"{100 * r['share']:.2f}%", _num(r.get("min")),
-            _num(r.get("max")), _num(r.get("span")), _num(r.get("std")), pct("zeros"), pct("small"),
-            sparkline(r.get("hist")),
-        )
-    console.print(table)
-    console.print(
+        cells = _profile_cells(r)
+        cells["tensor"] = "  " + fit_name(cells["tensor"], name_width - 2)
+        table.add_row(*[Text(cells[c]) for c in shown])
+    # Printed at the table's own width when it is wider than the terminal (--wide, very narrow
+    # terminals): the terminal then wraps lines, but rich never squeezes a column to nothing.
+    out = Console(width=max(width, table_width), highlight=False)
+    out.print(table)
+    hidden = [c for c, _, _ in _PROFILE_COLUMNS if c not in shown]
+    if hidden:
+        out.print(Text(f"not shown at {width} columns: {', '.join(hidden)} (--wide shows them)", style="dim"),
+                  width=width)
+    out.print(
         f"params {t['params']:,} (with training state {t['params_with_training_state']:,}) · "
         f"model tensors {t['model_bytes']:,} B · optimizer slots {t['optimizer_bytes']:,} B · "
         f"all training state {t['training_state_bytes']:,} B · files on disk {profile['file_bytes']:,} B · "
-        f"{t['tensors_holding_98pct']} of {t['model_tensors']} model tensors hold 98% of the bytes"
+        f"{t['tensors_holding_98pct']} of {t['model_tensors']} model tensors hold 98% of the bytes",
+        width=width,
     )
 
 
