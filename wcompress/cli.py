@@ -207,7 +207,9 @@ def container_options(f):
 @json_option
 def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include, exclude, layers, plan_path,
              dry_run, pack, codec, values_dtype, order_file, as_json):
-    """Zero small weights without retraining: flat, triangular or relative thresholds (seed 004).
+    """Zero small weights per layer, no retraining: every |w| at or under its layer's threshold, set by a
+    flat (δ × the smallest layer span), triangular (--dconv on the first layer to --dfc on the last,
+    linear in between) or relative (the δ quantile of the layer's |w|) rule. See docs/methods.md.
 
     Example: wcompress sparsify model.ckpt --method triangular --dconv 0.1 --dfc 0.3 -o sparse.ckpt
     """
@@ -502,14 +504,15 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("--deltas", default="0:0.9:0.1", show_default=True, help="START:STOP:STEP or a comma list "
               "(triangular uses δ for both --dconv and --dfc).")
 @click.option("--acceptable", type=float, default=0.95, show_default=True,
-              help="Acceptability line as a fraction of the dense score (seed 004: 95%).")
+              help="Acceptability line as a fraction of the dense score (0.95: at most a 5% drop).")
 @click.option("--csv", "csv_path", type=click.Path(), help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(), help="Draw metric against sparsity to a PNG.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
 @json_option
 def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, methods, deltas,
           acceptable, csv_path, plot_path, jobs, as_json):
-    """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (seed 004 Fig. 3)."""
+    """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
+    against sparsity curve of each method, to pick the sparsity a model allows)."""
     from .evaluation import parse_range, plot_sweep
     from .evaluation import sweep as run_sweep
 
@@ -585,7 +588,8 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @json_option
 def ensemble_search(models, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, budget,
                     dtype, top, min_members, jobs, as_json):
-    """Pick ensemble members and weights that maximise the metric under a size budget (seed 000 Table 2)."""
+    """Pick ensemble members and weights that maximise the metric under a size budget (the combinations
+    tried, best first, with the `wcompress merge` command that builds the best)."""
     from .evaluation import ensemble_search as run_search
     from .evaluation import merge_command
     from .merge import parse_size
