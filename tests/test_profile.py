@@ -188,7 +188,8 @@ def _assert_every_name_readable(out, report, columns, whole):
         if whole:
             assert not cell.startswith("…") and (r["name"] == tail or r["name"].endswith("/" + tail)), (columns, cell)
     layers = [name for name, is_tensor in rows if not is_tensor]
-    runs = [r["layer"] for i, r in enumerate(report["tensors"]) if i == 0 or r["layer"] != report["tensors"][i - 1]["layer"]]
+    tensors = report["tensors"]
+    runs = [r["layer"] for i, r in enumerate(tensors) if i == 0 or r["layer"] != tensors[i - 1]["layer"]]
     assert len(layers) == len(runs)
     for cell, layer in zip(layers, runs):
         assert layer.endswith(cell[1:] if cell.startswith("…") else cell) and (cell == layer or not whole)

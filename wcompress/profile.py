@@ -145,7 +145,8 @@ def profile_model(store, show_progress=True):
 
 
 def tensors_covering(rows, fraction):
-    """How many of the largest tensors together hold `fraction` of the bytes (a Gated NetVLAD video classifier: 4 of 32 held 98%)."""
+    """How many of the largest tensors together hold `fraction` of the bytes (in a Gated NetVLAD video
+    classifier, 4 of 32 held 98%)."""
     sizes = sorted((r["bytes"] for r in rows), reverse=True)
     total, running = sum(sizes), 0
     for n, size in enumerate(sizes, 1):

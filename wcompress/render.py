@@ -42,13 +42,11 @@ def _short(name, layer):
     return name.split(marker, 1)[1] if marker in name else name
 
 
-# The profile table's columns: (header, justify, essential). Essential columns are always shown; the
-# others give way, in _PROFILE_DROP order, to keep the tensor names readable on a narrow terminal.
-_PROFILE_COLUMNS = (("tensor", "left", True), ("role", "left", True), ("shape", "left", True),
-                    ("dtype", "left", True), ("params", "right", True), ("bytes", "right", True),
-                    ("share", "right", True), ("min", "right", False), ("max", "right", False),
-                    ("span", "right", False), ("std", "right", False), ("zeros", "right", True),
-                    ("|w|<1e-3", "right", False), ("histogram", "left", False))
+# The profile table's columns. Name, role, shape, dtype, params, bytes, share and zeros are always
+# shown; the statistics give way, in _PROFILE_DROP order, to keep the names readable on a narrow terminal.
+_PROFILE_COLUMNS = (("tensor", "left"), ("role", "left"), ("shape", "left"), ("dtype", "left"), ("params", "right"),
+                    ("bytes", "right"), ("share", "right"), ("min", "right"), ("max", "right"), ("span", "right"),
+                    ("std", "right"), ("zeros", "right"), ("|w|<1e-3", "right"), ("histogram", "left"))
 _PROFILE_DROP = ("span", "max", "min", "histogram", "std", "|w|<1e-3")
 # Names keep at least this many characters before a statistic column is dropped for them, and never
 # fewer than _NAME_MIN (the table then runs past the terminal's edge rather than hide the names).
@@ -80,8 +78,9 @@ def fit_name(name, width):
 def _profile_cells(r):
     pct = (lambda k: f"{100 * r[k] / r['params']:.1f}%" if k in r and r["params"] else "")
     return {
-        "tensor": _short(r["name"], r["layer"]), "role": r["role"], "shape": "×".join(map(str, r["shape"])) or "scalar",
-        "dtype": r["dtype"], "params": f"{r['params']:,}", "bytes": f"{r['bytes']:,}", "share": f"{100 * r['share']:.2f}%",
+        "tensor": _short(r["name"], r["layer"]), "role": r["role"],
+        "shape": "×".join(map(str, r["shape"])) or "scalar", "dtype": r["dtype"], "params": f"{r['params']:,}",
+        "bytes": f"{r['bytes']:,}", "share": f"{100 * r['share']:.2f}%",
         "min": _num(r.get("min")), "max": _num(r.get("max")), "span": _num(r.get("span")), "std": _num(r.get("std")),
         "zeros": pct("zeros"), "|w|<1e-3": pct("small"), "histogram": sparkline(r.get("hist")),
     }
@@ -96,11 +95,11 @@ def profile_layout(profile, width, wide=False):
     the middle; never below 16 cells (the table is then wider than `width`).
     """
     rows = [_profile_cells(r) for r in profile["tensors"]]
-    widths = {c: max([cell_len(c)] + [cell_len(row[c]) for row in rows]) for c, _, _ in _PROFILE_COLUMNS}
+    widths = {c: max([cell_len(c)] + [cell_len(row[c]) for row in rows]) for c, _ in _PROFILE_COLUMNS}
     # Tensor rows are indented two cells under their layer's row.
     widths["tensor"] = max([cell_len("tensor")] + [2 + cell_len(row["tensor"]) for row in rows]
                            + [cell_len(r["layer"]) for r in profile["tensors"]])
-    shown = [c for c, _, _ in _PROFILE_COLUMNS]
+    shown = [c for c, _ in _PROFILE_COLUMNS]
     natural = widths["tensor"]
 
     def others():  # every shown column but the name, with one space between columns
@@ -121,7 +120,7 @@ def profile_table(profile, wide=False, width=None):
     t = profile["totals"]
     width = width or terminal_width()
     shown, name_width, table_width = profile_layout(profile, width, wide)
-    justify = {c: j for c, j, _ in _PROFILE_COLUMNS}
+    justify = dict(_PROFILE_COLUMNS)
     table = Table(title=Text(f"{profile['path']}  ({profile['format']}, layer order: {profile['order']})"),
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0), header_style="bold")
     for col in shown:
@@ -139,7 +138,7 @@ def profile_table(profile, wide=False, width=None):
     # terminals): the terminal then wraps lines, but rich never squeezes a column to nothing.
     out = Console(width=max(width, table_width), highlight=False)
     out.print(table)
-    hidden = [c for c, _, _ in _PROFILE_COLUMNS if c not in shown]
+    hidden = [c for c, _ in _PROFILE_COLUMNS if c not in shown]
     if hidden:
         out.print(Text(f"not shown at {width} columns: {', '.join(hidden)} (--wide shows them)", style="dim"),
                   width=width)
