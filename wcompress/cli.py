@@ -131,7 +131,7 @@ def emit_json(data):
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(), help="Also draw per-layer weight histograms to a PNG.")
 @click.option("--wide", is_flag=True,
-              help="Show every column whatever the terminal's width (a narrow terminal drops span, min, max, "
+              help="Show every column whatever the terminal's width (a narrow terminal drops span, max, min, "
                    "histogram, std, |w|<1e-3 in that order to keep the tensor names readable).")
 def profile(model, order_file, as_json, plot_path, wide):
     """Per-tensor table: role, shape, bytes and share, value range, zeros, histogram; with totals."""
