@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import WcompressError
 from .io import TRAINING_STATE, open_model
-from .io.predict import load_data, load_predictor
+from .io.predict import custom_object_scope, load_data, load_predictor
 from .metrics import get_metric, within_budget
 
 RAM = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -34,6 +34,7 @@ class EvalSpec:
     feeds: tuple = ()
     unsafe: bool = False
     batch_size: int = 256
+    custom_objects: str = None  # --custom-objects: FILE.py, module or module:attr
 
 
 class Evaluator:
@@ -49,7 +50,7 @@ class Evaluator:
 
     def predict(self, path, show_progress=False):
         predictor = load_predictor(path, list(self.spec.input_names) or None, self.spec.output_name,
-                                   self.spec.feeds, self.spec.unsafe)
+                                   self.spec.feeds, self.spec.unsafe, self.spec.custom_objects)
         try:
             return predictor.predict(self.data, self.spec.batch_size, show_progress)
         finally:
@@ -239,7 +240,8 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, max_
             if stop:
                 break
     final = Variant(model, "relative", uniform["delta"], _overrides(chosen))
-    path, sparsity, summary, plan = sparsify_variant(final, dest, force=force)
+    with custom_object_scope(spec.custom_objects):  # an output suffix of another Keras format loads the model
+        path, sparsity, summary, plan = sparsify_variant(final, dest, force=force)
     write_plan(plan_path, plan, force=force)
     evaluator = _evaluator(spec)
     value = evaluator.score(evaluator.predict(path))  # re-evaluated from the file written
@@ -333,7 +335,8 @@ def _verify_best(combos, budget, dtype, spec):
             keras_like = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
             built = merge(best["members"], os.path.join(work, "ensemble" + (".keras" if keras_like else "/")),
                           weights=best["weights"], dtype=dtype, input_name=(spec.input_names or [None])[0],
-                          output_name=spec.output_name, feeds=spec.feeds, unsafe=spec.unsafe)
+                          output_name=spec.output_name, feeds=spec.feeds, unsafe=spec.unsafe,
+                          custom_objects=spec.custom_objects)
         if built["output_bytes"] > budget:
             combos.pop(0)
             continue
@@ -380,6 +383,10 @@ def merge_command(combo, dtype, spec, output="ensemble"):
         parts += ["--output-tensor", spec.output_name]
     for feed in spec.feeds:
         parts += ["--feed", feed]
+    if spec.custom_objects:
+        parts += ["--custom-objects", _quote(spec.custom_objects)]
+    if spec.unsafe:
+        parts += ["--unsafe"]
     return " ".join(parts + ["-o", output])
 
 

@@ -9,6 +9,7 @@ from .errors import WcompressError
 from .io import open_model
 from .io.ensemble import build_keras, build_tf1, smoke_run
 from .io.outputs import default_output
+from .io.predict import custom_object_scope, resolve_custom_objects
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 _KERAS_FORMATS = ("keras", "keras-h5")
@@ -34,9 +35,17 @@ def check_weights(weights, count, normalize=True):
 
 
 def merge(paths, dest=None, weights=None, dtype=None, budget=None, normalize=True, input_name=None,
-          output_name=None, feeds=(), unsafe=False, force=False):
+          output_name=None, feeds=(), unsafe=False, force=False, custom_objects=None):
     """Build the merged model in a temp folder, optionally cast it to float16, check the budget and that
-    the staged output runs on a batch of zeros, then write (by default beside the first model)."""
+    the staged output runs on a batch of zeros, then write (by default beside the first model).
+    `custom_objects` (a --custom-objects spec or a dict) is what Keras needs to load the members."""
+    with custom_object_scope(custom_objects):  # every Keras load below, the format conversions too
+        return _merge(paths, dest, weights, dtype, budget, normalize, input_name, output_name, feeds, unsafe,
+                      force, resolve_custom_objects(custom_objects))
+
+
+def _merge(paths, dest, weights, dtype, budget, normalize, input_name, output_name, feeds, unsafe, force,
+           custom_objects):
     from .plugins import get_pass
     from .runner import run_passes
 
@@ -55,7 +64,8 @@ def merge(paths, dest=None, weights=None, dtype=None, budget=None, normalize=Tru
     work = tempfile.mkdtemp(prefix="wcompress-merge-")
     try:
         if keras_members:
-            merged = build_keras(paths, weights, os.path.join(work, "merged.keras"), unsafe=unsafe)
+            merged = build_keras(paths, weights, os.path.join(work, "merged.keras"), unsafe=unsafe,
+                                 custom_objects=custom_objects)
             names = {"input_tensor": "input", "output_tensor": "weighted_sum"}
         else:
             merged = os.path.join(work, "model.ckpt")  # the name it takes inside an output folder
@@ -65,7 +75,7 @@ def merge(paths, dest=None, weights=None, dtype=None, budget=None, normalize=Tru
                    for s, w in zip(stores, weights)]
 
         def runs_within_budget(size, staged, fmt):
-            smoke_run(staged, fmt, unsafe=unsafe)
+            smoke_run(staged, fmt, unsafe=unsafe, custom_objects=custom_objects)
             if limit is not None and size > limit:
                 table = "; ".join(f"{os.path.basename(os.path.normpath(m['path']))} {m['bytes']:,} B" for m in members)
                 raise WcompressError(f"merged model would be {size:,} B, over the budget of {limit:,} B "

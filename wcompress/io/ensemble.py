@@ -14,14 +14,14 @@ _NOT_OUTPUTS = ("NoOp", "Const", "Placeholder", "Assign", "SaveV2", "RestoreV2",
 _TRAINING_SCOPES = ("save", "gradients", "Adam", "optimizer", "train", "init", "report_uninitialized")
 
 
-def build_keras(paths, weights, target, unsafe=False):
+def build_keras(paths, weights, target, unsafe=False, custom_objects=None):
     """One functional model: a shared input, each member under its own name, outputs summed with weights
     by standard layers (Rescaling, Add): no Lambda, no custom objects. Saved as .keras at `target`."""
     import keras
 
     from .predict import load_keras_model
 
-    models = [load_keras_model(path, unsafe) for path in paths]
+    models = [load_keras_model(path, unsafe, custom_objects) for path in paths]
     shapes = [(tuple(m.inputs[0].shape[1:]), tuple(m.outputs[0].shape[1:])) for m in models]
     for path, m, shape in zip(paths, models, shapes):
         if len(m.inputs) != 1 or len(m.outputs) != 1:
@@ -186,7 +186,7 @@ def build_tf1(stores, weights, target_prefix, input_name=None, output_name=None,
             "member_output": output_name, "implied_feeds": implied}
 
 
-def smoke_run(path, fmt, unsafe=False):
+def smoke_run(path, fmt, unsafe=False, custom_objects=None):
     """Run a written model once on a batch of zeros; a model that cannot run is an error, in one line."""
     from ..errors import root_cause
 
@@ -196,7 +196,7 @@ def smoke_run(path, fmt, unsafe=False):
         if fmt in ("keras", "keras-h5"):
             from .predict import load_keras_model
 
-            model = load_keras_model(path, unsafe)
+            model = load_keras_model(path, unsafe, custom_objects)
             shape = [1] + [d or 1 for d in model.inputs[0].shape[1:]]
             model(np.zeros(shape, dtype=model.inputs[0].dtype), training=False)
             return

@@ -1,7 +1,11 @@
 """Running a model on data: Keras files, SavedModel signatures, TF1 MetaGraphs (+ checkpoint)."""
 
+import functools
+import inspect
 import os
+import re
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -60,20 +64,126 @@ def _short(name):
     return name.split(":")[0].split("/")[-1]
 
 
-def load_keras_model(path, unsafe=False):
-    """keras.models.load_model in safe mode unless the user passed --unsafe; errors as one line."""
+def load_keras_model(path, unsafe=False, custom_objects=None):
+    """keras.models.load_model in safe mode unless the user passed --unsafe, with the objects of
+    --custom-objects (a spec or a dict); errors as one line that gives Keras's cause."""
     import keras
 
     try:
-        return keras.models.load_model(path, safe_mode=not unsafe, compile=False)
+        return keras.models.load_model(path, safe_mode=not unsafe, compile=False,
+                                       custom_objects=resolve_custom_objects(custom_objects))
     except (ValueError, TypeError) as exc:
-        hint = " (pass --unsafe to allow Lambda layers / custom code)" if "safe_mode" in str(exc) else ""
-        raise WcompressError(f"Keras cannot load this model{hint}: {str(exc).splitlines()[0]}", path) from exc
+        raise WcompressError(f"Keras cannot load this model: {keras_load_cause(exc)}", path) from exc
+
+
+# Keras nests each failing object's whole config in its message ("Error when deserializing class 'Dense'
+# using config={…}. Exception encountered: …"), so the cause is the innermost "Exception encountered".
+_KERAS_ADVICE = re.compile(r"\.? *(Make sure custom classes|Please ensure (you|that)|Full object config|"
+                           r"If they are already decorated)")
+_MISSING_OBJECT = re.compile(r"Could not locate (?:function|class) '([^']+)'|"
+                             r"Could not interpret \w+(?: function)? identifier: (\S+)|Unknown \w+: '?([\w<>.]+)")
+
+
+def keras_load_cause(exc, limit=300):
+    """Keras's own reason a model did not load, in one line, with what to pass to fix it."""
+    text = str(exc)
+    cause = re.split(r"Exception encountered:\s*", text)[-1].strip()
+    cause = _KERAS_ADVICE.split(cause.splitlines()[0] if cause else type(exc).__name__)[0].rstrip(". ")
+    # Keras 3 stores a lambda as bytecode ({'value': [...]}), which no loader reads back.
+    cause = re.sub(r"identifier: \{'value'.*", "identifier: a Python lambda stored as bytecode (no Keras loads "
+                   "it back: save the model with a named function instead)", cause)
+    if len(cause) > limit:
+        cause = cause[:limit] + "…"
+    if "safe_mode" in text:
+        return f"{cause} (pass --unsafe to allow Lambda layers / custom code)"
+    missing = _MISSING_OBJECT.search(cause)
+    if missing and "stored as bytecode" not in cause:
+        name = next(g for g in missing.groups() if g)
+        how = (f"a dict custom_objects = {{'{name}': your_function}}" if not name.isidentifier()
+               else f"a function or class named {name}")
+        return f"{cause} (pass --custom-objects FILE.py defining {how})"
+    return cause
+
+
+@functools.lru_cache(maxsize=None)
+def _custom_objects_from(spec):
+    module, attr = _import_custom_objects(spec)
+    found = getattr(module, attr or "custom_objects", None)
+    if attr and found is None:
+        raise WcompressError(f"--custom-objects: {module.__name__} has no attribute {attr!r}")
+    if isinstance(found, dict):
+        objects = dict(found)
+    elif found is not None and not inspect.ismodule(found):
+        objects = {attr or found.__name__: found}
+    else:
+        source = found or module
+        objects = {name: obj for name, obj in vars(source).items() if not name.startswith("_")
+                   and (inspect.isfunction(obj) or inspect.isclass(obj))
+                   and getattr(obj, "__module__", None) == source.__name__}
+    if not objects:
+        raise WcompressError("--custom-objects: defines no public function or class (nor a custom_objects dict)",
+                             spec)
+    # A model saved again after loading names each object by its own name, e.g. a Keras 2 '<lambda>'
+    # activation becomes 'scaled_tanh': knowing both keeps the merged or converted model loadable.
+    for obj in list(objects.values()):
+        name = getattr(obj, "__name__", None)
+        if name and name.isidentifier():
+            objects.setdefault(name, obj)
+    return objects
+
+
+def _import_custom_objects(spec):
+    """FILE.py[:attr] or module[:attr] -> (module, attr or None)."""
+    import importlib
+    import importlib.util
+
+    target, _, attr = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    try:
+        if target.endswith(".py") or os.sep in target:
+            if not os.path.isfile(target):
+                raise WcompressError("--custom-objects: no such Python file", target)
+            name = "wcompress_custom_objects_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(target))[0])
+            module_spec = importlib.util.spec_from_file_location(name, target)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module  # dataclasses and pickling look their module up by name
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module, attr or None
+        return importlib.import_module(target), attr or None
+    except WcompressError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code failing to import is reported, in one line
+        from ..errors import root_cause
+
+        raise WcompressError(f"--custom-objects: cannot import it ({type(exc).__name__}: {root_cause(exc)})",
+                             spec) from exc
+
+
+def resolve_custom_objects(custom_objects):
+    """None, a dict, or a --custom-objects spec (FILE.py, module, module:attr) -> a dict or None."""
+    if custom_objects is None or isinstance(custom_objects, dict):
+        return custom_objects
+    return _custom_objects_from(str(custom_objects))
+
+
+def custom_object_scope(custom_objects):
+    """Make the objects visible to every Keras load inside the block (also the conversions of io/outputs)."""
+    import contextlib
+
+    objects = resolve_custom_objects(custom_objects)
+    if not objects:
+        return contextlib.nullcontext()
+    import keras
+
+    return keras.saving.custom_object_scope(objects)
 
 
 class KerasPredictor(Predictor):
-    def __init__(self, path, unsafe=False):
-        self.model = load_keras_model(path, unsafe)
+    def __init__(self, path, unsafe=False, custom_objects=None):
+        self.model = load_keras_model(path, unsafe, custom_objects)
         self.inputs = {t.name: (tuple(t.shape[1:]), np.dtype(t.dtype)) for t in self.model.inputs}
 
     def run(self, batch):
@@ -139,7 +249,7 @@ class GraphPredictor(Predictor):
         self.session.close()
 
 
-def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=False):
+def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=False, custom_objects=None):
     """A runnable model from any format that holds one (weights-only files do not)."""
     from . import open_model
     from .container import ContainerStore, restore
@@ -150,13 +260,13 @@ def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=Fa
         try:
             written = restore(path, os.path.join(work, "model") + (os.sep if "checkpoint" in store.source_format
                                                                    else _suffix(store.source_name)))
-            return load_predictor(written.path, input_names, output_name, feeds, unsafe)
+            return load_predictor(written.path, input_names, output_name, feeds, unsafe, custom_objects)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if store.format in ("keras", "keras-h5"):
         if input_names or output_name or feeds:
             raise WcompressError("--input-tensor/--output-tensor/--feed are for TF graphs, not Keras models", path)
-        return KerasPredictor(path, unsafe=unsafe)
+        return KerasPredictor(path, unsafe=unsafe, custom_objects=custom_objects)
     if store.format == "savedmodel":
         return GraphPredictor(path, "savedmodel", input_names, output_name, feeds)
     if store.format == "tf1-checkpoint" and store.meta:
