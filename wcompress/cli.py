@@ -399,6 +399,13 @@ def average(checkpoints, output, force, folder, steps, keep_optimizer, as_json):
     click.echo(f"wrote {result['output']}: {result['output_bytes']:,} B")
 
 
+def custom_objects_option(f):
+    return click.option("--custom-objects", metavar="FILE.py|MODULE[:ATTR]", help="What Keras needs to load the "
+                        "model (custom layers, activations): a FILE.py or module (its public functions and "
+                        "classes, or its custom_objects dict), or module:attr (a dict of name -> object, or one "
+                        "object). Map a Keras 2 '<lambda>' with custom_objects = {'<lambda>': fn}.")(f)
+
+
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @output_options
@@ -414,9 +421,10 @@ def average(checkpoints, output, force, folder, steps, keep_optimizer, as_json):
 @click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE fixes a placeholder to a constant "
               "(bool placeholders, e.g. is_training flags, default to false).")
 @click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")
+@custom_objects_option
 @json_option
 def merge(models, output, force, weights, no_normalize, dtype, budget, input_name, output_name, feeds,
-          unsafe, as_json):
+          unsafe, custom_objects, as_json):
     """Merge models into one with a weighted-sum output: Keras -> one .keras, TF1 graphs -> one graph.
 
     Example: wcompress merge a.ckpt b.ckpt --weights 0.6,0.4 --dtype float16
@@ -434,7 +442,7 @@ def merge(models, output, force, weights, no_normalize, dtype, budget, input_nam
             raise WcompressError(f"--weights takes numbers separated by commas, got {weights!r}") from exc
     result = run_merge(list(models), output, weights=parsed, dtype=dtype, budget=budget,
                        normalize=not no_normalize, input_name=input_name, output_name=output_name, feeds=feeds,
-                       unsafe=unsafe, force=force)
+                       unsafe=unsafe, force=force, custom_objects=custom_objects)
     if as_json:
         emit_json(result)
         return
@@ -449,6 +457,7 @@ def merge(models, output, force, weights, no_normalize, dtype, budget, input_nam
 
 
 def eval_options(f):
+    f = custom_objects_option(f)
     f = click.option("--batch-size", type=int, default=256, show_default=True, help="Examples per batch.")(f)
     f = click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE for an extra placeholder.")(f)
     f = click.option("--output-tensor", "output_name", help="TF graphs / SavedModels: the output tensor or key.")(f)
@@ -460,11 +469,12 @@ def eval_options(f):
     return f
 
 
-def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe):
+def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects):
     from .evaluation import EvalSpec
 
     return EvalSpec(data=data, metric=metric, reference=reference, input_names=tuple(input_names),
-                    output_name=output_name, feeds=tuple(feeds), unsafe=unsafe, batch_size=batch_size)
+                    output_name=output_name, feeds=tuple(feeds), unsafe=unsafe, batch_size=batch_size,
+                    custom_objects=custom_objects)
 
 
 @cli.command()
@@ -474,7 +484,8 @@ def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, 
               help="top1, top5, topK, gap20, auc, mse, fidelity, cosine, maxdiff, a plugin's, or module:function "
                    "(repeatable; default: fidelity, cosine and maxdiff with --reference).")
 @json_option
-def evaluate(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, metrics, as_json):
+def evaluate(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, metrics,
+             as_json):
     """Run MODEL on DATA and score it: accuracy, GAP@20, AUC, MSE, or fidelity to a reference model."""
     from .evaluation import Evaluator
 
@@ -484,7 +495,8 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
         metrics = ("fidelity", "cosine", "maxdiff")
     results, predictions = [], None
     for name in metrics:
-        evaluator = Evaluator(_spec(data, name, reference, input_names, output_name, feeds, batch_size, unsafe))
+        evaluator = Evaluator(_spec(data, name, reference, input_names, output_name, feeds, batch_size, unsafe,
+                                    custom_objects))
         if predictions is None:
             predictions = evaluator.predict(model, show_progress=not as_json)
         results.append({"metric": name, "value": evaluator.score(predictions)})
@@ -509,14 +521,14 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("--plot", "plot_path", type=click.Path(), help="Draw metric against sparsity to a PNG.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
 @json_option
-def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, methods, deltas,
-          acceptable, csv_path, plot_path, jobs, as_json):
+def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, metric,
+          methods, deltas, acceptable, csv_path, plot_path, jobs, as_json):
     """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
     against sparsity curve of each method, to pick the sparsity a model allows)."""
     from .evaluation import parse_range, plot_sweep
     from .evaluation import sweep as run_sweep
 
-    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe)
+    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects)
     result = run_sweep(model, [m.strip() for m in methods.split(",")], parse_range(deltas), spec, jobs, acceptable)
     if csv_path:
         import csv
@@ -551,15 +563,15 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @json_option
-def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, max_drop,
-             relative, destination, plan_path, max_layers, jobs, force, as_json):
+def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, metric,
+             max_drop, relative, destination, plan_path, max_layers, jobs, force, as_json):
     """Largest sparsity whose metric stays within --max-drop: best uniform δ, then per-layer δ.
 
     Writes the model and a plan that `wcompress sparsify MODEL --plan PLAN` reproduces bit for bit.
     """
     from .evaluation import autotune as run_autotune
 
-    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe)
+    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects)
     plan_path = plan_path or destination.rstrip("/") + ".plan.json"
     result = run_autotune(model, spec, max_drop, destination, plan_path, relative, jobs, max_layers, force)
     if as_json:
@@ -586,15 +598,15 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("--min-members", type=int, default=1, show_default=True, help="Consider only ensembles this large.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate candidates in this many processes.")
 @json_option
-def ensemble_search(models, data, reference, input_names, output_name, feeds, batch_size, unsafe, metric, budget,
-                    dtype, top, min_members, jobs, as_json):
+def ensemble_search(models, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
+                    metric, budget, dtype, top, min_members, jobs, as_json):
     """Pick ensemble members and weights that maximise the metric under a size budget (the combinations
     tried, best first, with the `wcompress merge` command that builds the best)."""
     from .evaluation import ensemble_search as run_search
     from .evaluation import merge_command
     from .merge import parse_size
 
-    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe)
+    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects)
     result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top, min_members=min_members)
     best = result["combinations"][0]
     keras_output = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
