@@ -13,51 +13,44 @@ HIST_BINS = 16
 # Histograms come from an evenly strided sample of this many elements (every other figure is exact).
 HIST_SAMPLE = 1 << 18
 SMALL = 1e-3
-# Chunks small enough to stay in cache, so the reductions (and the float64 second pass over each chunk
-# for the std) cost about one pass over memory.
+# Chunks small enough to stay in cache, so the reductions (the float64 ones for mean and std included)
+# cost about one pass over memory.
 _CHUNK = 1 << 18
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _reduce(flat, start, stop, shift):
-    """min, max, zeros, |w| < SMALL count, and the count, mean and sum of squared deviations (M2) of
-    flat[start:stop] - shift.
+    """min, max, zeros, |w| < SMALL count, Σd and Σd² (d = w − shift, in float64) over flat[start:stop].
 
-    Mean and M2 are float64 and exact to its rounding: each cache-sized chunk is copied to float64, less
-    `shift` (a value near the mean, so that the subtraction is exact and the chunk means are small), and
-    summed twice (its mean, then its squared deviations from that mean); chunks are combined with Chan,
-    Golub & LeVeque's pairwise update. Never E[x²] − E[x]², which cancels catastrophically (a constant
-    tensor used to show a std of 1e-5).
+    With `shift` near the mean, d is exact for the values near the mean and Σd² − (Σd)²/n loses
+    nothing to cancellation, so the std is exact to float64 rounding in one pass over cache-sized
+    chunks; never E[w²] − E[w]² about 0 in float32, which cancels catastrophically (a one-element
+    tensor used to show a std of 4.55e-05).
     """
-    lo, hi, zeros, small = np.inf, -np.inf, 0, 0
-    count, mean, m2 = 0, 0.0, 0.0
-    buf = np.empty(min(_CHUNK, max(stop - start, 0)), dtype=np.float64)
+    lo, hi, zeros, small, total, total_sq = np.inf, -np.inf, 0, 0, 0.0, 0.0
+    size = min(_CHUNK, max(stop - start, 0))
+    dev = np.empty(size, dtype=np.float64)
+    mags = np.empty(size, dtype=np.float32)
+    flags = np.empty(size, dtype=bool)
     for i in range(start, stop, _CHUNK):
         chunk = flat[i:min(i + _CHUNK, stop)]
         if chunk.dtype.itemsize < 4:
             chunk = chunk.astype(np.float32)
+        n = chunk.size
         lo = np.minimum(lo, chunk.min())  # np.minimum, not min(): a NaN must come through
         hi = np.maximum(hi, chunk.max())
-        zeros += int(np.count_nonzero(chunk == 0))  # 3x faster than count_nonzero on floats
-        small += int(np.count_nonzero(np.abs(chunk) < SMALL))
-        n = chunk.size
-        dev = buf[:n]
-        np.copyto(dev, chunk, casting="unsafe")
-        dev -= shift
-        chunk_mean = float(dev.sum()) / n  # numpy's pairwise summation
-        dev -= chunk_mean
-        np.multiply(dev, dev, out=dev)  # not np.dot: a threaded BLAS call per chunk is 20x slower here
-        mean, m2, count = _combine(count, mean, m2, n, chunk_mean, float(dev.sum()))
-    return float(lo), float(hi), zeros, small, count, mean, m2
-
-
-def _combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Mean and M2 of two disjoint parts (Chan, Golub & LeVeque's pairwise update)."""
-    if n_a == 0:
-        return mean_b, m2_b, n_b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n), n
+        zeros += int(np.count_nonzero(np.equal(chunk, 0, out=flags[:n])))
+        if chunk.dtype == np.float32:
+            np.abs(chunk, out=mags[:n])
+            small += int(np.count_nonzero(np.less(mags[:n], np.float32(SMALL), out=flags[:n])))
+        else:
+            small += int(np.count_nonzero(np.abs(chunk) < SMALL))
+        d = dev[:n]
+        np.copyto(d, chunk, casting="unsafe")
+        d -= shift
+        total += float(d.sum())  # numpy's pairwise summation
+        total_sq += float(np.multiply(d, d, out=d).sum())  # not np.dot/vecdot: threaded BLAS, 10x slower here
+    return float(lo), float(hi), zeros, small, total, total_sq
 
 
 def tensor_stats(array):
@@ -75,7 +68,7 @@ def tensor_stats(array):
     step = max(1, flat.size // HIST_SAMPLE)
     sample = flat[::step].astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN weights give NaN figures, silently
-        shift = float(sample.mean())  # near the mean: exact subtractions, small chunk means
+        shift = float(sample.mean())  # near the mean: exact subtractions, no cancellation
         if not np.isfinite(shift):
             shift = 0.0
         # numpy releases the GIL in these reductions: split big tensors across threads.
@@ -89,10 +82,9 @@ def tensor_stats(array):
         lo = float(np.min([r[0] for r in results]))
         hi = float(np.max([r[1] for r in results]))
         zeros, small = sum(r[2] for r in results), sum(r[3] for r in results)
-        count, mean, m2 = 0, 0.0, 0.0
-        for r in results:
-            mean, m2, count = _combine(count, mean, m2, r[4], r[5], r[6])
-        mean += shift
+        total, total_sq = sum(r[4] for r in results), sum(r[5] for r in results)
+        mean = shift + total / flat.size
+        m2 = max(total_sq - total * total / flat.size, 0.0) if np.isfinite(total_sq) else total_sq
         if lo == hi:  # constant (or one element): exactly, whatever the rounding of the sums
             mean, m2 = lo, 0.0
         elif np.isfinite(mean):
