@@ -154,6 +154,76 @@ def test_merge_refuses_placeholders_it_cannot_fill(tmp_path):
     assert got.shape == (1, 2)
 
 
+def test_merge_two_copies_of_one_graph(real, tmp_path):
+    """Two members with the same graph and names (MTT_musicnn twice): each under its own scope; written
+    beside the first by default; the merge of a model with itself is that model."""
+    import shutil
+
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    shutil.copytree(real["musicnn"], a)
+    shutil.copytree(real["musicnn"], b)
+    run_cli("merge", a, b, "--weights", "0.6,0.4")
+    prefix = str(tmp_path / "a.ckpt-merged" / "model.ckpt")
+    feed = musicnn_feed(2)
+    expected = tf1_predict(str(a / ".meta"), str(a) + "/", feed, MUSICNN_OUT)
+    got = tf1_predict(prefix + ".meta", prefix, {"input:0": feed[MUSICNN_IN]}, "output:0")
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def _tf1_members(root, build, count=2):
+    """`count` TF1 checkpoints of the graph `build(tf)` makes, each with its own random weights."""
+    import tensorflow as tf
+
+    prefixes = []
+    for i in range(count):
+        graph = tf.Graph()
+        with graph.as_default():
+            build(tf)
+            with tf.compat.v1.Session() as sess:
+                sess.run(tf.compat.v1.global_variables_initializer())
+                prefixes.append(tf.compat.v1.train.Saver().save(sess, str(root / f"m{i}" / "model.ckpt")))
+    return prefixes
+
+
+def test_merge_never_writes_a_graph_that_cannot_run(tmp_path):
+    """The staged merge is run on a batch of zeros before the rename: a graph that fails there is
+    refused with TensorFlow's own cause, and nothing is written."""
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, (None, 3), name="x")
+        check = tf.debugging.assert_positive(tf.reduce_sum(tf.abs(x)) + 0.0, message="input is all zeros")
+        with tf.control_dependencies([check]):
+            tf.identity(tf.matmul(x, tf.compat.v1.get_variable("w", (3, 2))), name="y")
+
+    out = tmp_path / "out"
+    line = run_error("merge", *_tf1_members(tmp_path, build), "--output-tensor", "y", "-o", str(out) + "/")
+    assert "does not run on a batch of zeros" in line and "input is all zeros" in line
+    assert "Graph execution error" not in line
+    assert not os.path.exists(out) and not [n for n in os.listdir(tmp_path) if n.startswith(".wcompress")]
+
+
+def test_merge_output_inference_lists_candidates(tmp_path):
+    """Two heads equally deep in the graph: no guess, one line naming both."""
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, (None, 3), name="x")
+        tf.identity(tf.matmul(x, tf.compat.v1.get_variable("w1", (3, 2))), name="head_a")
+        tf.identity(tf.matmul(x, tf.compat.v1.get_variable("w2", (3, 2))), name="head_b")
+
+    prefixes = _tf1_members(tmp_path, build)
+    line = run_error("merge", *prefixes, "-o", tmp_path / "out")
+    assert "--output-tensor" in line and "head_a:0" in line and "head_b:0" in line
+    result = run_json("merge", *prefixes, "--output-tensor", "head_b", "-o", str(tmp_path / "out") + "/")
+    assert (result["member_input"], result["member_output"]) == ("x:0", "head_b:0")
+
+
+def test_merge_output_flag_is_the_output_path(two_keras, tmp_path):
+    """-o/--output is the output file for every command (merge used to take --output as a tensor name)."""
+    out = tmp_path / "ensemble.keras"
+    run_cli("merge", *two_keras, "--output", out)
+    assert os.path.isfile(out)
+    assert "No such option '--out'" in run_cli("merge", *two_keras, "--out", tmp_path / "x.keras",
+                                               exit_code=2).stderr
+
+
 def test_merge_checks_budget(real, tmp_path):
     line = run_error("merge", real["musicnn"], real["musicnn-vgg"], "--budget", "1MB", "-o", str(tmp_path / "b") + "/")
     assert "over the budget of 1,000,000 B" in line

@@ -9,8 +9,10 @@ from .tensors import TRAINING_STATE
 from .tf1_meta import load_meta_graph_def
 from .tfenv import tf
 
+# Leaves that are never a model's output (an unconsumed Identity often is: tf.identity(y, name="output")).
 _NOT_OUTPUTS = ("NoOp", "Const", "Placeholder", "Assign", "SaveV2", "RestoreV2", "VariableV2", "VarHandleOp",
-                "AssignVariableOp", "MergeV2Checkpoints", "Identity", "ApplyAdam", "ScalarSummary")
+                "AssignVariableOp", "MergeV2Checkpoints", "ApplyAdam", "ScalarSummary", "VarIsInitializedOp",
+                "IsVariableInitialized")
 _TRAINING_SCOPES = ("save", "gradients", "Adam", "optimizer", "train", "init", "report_uninitialized")
 
 
@@ -84,7 +86,8 @@ def infer_output(metas, paths):
     ranked.sort(reverse=True)
     if len(ranked) == 1 or (len(ranked) > 1 and ranked[0][0] > ranked[1][0]):
         return ranked[0][1]
-    listed = ", ".join(n for _, n in ranked[:12]) or ", ".join(sorted(shared)[:12]) or "none"
+    floats = [n for n in sorted(shared) if _is_float(nodes[n.split(":")[0]])]
+    listed = ", ".join(n for _, n in ranked[:12]) or ", ".join(floats[:12]) or "none"
     raise WcompressError(f"name the output tensor with --output-tensor; candidates: {listed}", paths[0])
 
 
@@ -94,8 +97,9 @@ def infer_input(meta, output_name, path):
     found = sorted(f"{a}:0" for a in _ancestors(meta.graph_def, output_name)
                    if nodes[a].op == "Placeholder" and _is_float(nodes[a]))
     if len(found) != 1:
-        raise WcompressError(f"name the input tensor with --input-tensor; {output_name} depends on "
-                             f"{', '.join(found) or 'no float placeholder'}", path)
+        raise WcompressError(f"name the input tensor with --input-tensor (and fix the others with --feed "
+                             f"NAME=VALUE); {output_name} depends on {', '.join(found) or 'no float placeholder'}",
+                             path)
     return found[0]
 
 
