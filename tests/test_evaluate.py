@@ -193,6 +193,23 @@ def test_evaluate_takes_every_checkpoint_path_form(tiny, tmp_path):
     assert scores == [1.0, 1.0, 1.0]
 
 
+def test_sweep_and_ensemble_search_take_every_checkpoint_path_form(tiny, tmp_path):
+    """Before: click refused a prefix with "Path … does not exist" in sweep, autotune and ensemble-search."""
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.RandomState(0).rand(8, 10).astype("float32"))
+    prefix = tiny["tf1"]
+    graph = ["--input-tensor", "input:0", "--output-tensor", "output:0"]
+    sweep = run_json("sweep", prefix, "--data", data, "--reference", prefix + ".index", "--metric", "fidelity",
+                     "--methods", "relative", "--deltas", "0", *graph)
+    assert sweep["baseline"] == 1.0 and sweep["rows"][0]["value"] == 1.0
+    search = run_json("ensemble-search", prefix, os.path.dirname(tiny["tf1_variablev2"]), "--data", data,
+                      "--reference", os.path.dirname(prefix), "--metric", "fidelity", "--budget", "1GB", *graph)
+    assert max(c["value"] for c in search["candidates"]) == 1.0
+    line = run_error("autotune", prefix + "-3000", "--data", data, "--metric", "fidelity", "--reference", prefix,
+                     "--max-drop", "0.05", "-o", tmp_path / "t", *graph)
+    assert "does not exist" not in line and prefix + "-3000" in line
+
+
 def test_topk_needs_more_classes_than_k(faces):
     data = np.load(faces["astronaut"])
     assert "top7 means nothing for a model with 7 classes" in run_error(
