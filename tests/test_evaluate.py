@@ -210,11 +210,19 @@ def test_sweep_and_ensemble_search_take_every_checkpoint_path_form(tiny, tmp_pat
     assert "does not exist" not in line and prefix + "-3000" in line
 
 
-def test_topk_needs_more_classes_than_k(faces):
+def test_topk_needs_more_classes_than_k(faces, tiny, tmp_path):
+    """Before: --metric top7 on a 4-class model scored 1.0."""
+    four = tmp_path / "four.npz"
+    np.savez(four, x=np.random.RandomState(0).rand(6, 10).astype("float32"), y=np.arange(6) % 4)
+    graph = ["--input-tensor", "input:0", "--output-tensor", "output:0"]
+    assert "top7 means nothing for a model with 4 classes" in run_error(
+        "evaluate", tiny["tf1"], "--data", four, "--metric", "top7", *graph)
+    assert 0 <= run_json("evaluate", tiny["tf1"], "--data", four, "--metric", "top3", *graph)["results"][0]["value"] < 1
     data = np.load(faces["astronaut"])
     assert "top7 means nothing for a model with 7 classes" in run_error(
         "evaluate", _fer(), "--data", faces["astronaut"], "--metric", "top7")
     assert data["y"][0] == 3
+    assert "k of 1 or more" in run_error("evaluate", _fer(), "--data", faces["astronaut"], "--metric", "top0")
 
 
 def _fer():

@@ -33,6 +33,9 @@ def _class_labels(y, pred, name):
 def top_k(k):
     def accuracy(y, pred):
         labels = _class_labels(y, pred, f"top{k}")
+        if pred.shape[1] < 2:
+            raise WcompressError(f"top{k} needs a model with at least 2 classes, this one has {pred.shape[1]} "
+                                 "output (for one score per example use auc or mse)")
         if k >= pred.shape[1]:
             raise WcompressError(f"top{k} means nothing for a model with {pred.shape[1]} classes (every example "
                                  f"would count as correct): use top1..top{pred.shape[1] - 1}")
@@ -129,6 +132,8 @@ def get_metric(name):
     if name in BUILTIN:
         return BUILTIN[name]
     if name.startswith("top") and name[3:].isdigit():
+        if int(name[3:]) < 1:
+            raise WcompressError(f"{name}: top-k accuracy needs k of 1 or more (top1, top5, …)")
         return Metric(name, top_k(int(name[3:])))
     plugged = get_metrics()
     if name in plugged:
