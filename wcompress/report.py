@@ -43,8 +43,9 @@ def report(path, against=None, gzip=True):
             rows.append(_row(info, e["nnz"], store.stored_bytes(info.name), e["encoding"],
                              np.dtype(e["value_dtype"]).itemsize * 8, e["value_dtype"]))
         if gzip:
-            with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as work:
-                written = restore(path, work + os.sep)  # inside the private folder, under the original's name
+            # A private folder in the system temp dir: nothing named inside the file decides where we write.
+            with tempfile.TemporaryDirectory(prefix="wcompress-report-") as work:
+                written = restore(path, work + os.sep)
                 gz = gzip_bytes(written.files)
                 dense_file = written.bytes
         kind = store.source_format

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import WcompressError
 from . import encodings
-from .h5check import check_structure
+from .h5check import check_structure, foreign_storage, refuse_external_links
 from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import TensorInfo
@@ -27,6 +27,9 @@ CODECS = ("none", "gzip", "lzf", "zstd")
 # times the bytes its own streams hold (above a floor), so memory is never allocated on its word.
 MAX_EXPANSION = 4096
 EXPANSION_FLOOR = 64 * 2**20
+# The same bound over the whole container (so many small crafted tensors cannot add up to hours of
+# work either), and an absolute cap: no tensor larger than this machine's memory is ever allocated.
+TOTAL_EXPANSION_FLOOR = 256 * 2**20
 # Metadata blobs (index, graphs, configs) are xz: refuse any that would inflate beyond this ratio.
 MAX_METADATA_RATIO = 200
 METADATA_FLOOR = 16 * 2**20
@@ -72,8 +75,14 @@ def _zipped(data):
 
 def _unzipped(dataset, checksum=None):
     """Decompress a metadata blob, checking its checksum first and bounding what it may inflate to."""
-    if not isinstance(dataset, h5py.Dataset) or dataset.dtype != np.uint8 or dataset.ndim != 1:
+    if not isinstance(dataset, h5py.Dataset) or dataset.shape is None or dataset.dtype != np.uint8 \
+            or dataset.ndim != 1:
         raise ValueError(f"metadata blob {getattr(dataset, 'name', '?')} is not a byte dataset")
+    if foreign_storage(dataset):
+        raise ValueError(f"metadata blob {dataset.name} {foreign_storage(dataset)}")
+    if dataset.id.get_storage_size() < dataset.shape[0]:  # we write blobs contiguous and uncompressed
+        raise ValueError(f"metadata blob {dataset.name} declares {dataset.shape[0]:,} bytes but the file holds "
+                         f"{dataset.id.get_storage_size():,}")
     data = dataset[()].tobytes()
     if checksum is not None and zlib.crc32(data) != int(checksum):
         raise ValueError(f"checksum mismatch in metadata blob {dataset.name}")
@@ -90,6 +99,13 @@ def _unzipped(dataset, checksum=None):
 
 def _crc(array):
     return zlib.crc32(np.ascontiguousarray(array).view(np.uint8))
+
+
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform says
+        return 2**40
 
 
 class ContainerWriter:
@@ -194,6 +210,7 @@ class ContainerStore(ModelStore):
         check_structure(path)
         try:
             self.h5 = h5py.File(path, "r")
+            refuse_external_links(self.h5, path)
             attrs = dict(self.h5.attrs)
             if attrs.get("format") != MAGIC:
                 raise WcompressError("not a wcompress container (an HDF5 file without the container's mark)", path)
@@ -223,11 +240,15 @@ class ContainerStore(ModelStore):
         self.source_name = str(attrs.get("source_name", "model"))
         self.codec = str(attrs.get("codec", "none"))
         self.entries = {}
+        decoded_total = 0
         for entry in index.get("tensors", []):
-            self._validate(entry)
+            decoded_total += self._validate(entry)
             if entry["name"] in self.entries:
                 raise WcompressError(f"tensor {entry['name']!r} is listed twice", path)
             self.entries[entry["name"]] = entry
+        if decoded_total > max(TOTAL_EXPANSION_FLOOR, MAX_EXPANSION * self.file_bytes):
+            raise WcompressError(f"tensors declared to decode to {decoded_total:,} bytes in all, from a "
+                                 f"{self.file_bytes:,}-byte file: damaged or crafted", path)
         self.tensors = [
             TensorInfo(name=e["name"], shape=tuple(e["shape"]), dtype=np.dtype(e["dtype"]), layer=e["layer"],
                        role=e["role"], order=e["order"]) for e in self.entries.values()
@@ -255,7 +276,8 @@ class ContainerStore(ModelStore):
             self._verified.add(key)
 
     def _validate(self, e):
-        """Check declared shapes, counts and stream lengths against each other before reading data."""
+        """Check declared shapes, counts and stream lengths against each other before reading data;
+        return the tensor's decoded size in bytes."""
         try:
             if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not e["name"].strip():
                 raise ValueError("entry without a tensor name")
@@ -285,17 +307,17 @@ class ContainerStore(ModelStore):
                     raise ValueError(f"stream {stream} holds {ref['count']} entries, expected {length}")
                 where = "streams/" + str(ref["pool"] if "pool" in ref else ref["dataset"])
                 self._checksum(where)  # a version-2 file records one for every dataset
+                ds = self.h5["streams"][str(ref["pool"] if "pool" in ref else ref["dataset"])]
+                if not isinstance(ds, h5py.Dataset) or ds.shape is None or len(ds.shape) != 1:
+                    raise ValueError(f"stream {stream} is not a 1-D dataset")
+                if foreign_storage(ds):
+                    raise ValueError(f"stream {stream} {foreign_storage(ds)}")
                 if "pool" in ref:
-                    ds = self.h5["streams"][str(ref["pool"])]
                     end = int(ref["offset"]) + length * np.dtype(dtype).itemsize
                     if ds.dtype != np.uint8 or int(ref["offset"]) < 0 or end > ds.shape[0]:
                         raise ValueError(f"stream {stream} lies outside its pool")
-                else:
-                    ds = self.h5["streams"][str(ref["dataset"])]
-                    if ds.ndim != 1 or ds.shape[0] != length or str(ds.dtype) != dtype:
-                        raise ValueError(f"stream {stream} holds {ds.shape} {ds.dtype}, expected {length} {dtype}")
-                if not isinstance(ds, h5py.Dataset) or ds.shape is None:
-                    raise ValueError(f"stream {stream} is not a dataset")
+                elif ds.shape[0] != length or str(ds.dtype) != dtype:
+                    raise ValueError(f"stream {stream} holds {ds.shape} {ds.dtype}, expected {length} {dtype}")
                 held = ds.id.get_storage_size()
                 logical = ds.size * ds.dtype.itemsize
                 if (ds.compression is None and held < logical) or held * MAX_EXPANSION < logical:
@@ -303,6 +325,10 @@ class ContainerStore(ModelStore):
             decoded = n * np.dtype(e["dtype"]).itemsize
             if decoded > max(EXPANSION_FLOOR, MAX_EXPANSION * stored):
                 raise ValueError(f"declared shape {shape} would decode to {decoded:,} bytes from {stored:,} stored")
+            if decoded > _memory_bytes():
+                raise ValueError(f"declared shape {shape} would decode to {decoded:,} bytes, more than this "
+                                 "machine's memory")
+            return decoded
         except (KeyError, ValueError, TypeError, OverflowError, RuntimeError, OSError, AttributeError) as exc:
             raise WcompressError(f"tensor {e.get('name', '?')!r}: {exc}", self.path) from exc
 
@@ -405,6 +431,7 @@ class ContainerStore(ModelStore):
 
 
 def is_container(path):
+    check_structure(path)  # reading the root attributes of a damaged file can crash or hang HDF5
     try:
         with h5py.File(path, "r") as h5:
             return h5.attrs.get("format") == MAGIC

@@ -1,12 +1,16 @@
 """A damaged byte in an HDF5 file's metadata can crash the HDF5 library (SIGSEGV) or make it spin
 forever while reading an attribute, and no Python code can catch either. So before we read an HDF5
 file in this process, a child process walks its whole structure (every group, dataset header and
-attribute, no tensor data) under a time limit: a crash or a hang there is a one-line error here."""
+attribute, no tensor data) under a time limit: a crash or a hang there is a one-line error here.
+
+Also here: the checks that keep every path named inside an HDF5 file data, never a place we read from."""
 
 import os
 import signal
 import subprocess
 import sys
+
+import h5py
 
 from ..errors import WcompressError
 
@@ -59,3 +63,27 @@ def check_structure(path):
         name = signal.Signals(-child.returncode).name
         raise WcompressError(f"damaged HDF5 file: reading its structure crashed the HDF5 library ({name})", path)
     _CHECKED.add(key)
+
+
+def foreign_storage(ds):
+    """Why a dataset's values would come from outside this file (None when they do not): HDF5 lets a
+    dataset keep its raw data in any named file (external storage) or map other files (virtual
+    datasets), so a crafted model could make us copy an arbitrary file of this machine into an output."""
+    if ds.external:
+        return "keeps its data in an external file"
+    if ds.is_virtual:
+        return "is a virtual dataset mapping other files"
+    return None
+
+
+def refuse_external_links(h5, path):
+    """A link to another file is a path inside the file we read: data, never a place to read from."""
+    found = []
+
+    def check(name, link):
+        if isinstance(link, h5py.ExternalLink) and not found:
+            found.append(f"{name} -> {link.filename}:{link.path}")
+
+    h5.visititems_links(check)
+    if found:
+        raise WcompressError(f"HDF5 link to another file refused ({found[0]})", path)

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from ..errors import WcompressError
-from .h5check import check_structure
+from .h5check import check_structure, foreign_storage, refuse_external_links
 from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import OTHER, TensorInfo, assign_layer_order, classify, natural_key
@@ -72,6 +72,7 @@ class H5Store(ModelStore):
         check_structure(self.h5_path)
         try:
             self.h5 = h5py.File(self.h5_path, "r")
+            refuse_external_links(self.h5, path)
             self.layout = self._detect_layout()
             self.config = config
             if self.layout == "legacy":
@@ -352,6 +353,8 @@ def checked_read(ds, path):
     """A dataset's values, after checking that the file really holds the bytes its shape declares."""
     if not isinstance(ds, h5py.Dataset) or ds.shape is None:
         raise WcompressError(f"{ds.name} is not a readable dataset", path)
+    if foreign_storage(ds):
+        raise WcompressError(f"{ds.name} {foreign_storage(ds)}: refused", path)
     declared = ds.size * ds.dtype.itemsize
     held = ds.id.get_storage_size()
     if declared and ds.dtype.kind in "fiub" and (
