@@ -94,6 +94,181 @@ def mutate(data, rng):
     return bytes(data), kind
 
 
+HOSTILE_NAMES = ("../../escaped", "/{scratch}/abs-escaped", "", ".", "..", "a/../../escaped", "..\\escaped", "x\0y")
+ODD_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint64", "float16", "float64", "bool", "object", "bogus")
+
+
+def craft(target, name, rng, scratch):
+    """One structured edit of a placed copy, as a crafted file would carry: HDF5 attributes and datasets
+    rewritten through h5py, a container's index re-declared (its checksum recomputed half the time, so
+    the checks behind the checksum are reached), a .keras archive's entries replaced."""
+    import h5py
+
+    if name.startswith("container_"):
+        with h5py.File(target, "r+") as h5:
+            kind = rng.choice(["source_name", "source_name", "root_attr", "index", "index", "index", "dataset"])
+            if kind == "source_name":
+                h5.attrs["source_name"] = rng.choice(HOSTILE_NAMES).replace("/{scratch}", scratch)
+            elif kind == "root_attr":
+                key = rng.choice(["version", "codec", "values", "format", "source_format", "index_crc32"])
+                h5.attrs[key] = rng.choice([1, 3, -1, 2**40, "x", "keras", "savedmodel", "float16", "gzip"])
+            elif kind == "dataset":
+                _replace_dataset(h5, rng, "streams")
+            else:
+                kind = _craft_index(h5, rng)
+        return kind
+    if name == "keras":
+        return _craft_zip(target, rng, scratch)
+    with h5py.File(target, "r+") as h5:
+        return _craft_h5(h5, rng)
+
+
+def _craft_index(h5, rng):
+    import lzma
+    import zlib
+
+    import numpy as np
+
+    index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
+    entry = rng.choice(index["tensors"])
+    field = rng.choice(["dtype", "value_dtype", "stream_dtype", "shape", "nnz", "entries", "count", "offset", "name",
+                        "duplicate", "encoding", "stream_name", "drop_stream", "checksum"])
+    streams = entry["streams"]
+    ref = streams[rng.choice(sorted(streams))]
+    if field in ("dtype", "value_dtype"):
+        entry[field] = rng.choice(ODD_DTYPES)
+    elif field == "stream_dtype":
+        ref["dtype"] = rng.choice(ODD_DTYPES)
+    elif field == "shape":
+        shape = entry["shape"]
+        entry["shape"] = rng.choice([shape[::-1], shape + [1], shape + [2], [], [-1] + shape[1:], [2**31] + shape[1:],
+                                     [d * 2 for d in shape], [2**20, 2**20]])
+    elif field in ("nnz", "entries"):
+        entry[field] = rng.choice([0, -1, entry[field] + 1, max(entry[field] - 1, 0), 2**40])
+    elif field == "count":
+        ref["count"] = rng.choice([0, -1, ref["count"] + 1, max(ref["count"] - 1, 0), 2**40])
+    elif field == "offset" and "offset" in ref:
+        ref["offset"] = rng.choice([-1, ref["offset"] + 1, ref["offset"] + 4, 2**40])
+    elif field == "name":
+        entry["name"] = rng.choice(["", " ", "../x", "a\0b", None, 7])
+    elif field == "duplicate":
+        index["tensors"].append(dict(entry))
+    elif field == "encoding":
+        entry["encoding"] = rng.choice(["dense", "bitmask", "coo", "csr", "delta8", "zip"])
+    elif field == "stream_name":
+        key = "pool" if "pool" in ref else "dataset"
+        ref[key] = rng.choice(["../index", "index", "/skeleton/0", "nope", "0.values"])
+    elif field == "drop_stream":
+        del streams[rng.choice(sorted(streams))]
+    elif field == "checksum" and index.get("checksums"):
+        key = rng.choice(sorted(index["checksums"]))
+        index["checksums"][key] = rng.choice([None, "x", index["checksums"][key] ^ 1])
+    packed = np.frombuffer(lzma.compress(json.dumps(index).encode()), dtype=np.uint8)
+    del h5["index"]
+    h5["index"] = packed
+    recompute = rng.random() < 0.5
+    if recompute:
+        h5.attrs["index_crc32"] = zlib.crc32(packed.tobytes())
+    return f"index:{field}" + (":crafted" if recompute else "")
+
+
+def _datasets(h5):
+    import h5py
+
+    names = []
+    h5.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return sorted(names)
+
+
+def _replace_dataset(h5, rng, under=None):
+    """Swap one dataset for another shape, dtype, an empty dataspace, a group, a link or a huge unwritten one."""
+    import h5py
+    import numpy as np
+
+    names = [n for n in _datasets(h5) if under is None or n.startswith(under)]
+    if not names:
+        return
+    victim = rng.choice(names)
+    old = h5[victim]
+    shape, dtype = old.shape, old.dtype
+    del h5[victim]
+    choice = rng.choice(["shape", "dtype", "empty", "group", "soft", "cycle", "huge", "scalar"])
+    if choice == "shape":
+        h5[victim] = np.ones(tuple(d + 1 for d in shape) or (3,), dtype)
+    elif choice == "dtype":
+        h5[victim] = np.ones(shape, rng.choice(["i2", "i8", "f2", "f8", "S3", "u1"]))
+    elif choice == "empty":
+        h5.create_dataset(victim, data=h5py.Empty("f4"))
+    elif choice == "group":
+        h5.create_group(victim)
+    elif choice == "soft":
+        h5[victim] = h5py.SoftLink(rng.choice(["/nowhere", "/" + victim]))
+    elif choice == "cycle":
+        h5[victim] = h5["/"]
+    elif choice == "huge":
+        h5.create_dataset(victim, shape=(2**16, 2**16), dtype="f4")
+    else:
+        h5[victim] = np.float32(1)
+
+
+def _craft_h5(h5, rng):
+    import numpy as np
+
+    kind = rng.choice(["dataset", "dataset", "attr", "attr"])
+    if kind == "dataset":
+        _replace_dataset(h5, rng)
+        return "h5:dataset"
+    owners = [h5] + [h5[n] for n in _groups(h5)]
+    owner = rng.choice(owners)
+    keys = list(owner.attrs) or ["layer_names"]
+    key = rng.choice(keys + ["layer_names", "weight_names", "model_config", "name"])
+    owner.attrs[key] = rng.choice([7, np.arange(3), np.array([b"nope"]), np.array([b""]), "{", "[" * 5000,
+                                   json.dumps({"config": {"layers": [{"config": 1}]}}), np.array([], "S1")])
+    return "h5:attr"
+
+
+def _groups(h5):
+    import h5py
+
+    names = []
+    h5.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Group) else None)
+    return names
+
+
+def _craft_zip(target, rng, scratch):
+    """Rewrite a .keras archive with one entry edited (its CRC then matches: the reader must check more)."""
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(target) as archive:
+        entries = {i.filename: archive.read(i.filename) for i in archive.infolist()}
+    kind = rng.choice(["config", "config", "weights_bytes", "weights_h5", "weights_h5", "extra"])
+    if kind == "config":
+        config = entries["config.json"]
+        entries["config.json"] = rng.choice([mutate(config, rng)[0], b"[" * 100000, b"null", b'{"config": 7}',
+                                             config.replace(b'"layers"', b'"layerz"'),
+                                             config.replace(b'"dense"', b'"dense_9"')])
+    elif kind == "weights_bytes":
+        entries["model.weights.h5"] = mutate(entries["model.weights.h5"], rng)[0]
+    elif kind == "weights_h5":
+        inner = os.path.join(os.path.dirname(target), "inner.h5")
+        with open(inner, "wb") as fh:
+            fh.write(entries["model.weights.h5"])
+        with h5py.File(inner, "r+") as h5:
+            _craft_h5(h5, rng)
+        with open(inner, "rb") as fh:
+            entries["model.weights.h5"] = fh.read()
+        os.remove(inner)
+    else:
+        entries[rng.choice(["../../escaped", scratch + "/abs-escaped", "model.weights.h5/../x"])] = b"x"
+    os.remove(target)
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for filename, data in entries.items():
+            out.writestr(filename, data)
+    return f"zip:{kind}"
+
+
 def _digest(path):
     h = hashlib.sha256()
     paths = [path] if os.path.isfile(path) else sorted(
@@ -168,7 +343,7 @@ def fuzz(cases, seed, corpus_dir=None, log=print, keep=None):
     rng = random.Random(seed)
     scratch = tempfile.mkdtemp(prefix="wcompress-fuzz-")
     counts = {"cases": 0, "exit0": 0, "exit2": 0, "crashes": 0, "hangs": 0, "silent_corruptions": 0,
-              "modified_inputs": 0, "tracebacks": 0, "other_exits": 0, "leftovers": 0}
+              "modified_inputs": 0, "tracebacks": 0, "other_exits": 0, "leftovers": 0, "escapes": 0}
     failures = []
     try:
         corpus = build_corpus(corpus_dir or os.path.join(scratch, "corpus"))
@@ -183,11 +358,19 @@ def fuzz(cases, seed, corpus_dir=None, log=print, keep=None):
         started = time.time()
         for number in range(cases):
             name = rng.choice(sorted(corpus))
-            data, kind = mutate(pristine[name], rng)
+            structured = name != "tf1_index" and rng.random() < 0.35
+            data, kind = (pristine[name], None) if structured else mutate(pristine[name], rng)
             command = rng.choice(CONTAINER_COMMANDS if name.startswith("container_") else MODEL_COMMANDS)
             case_dir = os.path.join(scratch, f"case{number}")
             os.makedirs(case_dir)
             src = _place(corpus[name], data, case_dir)
+            if structured:
+                try:
+                    kind = craft(src, name, rng, scratch)
+                except Exception as exc:  # noqa: BLE001 - h5py refused this edit: the case stays a plain copy
+                    kind = f"craft refused ({type(exc).__name__})"
+            # A crafted index with matching checksums is a valid container of other tensors.
+            checked_tensors = not (kind or "").endswith(":crafted")
             before = _digest(os.path.dirname(src))
             out = os.path.join(case_dir, "out", "result")
             reply = worker.run({"args": COMMANDS[command](src, out)}, CASE_TIMEOUT)
@@ -206,7 +389,7 @@ def fuzz(cases, seed, corpus_dir=None, log=print, keep=None):
                 elif reply["exit"] == 2 and os.path.exists(os.path.join(case_dir, "out")):
                     counts["leftovers"] += 1
                     problem = "output left after a failure"
-                elif reply["exit"] == 0 and command == "restore":
+                elif reply["exit"] == 0 and command == "restore" and checked_tensors:
                     restored = _only_output(out)
                     answer = worker.run({"tensors": restored}, 300)
                     if "digest" not in answer:  # stock TF itself could not read what we wrote
@@ -217,6 +400,15 @@ def fuzz(cases, seed, corpus_dir=None, log=print, keep=None):
             if _digest(os.path.dirname(src)) != before:
                 counts["modified_inputs"] += 1
                 problem = problem or "input modified"
+            strays = [n for n in os.listdir(case_dir) if n not in ("in", "out")] + [
+                n for n in os.listdir(scratch) if "escaped" in n]
+            if strays:  # a path named inside the file was used as a place to write
+                counts["escapes"] += 1
+                problem = problem or f"wrote outside the output folder: {strays}"
+                for n in strays:
+                    stray = os.path.join(scratch, n)
+                    if "escaped" in n:
+                        shutil.rmtree(stray) if os.path.isdir(stray) else os.remove(stray)
             counts["cases"] += 1
             if problem:
                 failures.append({"seed": seed, "case": number, "file": name, "mutation": kind, "command": command,

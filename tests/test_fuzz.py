@@ -83,7 +83,7 @@ def _replace(name, new):
 @pytest.mark.parametrize("craft, message", [
     (_replace(LEGACY_KERNEL, lambda h5: h5py.SoftLink("/nowhere")), "not a readable HDF5 model file"),
     (_replace(LEGACY_KERNEL, lambda h5: h5.create_group("stray")), "is not a tensor dataset"),
-    (lambda h5: h5.attrs.__setitem__("layer_names", 7), "not a readable HDF5 model file"),
+    (lambda h5: h5.attrs.__setitem__("layer_names", 7), "attribute layer_names of / is not a list of names"),
     (lambda h5: h5.attrs.__setitem__("layer_names", np.array([b"masking_1", b"no_such_layer"])),
      "'no_such_layer' listed in layer_names is missing"),
     (lambda h5: h5["dense_1"].__setitem__("loop", h5["dense_1"]), "nested deeper than"),
@@ -182,7 +182,8 @@ def test_report_restores_only_inside_a_private_temp_folder(tiny, tmp_path):
 
 
 def test_damaged_inputs_are_errors_never_crashes_or_silent_corruption(tmp_path):
-    counts, failures = fuzzing.fuzz(cases=600, seed=20261122, corpus_dir=str(tmp_path / "corpus"), log=lambda _: None)
+    """300 cases (about 90 s on two cores): byte damage and crafted edits of every format."""
+    counts, failures = fuzzing.fuzz(cases=300, seed=20261122, corpus_dir=str(tmp_path / "corpus"), log=lambda _: None)
     assert failures == []
-    assert counts["cases"] == 600 and counts["exit0"] + counts["exit2"] == 600
-    assert counts["exit2"] > 100 and counts["exit0"] > 50  # the mutations both break and spare files
+    assert counts["cases"] == 300 and counts["exit0"] + counts["exit2"] == 300
+    assert counts["exit2"] > 60 and counts["exit0"] > 30  # the mutations both break and spare files

@@ -84,6 +84,11 @@ def refuse_external_links(h5, path):
         if isinstance(link, h5py.ExternalLink) and not found:
             found.append(f"{name} -> {link.filename}:{link.path}")
 
-    h5.visititems_links(check)
+    try:
+        h5.visititems_links(check)
+    except (SystemError, RuntimeError, KeyError, OSError, ValueError) as exc:
+        # h5py reports a link it cannot decode from inside its C callback as a SystemError.
+        cause = str(exc.__context__ or exc).strip().splitlines() or [type(exc).__name__]
+        raise WcompressError(f"damaged HDF5 file: its links cannot be listed ({cause[0][:200]})", path) from exc
     if found:
         raise WcompressError(f"HDF5 link to another file refused ({found[0]})", path)

@@ -73,6 +73,7 @@ class H5Store(ModelStore):
         try:
             self.h5 = h5py.File(self.h5_path, "r")
             refuse_external_links(self.h5, path)
+            _check_name_lists(self.h5, path)
             self.layout = self._detect_layout()
             self.config = config
             if self.layout == "legacy":
@@ -83,7 +84,9 @@ class H5Store(ModelStore):
                 infos, model_order = self._keras3_tensors()
         except WcompressError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, AttributeError, RuntimeError, IndexError) as exc:
+        # SystemError: h5py's report of an object it cannot decode inside a visit callback.
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, RuntimeError, IndexError,
+                SystemError) as exc:
             raise WcompressError(f"not a readable HDF5 model file ({_cause(exc)})", path) from exc
         if layer_sequence is not None:
             self.order_source = "file"
@@ -347,6 +350,21 @@ def _config_layers(config):
         yield layer
         if isinstance(layer.get("config"), dict) and "layers" in layer["config"]:
             yield from _config_layers(layer)
+
+
+def _check_name_lists(h5, path):
+    """Keras's `layer_names` / `weight_names` attributes, on any group, must be lists of names: every
+    reader and writer here iterates them."""
+    groups = [h5]
+    h5.visititems(lambda n, o: groups.append(o) if isinstance(o, h5py.Group) else None)
+    for group in groups:
+        for key in ("layer_names", "weight_names"):
+            if key not in group.attrs:
+                continue
+            names = group.attrs[key]
+            if not isinstance(names, np.ndarray) or names.ndim != 1 or (
+                    names.size and not all(isinstance(n, (bytes, str)) for n in names)):
+                raise WcompressError(f"attribute {key} of {group.name} is not a list of names", path)
 
 
 def checked_read(ds, path):
