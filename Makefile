@@ -31,9 +31,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# Long fuzz run: damaged copies of every format through every reader (SEED and CASES may be set).
+# Long fuzz run: damaged and crafted copies of every format through every reader (SEED and CASES may
+# be set); each failing case is printed with its seed and number, and its input kept in .cache/fuzz-failures.
 fuzz: $(STAMP)
-	$(PY) tests/fuzzing.py --cases $${CASES:-10000} --seed $${SEED:-1}
+	$(PY) tests/fuzzing.py --cases $${CASES:-10000} --seed $${SEED:-1} --keep .cache/fuzz-failures
 
 bench: $(STAMP)
 	$(PY) bench/bench_profile.py

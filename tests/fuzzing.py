@@ -44,7 +44,10 @@ def build_corpus(folder):
 
     from wcompress import samples
 
+    import keras
+
     os.makedirs(folder, exist_ok=True)
+    keras.utils.set_random_seed(0)  # the same weights every run, so a seed and case number reproduce a failure
     model = build_tiny_keras()
     model(np.zeros((1, 12), np.float32))
     corpus = {}
