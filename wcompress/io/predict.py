@@ -198,7 +198,7 @@ class GraphPredictor(Predictor):
     """A TF1 graph in its own session: a MetaGraph + checkpoint, or a SavedModel via the stock v1 loader."""
 
     def __init__(self, path, kind, input_names=None, output_name=None, feeds=(), meta=None, prefix=None):
-        from .ensemble import _parse_value, tf1_candidates
+        from .ensemble import _parse_value, flag_feeds, infer_input, infer_output
         from .tf1_meta import load_meta_graph_def
 
         self.graph = tf.Graph()
@@ -216,12 +216,12 @@ class GraphPredictor(Predictor):
                 output_name = sig_outputs.get(output_name, output_name) if output_name else next(iter(
                     sig_outputs.values()))
             else:
+                # As merge does: the output and input are inferred when unambiguous, an is-training
+                # flag is fed False, and any other placeholder the output needs is refused by name.
                 meta_def = load_meta_graph_def(meta)
-                for name, kind_ in ((input_names, "input"), (output_name, "output")):
-                    if not name:
-                        found = tf1_candidates(meta_def, kind_)
-                        raise WcompressError(f"name the {kind_} tensor with --{kind_}-tensor; candidates: "
-                                             f"{', '.join(found[:12])}", path)
+                output_name = output_name or infer_output([meta_def], [path])
+                input_names = input_names or [infer_input(meta_def, output_name, path)]
+                feeds = tuple(feeds) + tuple(flag_feeds(meta_def, output_name, input_names, feeds, path))
                 saver = tf.compat.v1.train.import_meta_graph(meta_def)
                 saver.restore(self.session, prefix)
             self.fixed = {}
