@@ -417,7 +417,7 @@ def custom_objects_option(f):
 @click.option("--input-tensor", "input_name", help="TF graphs: the input placeholder every member shares "
               "(default: the only float placeholder the output needs).")
 @click.option("--output-tensor", "output_name", help="TF graphs: the output tensor of each member (default: the "
-              "shared float output that depends on the most variables).")
+              "inference graph's output that depends on every weight the others do; ambiguous ones are listed).")
 @click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE fixes a placeholder to a constant "
               "(bool placeholders, e.g. is_training flags, default to false).")
 @click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")
@@ -459,10 +459,13 @@ def merge(models, output, force, weights, no_normalize, dtype, budget, input_nam
 def eval_options(f):
     f = custom_objects_option(f)
     f = click.option("--batch-size", type=int, default=256, show_default=True, help="Examples per batch.")(f)
-    f = click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE for an extra placeholder.")(f)
-    f = click.option("--output-tensor", "output_name", help="TF graphs / SavedModels: the output tensor or key.")(f)
+    f = click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE for an extra placeholder "
+                     "(bool ones, e.g. is_training flags, default to false).")(f)
+    f = click.option("--output-tensor", "output_name", help="TF graphs / SavedModels: the output tensor or key "
+                     "(TF graphs: inferred as merge does when unambiguous).")(f)
     f = click.option("--input-tensor", "input_names", multiple=True,
-                     help="TF graphs / SavedModels: input tensor(s).")(f)
+                     help="TF graphs / SavedModels: input tensor(s) (TF graphs: default, the only float "
+                          "placeholder the output needs).")(f)
     f = click.option("--reference", type=click.Path(), help="Reference model for fidelity metrics (any path form).")(f)
     f = click.option("--data", required=True, help="DATA.npz (x or named inputs, optional y) or module:function.")(f)
     f = click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")(f)
