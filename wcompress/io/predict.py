@@ -107,6 +107,8 @@ def keras_load_cause(exc, limit=300):
 
 @functools.lru_cache(maxsize=None)
 def _custom_objects_from(spec):
+    """{name: object} from a FILE.py or module (its custom_objects dict, else its public functions and
+    classes) or from module:attr (a dict, or one object); imported once per process."""
     module, attr = _import_custom_objects(spec)
     found = getattr(module, attr or "custom_objects", None)
     if attr and found is None:
