@@ -22,7 +22,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CASE_TIMEOUT = 60  # seconds: a reader that spins longer than this is a hang
+CASE_TIMEOUT = 120  # seconds: a reader that spins longer than this is a hang (the HDF5 walk gives up at 60)
 REPLY = "@@wcompress-fuzz "  # marks the worker's replies among anything a library prints
 
 COMMANDS = {

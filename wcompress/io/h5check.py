@@ -53,7 +53,7 @@ def check_structure(path):
     key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
     if key in _CHECKED:
         return
-    limit = max(30, stat.st_size // (20 * 2**20))
+    limit = max(60, stat.st_size // (20 * 2**20))  # generous: a loaded machine must not fail a sound file
     try:
         child = subprocess.run([sys.executable, "-c", _WALK, path], capture_output=True, timeout=limit,
                                env=dict(os.environ, PYTHONWARNINGS="ignore"))
