@@ -4,6 +4,7 @@ S(w, τ) = 0 where |w| <= τ, per tensor. The rules differ only in how τ is cho
 - flat:       τ = δ · σ_min, σ_min the smallest span (max − min) over eligible layers;
 - triangular: τ rises linearly, by position in layer order, from σ_first·δ_conv to σ_last·δ_fc;
 - relative:   τ = the δ-quantile of |w| in each tensor, so about δ of it becomes zero.
+Tensors below a size floor (default: DEFAULT_MIN_SIZE weights, capped by FLOOR_MAX_SHARE) stay dense.
 See docs/methods.md for where this departs from the paper's printed formulas, and why.
 """
 
@@ -11,13 +12,21 @@ import fnmatch
 
 import numpy as np
 
-from wcompress.errors import WcompressError
+from wcompress.errors import WcompressError, warn
 from wcompress.hookspecs import hookimpl
 from wcompress.io.tensors import EMBEDDING, KERNEL, RECURRENT
 from wcompress.passes import Pass
 
 ELIGIBLE_ROLES = (KERNEL, RECURRENT, EMBEDDING)
 _CHUNK = 1 << 20
+
+# The default size floor: tensors with fewer weights than this stay dense. Small tensors are the
+# ones a model can least afford to damage (a fusion conv averaging five side outputs, a 64→1 output
+# layer, a 72-weight first conv) and the ones whose zeros save least. So that the floor never eats
+# a small model's sparsity, it is lowered until what it skips holds at most FLOOR_MAX_SHARE of the
+# eligible weights. Measured on the sample models in docs/methods.md ("Eligible tensors").
+DEFAULT_MIN_SIZE = 1024
+FLOOR_MAX_SHARE = 0.05
 
 
 def _check_fraction(name, value):
@@ -37,6 +46,16 @@ def quantile_threshold(array, fraction):
     magnitudes = np.abs(array.reshape(-1))
     magnitudes.partition(k - 1)  # in place: np.partition would make another full copy
     return float(magnitudes[k - 1])
+
+
+def default_floor(sizes, min_size=DEFAULT_MIN_SIZE, max_share=FLOOR_MAX_SHARE):
+    """The default floor for tensors of these sizes: `min_size`, lowered to the largest size that
+    leaves at most `max_share` of all their weights below it. Tensors with fewer weights stay dense."""
+    budget = max_share * sum(sizes)
+    floor = min_size
+    while sum(s for s in sizes if s < floor) > budget:
+        floor = max(s for s in sizes if s < floor)  # keep the largest size class the floor skipped
+    return floor
 
 
 def span(array):
@@ -59,7 +78,9 @@ class ThresholdPass(Pass):
         self.configure()
 
     def configure(self, delta=None, dconv=None, dfc=None, sparsity=None, include=(), exclude=(), layers=(),
-                  plan=None):
+                  plan=None, min_size=None):
+        """min_size: None for the default floor (see default_floor), N to keep tensors with fewer than
+        N weights dense (0: no floor)."""
         if sparsity is not None and delta is not None:
             raise WcompressError("give --delta or --sparsity, not both")
         self.delta = _check_fraction("--delta", delta if delta is not None else sparsity)
@@ -75,6 +96,12 @@ class ThresholdPass(Pass):
                 self.layer_deltas.append((pattern, _check_fraction(f"--layer {pattern}", value)))
             except ValueError as exc:
                 raise WcompressError(f"--layer takes GLOB=DELTA, got {spec!r}") from exc
+        if min_size is not None and (int(min_size) != min_size or min_size < 0):
+            raise WcompressError(f"--min-size must be a whole number of weights, 0 or more, got {min_size}")
+        self.min_size = None if min_size is None else int(min_size)
+        # The floor in effect: an explicit one at once, the default rule's once prepare() has seen the model.
+        self.floor = self.min_size or 0
+        self.skipped_small = {}
         self.plan = plan
         self.thresholds = {}
         self.counts = {}
@@ -96,6 +123,12 @@ class ThresholdPass(Pass):
                 raise WcompressError(f"{self.rule} needs --delta" + (" or --sparsity" if self.rule == "relative" else ""))
 
     def eligible(self, info):
+        """Whether this pass sparsifies the tensor. The default size floor needs the whole model, so it
+        applies once prepare() has run; before that (or with --include) only an explicit --min-size does."""
+        return self._selected(info) and info.size >= self.floor
+
+    def _selected(self, info):
+        """The selection before the size floor: role or --include, less --exclude, float, more than one element."""
         names = (info.name, info.layer)
         if self.include:
             if not any(fnmatch.fnmatchcase(n, g) for n in names for g in self.include):
@@ -115,10 +148,19 @@ class ThresholdPass(Pass):
     def prepare(self, source):
         self._validate()
         self.thresholds, self.counts = {}, {}
-        chosen = [t for t in source.tensors if self.eligible(t)]
+        selected = [t for t in source.tensors if self._selected(t)]
+        if self.plan is not None:
+            self.floor = 0  # the plan names its tensors: the floor was applied when it was made
+        elif self.min_size is None:
+            # Tensors named by --include are the user's choice, whatever their size.
+            self.floor = 0 if self.include else default_floor([t.size for t in selected])
+        chosen = [t for t in selected if t.size >= self.floor]
+        below = [t for t in selected if t.size < self.floor]
+        self.skipped_small = {t.name: int(t.size) for t in below}
         if not chosen:
             raise WcompressError("no eligible tensor to sparsify (kernels, recurrent kernels, embeddings; "
-                                 "see --include/--exclude)")
+                                 "see --include/--exclude" + ("/--min-size)" if self.skipped_small else ")"))
+        self._warn_overrides_below_floor(chosen, below)
         self.eligible_names = {t.name for t in chosen}
         if self.plan is not None:
             missing = sorted(set(self.plan) - {t.name for t in source.tensors})
@@ -152,6 +194,17 @@ class ThresholdPass(Pass):
                 else:
                     self.thresholds[info.name] = first + (last - first) * position[info.layer] / steps
 
+    def _warn_overrides_below_floor(self, chosen, below):
+        """A --layer override that only names tensors the floor keeps dense would silently do nothing."""
+        def matches(pattern, info):
+            return fnmatch.fnmatchcase(info.name, pattern) or fnmatch.fnmatchcase(info.layer, pattern)
+
+        for pattern, _ in self.layer_deltas:
+            small = [t.name for t in below if matches(pattern, t)]
+            if small and not any(matches(pattern, t) for t in chosen):
+                warn(f"--layer {pattern} names only tensors below the size floor of {self.floor:,} weights, "
+                     f"which stay dense ({', '.join(small[:3])}); --include or --min-size 0 sparsifies them")
+
     def threshold_for(self, info, array):
         if info.name not in self.thresholds:
             delta = self._override(info)
@@ -181,6 +234,8 @@ class ThresholdPass(Pass):
             "eligible_sparsity": zeros / total if total else 0.0,
             "zeros": zeros,
             "eligible_params": total,
+            "min_size": self.floor,
+            "skipped_small": dict(self.skipped_small),
         }
 
     def plan_document(self):

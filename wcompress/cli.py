@@ -198,6 +198,9 @@ def container_options(f):
 @click.option("--include", multiple=True, help="Only tensors or layers matching this glob (repeatable).")
 @click.option("--exclude", multiple=True, help="Never tensors or layers matching this glob (repeatable).")
 @click.option("--layer", "layers", multiple=True, help="Per-layer override 'GLOB=DELTA' (repeatable).")
+@click.option("--min-size", type=click.IntRange(min=0), help="Skip tensors with fewer than N weights (default: "
+              "fewer than 1,024, lowered so that at most 5% of the eligible weights are skipped; tensors named by "
+              "--include are kept; 0 sparsifies every eligible tensor).")
 @click.option("--plan", "plan_path", type=click.Path(), help="Read exact thresholds from this JSON/YAML plan "
               "(with --dry-run: write the plan there).")
 @click.option("--dry-run", is_flag=True, help="Print thresholds and sparsity per tensor; write nothing but --plan.")
@@ -205,8 +208,8 @@ def container_options(f):
 @container_options
 @model_options
 @json_option
-def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include, exclude, layers, plan_path,
-             dry_run, pack, codec, values_dtype, order_file, as_json):
+def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include, exclude, layers, min_size,
+             plan_path, dry_run, pack, codec, values_dtype, order_file, as_json):
     """Zero small weights per layer, no retraining: every |w| at or under its layer's threshold, set by a
     flat (δ × the smallest layer span), triangular (--dconv on the first layer to --dfc on the last,
     linear in between) or relative (the δ quantile of the layer's |w|) rule. See docs/methods.md.
@@ -230,7 +233,7 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
     if getattr(template, "family", None) != "sparsify":
         raise WcompressError(f"{method!r} is not a sparsification method")
     sparsifier = template.new(delta=delta, dconv=dconv, dfc=dfc, sparsity=sparsity, include=include,
-                              exclude=exclude, layers=layers, plan=plan)
+                              exclude=exclude, layers=layers, plan=plan, min_size=min_size)
     store = open_model(model, order_file=order_file)
     if dry_run:
         outcomes = simulate(store, [sparsifier], show_progress=not as_json)

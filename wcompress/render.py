@@ -184,6 +184,23 @@ def sparsity_table(summary, outcomes):
     console.print(f"sparsified tensors: {summary['zeros']:,} zeros of {summary['eligible_params']:,} "
                   f"({100 * summary['eligible_sparsity']:.2f}%) · whole model: {zeros:,} of {total:,} "
                   f"({100 * zeros / total if total else 0:.2f}%)")
+    floor_line = size_floor_line(summary, total)
+    if floor_line:
+        console.print(floor_line, markup=False, highlight=False, soft_wrap=True)
+
+
+def size_floor_line(summary, model_weights, names_shown=3):
+    """One line on the tensors the size floor kept dense: count, weights, share of the model, first names."""
+    skipped, floor = summary.get("skipped_small") or {}, summary.get("min_size") or 0
+    if not skipped:
+        return f"no tensor below the size floor of {floor:,} weights" if floor else ""
+    weights = sum(skipped.values())
+    names = ", ".join(list(skipped)[:names_shown]) + (f" and {len(skipped) - names_shown} more"
+                                                       if len(skipped) > names_shown else "")
+    share = f"{100 * weights / model_weights:.2f}%" if model_weights else "?"
+    count = f"{len(skipped)} tensor" + ("s" if len(skipped) > 1 else "")
+    return (f"kept dense below the size floor of {floor:,} weights (--min-size): {count}, "
+            f"{weights:,} weights ({share} of the model): {names}")
 
 
 def report_table(result):
