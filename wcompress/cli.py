@@ -461,6 +461,8 @@ def merge(models, output, force, weights, no_normalize, dtype, budget, input_nam
 
 def eval_options(f):
     f = custom_objects_option(f)
+    f = click.option("--model-code", help="module:function (or FILE.py:function) returning the Keras model to load a "
+                     "weights-only file (.weights.h5, Keras 2 weights .h5, TF2 checkpoint) into.")(f)
     f = click.option("--batch-size", type=int, default=256, show_default=True, help="Examples per batch.")(f)
     f = click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE for an extra placeholder "
                      "(bool ones, e.g. is_training flags, default to false).")(f)
@@ -475,12 +477,37 @@ def eval_options(f):
     return f
 
 
-def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects):
+def selection_options(f):
+    """Which tensors the sparsifier may touch, as sparsify takes them."""
+    f = click.option("--min-size", type=int, help="Skip tensors with fewer than N weights (default: the size "
+                     "floor sparsify uses; 0: none).")(f)
+    f = click.option("--exclude", multiple=True, help="Never tensors or layers matching this glob (repeatable).")(f)
+    f = click.option("--include", multiple=True, help="Only tensors or layers matching this glob (repeatable).")(f)
+    return f
+
+
+def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
+          model_code=None):
     from .evaluation import EvalSpec
 
     return EvalSpec(data=data, metric=metric, reference=reference, input_names=tuple(input_names),
                     output_name=output_name, feeds=tuple(feeds), unsafe=unsafe, batch_size=batch_size,
-                    custom_objects=custom_objects)
+                    custom_objects=custom_objects, model_code=model_code)
+
+
+def _tuning_spec(model, data, metric, reference, *rest):
+    """sweep and autotune: with no --metric, unlabelled data is scored by fidelity to the input model;
+    a fidelity metric with no --reference compares to the input model."""
+    from .evaluation import default_metric
+
+    metric = metric or default_metric(data)
+    spec = _spec(data, metric, reference, *rest)
+    if not reference:
+        from .metrics import get_metric
+
+        if get_metric(metric).needs == "reference":
+            spec = _spec(data, metric, model, *rest)
+    return spec
 
 
 @cli.command()
@@ -490,8 +517,8 @@ def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, 
               help="top1, top5, topK, gap20, auc, mse, fidelity, cosine, maxdiff, a plugin's, or module:function "
                    "(repeatable; default: fidelity, cosine and maxdiff with --reference).")
 @json_option
-def evaluate(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, metrics,
-             as_json):
+def evaluate(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
+             metrics, as_json):
     """Run MODEL on DATA and score it: accuracy, GAP@20, AUC, MSE, or fidelity to a reference model."""
     from .evaluation import Evaluator
 
@@ -502,7 +529,7 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
     results, predictions = [], None
     for name in metrics:
         evaluator = Evaluator(_spec(data, name, reference, input_names, output_name, feeds, batch_size, unsafe,
-                                    custom_objects))
+                                    custom_objects, model_code))
         if predictions is None:
             predictions = evaluator.predict(model, show_progress=not as_json)
         results.append({"metric": name, "value": evaluator.score(predictions)})
@@ -517,31 +544,40 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 @cli.command()
 @click.argument("model", type=click.Path())
 @eval_options
-@click.option("--metric", required=True, help="The metric to plot against sparsity (see evaluate).")
+@click.option("--metric", help="The metric to plot against sparsity (see evaluate; default with unlabelled data: "
+              "fidelity to MODEL itself).")
 @click.option("--methods", default="flat,triangular,relative", show_default=True)
-@click.option("--deltas", default="0:0.9:0.1", show_default=True, help="START:STOP:STEP or a comma list "
-              "(triangular uses δ for both --dconv and --dfc).")
+@click.option("--deltas", help="START:STOP:STEP or a comma list for every method, or per method "
+              "'flat=0:1:0.1,triangular=0:0.02:0.002,relative=0:0.9:0.05' (triangular uses δ for both --dconv and "
+              "--dfc). Default: flat=0:1:0.1, triangular=0:0.1:0.01, relative=0:0.9:0.1.")
+@selection_options
+@click.option("--layer", "layers", multiple=True, help="Per-layer override 'GLOB=DELTA' (repeatable).")
 @click.option("--acceptable", type=float, default=0.95, show_default=True,
               help="Acceptability line as a fraction of the dense score (0.95: at most a 5% drop).")
 @click.option("--csv", "csv_path", type=click.Path(), help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(), help="Draw metric against sparsity to a PNG.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
 @json_option
-def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, metric,
-          methods, deltas, acceptable, csv_path, plot_path, jobs, as_json):
+def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
+          metric, methods, deltas, include, exclude, min_size, layers, acceptable, csv_path, plot_path, jobs, as_json):
     """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
-    against sparsity curve of each method, to pick the sparsity a model allows)."""
-    from .evaluation import parse_range, plot_sweep
+    against sparsity curve of each method, to pick the sparsity a model allows). Variants are applied to
+    the model in memory, loaded once; packed bytes are those of the container without training state."""
+    from .evaluation import parse_grids, plot_sweep
     from .evaluation import sweep as run_sweep
 
-    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects)
-    result = run_sweep(model, [m.strip() for m in methods.split(",")], parse_range(deltas), spec, jobs, acceptable)
+    spec = _tuning_spec(model, data, metric, reference, input_names, output_name, feeds, batch_size, unsafe,
+                        custom_objects, model_code)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    selection = {"include": include, "exclude": exclude, "layers": layers, "min_size": min_size}
+    result = run_sweep(model, names, parse_grids(deltas, names), spec, jobs, acceptable, selection,
+                       show_progress=not as_json)
     if csv_path:
         import csv
 
         with open(csv_path, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["method", "delta", "sparsity", metric, "packed_bytes", "acceptable"])
+            writer.writerow(["method", "delta", "sparsity", spec.metric, "packed_bytes", "acceptable"])
             for r in result["rows"]:
                 writer.writerow([r["method"], r["delta"], f"{r['sparsity']:.6f}", f"{r['value']:.6f}",
                                  r["packed_bytes"], r["acceptable"]])
@@ -558,40 +594,56 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 @cli.command()
 @click.argument("model", type=click.Path())
 @eval_options
-@click.option("--metric", required=True, help="The metric to keep within budget (see evaluate).")
+@click.option("--metric", help="The metric to keep within budget (see evaluate; default with unlabelled data: "
+              "fidelity to MODEL itself).")
 @click.option("--max-drop", type=float, required=True, help="Largest loss allowed, e.g. 0.05.")
 @click.option("--relative/--absolute", default=True, show_default=True,
               help="--max-drop as a fraction of the dense score, or in the metric's own units.")
+@click.option("--holdout", type=float, default=0.3, show_default=True,
+              help="Fraction of the examples the search never sees; the result must meet the budget on them "
+                   "(0: tune and judge on the same examples).")
+@click.option("--validation", type=click.Path(), help="Judge on this DATA.npz instead of a held-out part.")
+@click.option("--target", type=click.Choice(["sparsity", "bytes"]), default="sparsity", show_default=True,
+              help="Maximise model sparsity, or minimise the packed container's bytes.")
+@click.option("--methods", help="Methods for the uniform start (default: every sparsification method).")
+@selection_options
 @click.option("-o", "--output", "destination", required=True, type=click.Path(),
               help="Where to write the model (its suffix picks the format).")
+@click.option("--pack", is_flag=True, help="Write the sparse container instead of the input's format.")
+@click.option("--values", "values_dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="With --pack: store non-zero values as float16.")
 @click.option("--plan", "plan_path", type=click.Path(), help="Where to write the plan (default: OUT.plan.json).")
-@click.option("--max-layers", type=int, default=8, show_default=True, help="Tune this many largest layers.")
+@click.option("--max-layers", type=int, help="Tune only this many largest layers (default: every eligible "
+              "layer; 0: uniform only).")
+@click.option("--max-evals", type=int, default=500, show_default=True, help="Stop searching after this many "
+              "evaluations.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @json_option
-def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, metric,
-             max_drop, relative, destination, plan_path, max_layers, jobs, force, as_json):
-    """Largest sparsity whose metric stays within --max-drop: best uniform δ, then per-layer δ.
+def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
+             metric, max_drop, relative, holdout, validation, target, methods, include, exclude, min_size,
+             destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, as_json):
+    """The sparsest model (or smallest container) within --max-drop, judged on examples the search never saw:
+    the best uniform setting of every method, then per-layer levels from each layer's measured sensitivity.
 
     Writes the model and a plan that `wcompress sparsify MODEL --plan PLAN` reproduces bit for bit.
     """
     from .evaluation import autotune as run_autotune
 
-    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects)
+    spec = _tuning_spec(model, data, metric, reference, input_names, output_name, feeds, batch_size, unsafe,
+                        custom_objects, model_code)
     plan_path = plan_path or destination.rstrip("/") + ".plan.json"
-    result = run_autotune(model, spec, max_drop, destination, plan_path, relative, jobs, max_layers, force)
+    selection = {"include": include, "exclude": exclude, "min_size": min_size}
+    result = run_autotune(model, spec, max_drop, destination, plan_path, relative, jobs, force,
+                          methods=[m.strip() for m in methods.split(",")] if methods else None, holdout=holdout,
+                          validation=validation, target=target, selection=selection, max_layers=max_layers,
+                          max_evals=max_evals, pack=pack, values=values_dtype, show_progress=not as_json)
     if as_json:
         emit_json(result)
         return
-    u, t = result["uniform"], result["tuned"]
-    click.echo(f"dense {metric}: {result['baseline']:.4f}")
-    click.echo(f"best uniform: relative δ={u['delta']:g}, sparsity {100 * u['sparsity']:.2f}%, {metric} "
-               f"{u['value']:.4f}")
-    for layer, d in t["layers"].items():
-        click.echo(f"  raised {layer} to δ={d:g}")
-    click.echo(f"tuned: sparsity {100 * t['sparsity']:.2f}% (+{100 * result['gain']:.2f} points), {metric} "
-               f"{t['value']:.4f} re-evaluated from {result['output']}")
-    click.echo(f"plan: {result['plan']}  (wcompress sparsify MODEL --plan {result['plan']})")
+    from .render import autotune_report
+
+    autotune_report(result)
 
 
 @cli.command("ensemble-search")
@@ -605,14 +657,15 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate candidates in this many processes.")
 @json_option
 def ensemble_search(models, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
-                    metric, budget, dtype, top, min_members, jobs, as_json):
+                    model_code, metric, budget, dtype, top, min_members, jobs, as_json):
     """Pick ensemble members and weights that maximise the metric under a size budget (the combinations
     tried, best first, with the `wcompress merge` command that builds the best)."""
     from .evaluation import ensemble_search as run_search
     from .evaluation import merge_command
     from .merge import parse_size
 
-    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects)
+    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
+                 model_code)
     result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top, min_members=min_members)
     best = result["combinations"][0]
     keras_output = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])

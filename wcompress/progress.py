@@ -35,3 +35,27 @@ def batch_progress(total, enabled=True):
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("predicting", total=total)
         yield lambda n: bar.update(task, advance=n)
+
+
+@contextlib.contextmanager
+def evaluation_progress(total, label, enabled=True):
+    """One bar over a run's evaluations. Yields advance(note): call it after each, with e.g. the best so
+    far; `total` may grow (advance.total = n) when a search learns how many it needs."""
+    if not enabled or not total:
+        advance = lambda note="": None  # noqa: E731
+        advance.grow = lambda n: None
+        yield advance
+        return
+    columns = (TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+               TextColumn("{task.fields[note]}"))
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total, note="")
+
+        def advance(note=""):
+            bar.update(task, advance=1, note=note)
+
+        def grow(n):
+            bar.update(task, total=bar.tasks[0].total + n)
+
+        advance.grow = grow
+        yield advance

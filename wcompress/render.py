@@ -225,15 +225,38 @@ def report_table(result):
 
 
 def sweep_table(result):
-    table = Table(title=f"sweep {result['model']} ({result['metric']}, dense {result['baseline']:.4f}, "
-                        f"acceptable {'≥' if result['higher_is_better'] else '≤'} {result['threshold']:.4f})",
-                  header_style="bold")
+    against = f" to {result['reference']}" if result.get("reference") else ""
+    table = Table(title=f"sweep {result['model']} ({result['metric']}{against} on {result['examples']:,} examples, "
+                        f"dense {result['baseline']:.4f}, acceptable {'≥' if result['higher_is_better'] else '≤'} "
+                        f"{result['threshold']:.4f})", header_style="bold")
     for col in ("method", "δ", "sparsity", result["metric"], "packed B", "ok"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in result["rows"]:
         table.add_row(r["method"], f"{r['delta']:g}", f"{100 * r['sparsity']:.2f}%", f"{r['value']:.4f}",
                       f"{r['packed_bytes']:,}", "yes" if r["acceptable"] else "no")
     console.print(table)
+
+
+def autotune_report(result):
+    metric, u, t = result["metric"], result["uniform"], result["tuned"]
+    console.print(f"{result['examples']}")
+    console.print(f"dense {metric}: {result['baseline']:.4f} (tuning part), {result['held_out_baseline']:.4f} "
+                  "(held out)")
+    for method, m in result["methods"].items():
+        console.print(f"  uniform {method}: δ={m['delta']:g}, sparsity {100 * m['sparsity']:.2f}%, {metric} "
+                      f"{m['value']:.4f}")
+    console.print(f"best uniform: {u['method']} δ={u['delta']:g}, sparsity {100 * u['sparsity']:.2f}%, {metric} "
+                  f"{u['value']:.4f} tuning / {u['held_out_value']:.4f} held out")
+    raised = {k: v for k, v in t["layers"].items()}
+    if raised:
+        shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(raised.items())[:8])
+        console.print(f"  per-layer sparsity: {shown}" + (f", … ({len(raised)} layers)" if len(raised) > 8 else ""))
+    verdict = "within" if t["within_budget"] else "OUTSIDE"
+    console.print(f"tuned: sparsity {100 * t['sparsity']:.2f}% ({100 * result['gain']:+.2f} points), {metric} "
+                  f"{t['value']:.4f} tuning / {t['held_out_value']:.4f} held out ({verdict} the budget), "
+                  f"re-evaluated from {result['output']} ({result['output_bytes']:,} B)")
+    console.print(f"{result['evaluations']} evaluations; plan: {result['plan']}  "
+                  f"(wcompress sparsify MODEL --plan {result['plan']})")
 
 
 def ensemble_table(result):

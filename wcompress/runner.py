@@ -133,3 +133,43 @@ def _outcome(info, array, zeros_before):
                              zeros_before=zeros_before)
     return TensorOutcome(info.name, info.layer, info.role, int(array.size), str(array.dtype), _zeros(array),
                          zeros_before=zeros_before)
+
+
+class CachedStore:
+    """A store whose tensors are read once and then served read-only from memory, so that many variants
+    of one model (sweep, autotune) cost no further reads. Passes copy before writing (read-only arrays)."""
+
+    def __init__(self, store):
+        self._store = store
+        self._arrays = {}
+        self.tensors = store.tensors
+
+    def load(self, name):
+        if name not in self._arrays:
+            array = self._store.load(name)
+            array.flags.writeable = False
+            self._arrays[name] = array
+        return self._arrays[name]
+
+    def __getattr__(self, attr):
+        return getattr(self._store, attr)
+
+
+def run_in_memory(store, passes):
+    """Run the passes over every tensor in memory; return (outcomes, {name: array} of the tensors the passes
+    changed or dropped (None)). With a CachedStore, an unchanged tensor is the cached array itself."""
+    source = TensorSource(store)
+    for p in passes:
+        p.prepare(source)
+    outcomes, changed = [], {}
+    for info in store.tensors:
+        original = store.load(info.name)
+        array = original
+        for p in passes:
+            array = p.apply(info, array)
+            if array is None:
+                break
+        outcomes.append(_outcome(info, array, _zeros(original)))
+        if array is not original:
+            changed[info.name] = array
+    return outcomes, changed

@@ -26,6 +26,15 @@ class Predictor:
     def close(self):
         pass
 
+    # In-memory variants (sweep, autotune): the model's own variables, read and overwritten in place, so a
+    # variant costs one prediction instead of a write and a reload. Handles are opaque to callers.
+    def weights(self):
+        """[(handle, numpy array)] of every variable the loaded model holds; [] where unsupported."""
+        return []
+
+    def assign(self, handle, array):
+        raise NotImplementedError
+
     def predict(self, data, batch_size=256, show_progress=False):
         feeds = self.match(data)
         n = next(iter(feeds.values())).shape[0]
@@ -195,6 +204,12 @@ class KerasPredictor(Predictor):
             out = out[0]
         return np.asarray(out)
 
+    def weights(self):
+        return [(i, np.asarray(v.numpy())) for i, v in enumerate(self.model.weights)]
+
+    def assign(self, handle, array):
+        self.model.weights[handle].assign(array)
+
 
 class GraphPredictor(Predictor):
     """A TF1 graph in its own session: a MetaGraph + checkpoint, or a SavedModel via the stock v1 loader."""
@@ -247,11 +262,27 @@ class GraphPredictor(Predictor):
     def run(self, batch):
         return self.session.run(self.output, {**self.fixed, **batch})
 
+    def weights(self):
+        with self.graph.as_default():
+            variables = tf.compat.v1.global_variables()
+        if not variables:
+            return []
+        try:
+            values = self.session.run(variables)
+        except tf.errors.OpError:
+            return []
+        return [(v, np.asarray(value)) for v, value in zip(variables, values)]
+
+    def assign(self, handle, array):
+        # Feeds the initializer's value input: no op is added to the graph per variant.
+        self.session.run(handle.initializer, {handle.initializer.inputs[1]: array})
+
     def close(self):
         self.session.close()
 
 
-def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=False, custom_objects=None):
+def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=False, custom_objects=None,
+                   model_code=None):
     """A runnable model from any format that holds one (weights-only files do not)."""
     from . import open_model
     from .container import ContainerStore, restore
@@ -262,7 +293,7 @@ def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=Fa
         try:
             written = restore(path, os.path.join(work, "model") + (os.sep if "checkpoint" in store.source_format
                                                                    else _suffix(store.source_name)))
-            return load_predictor(written.path, input_names, output_name, feeds, unsafe, custom_objects)
+            return load_predictor(written.path, input_names, output_name, feeds, unsafe, custom_objects, model_code)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if store.format in ("keras", "keras-h5"):

@@ -1,0 +1,10 @@
+"""What compression costs: scoring a model on data, sweeps of methods and δ, per-layer autotuning, and
+ensemble selection under a size budget. One module per job; this package re-exports their entry points."""
+
+from .autotune import autotune
+from .ensemble import ensemble_search, merge_command
+from .scoring import EvalSpec, Evaluator, default_metric, split_examples
+from .sweep import parse_grids, parse_range, plot_sweep, sweep
+
+__all__ = ["EvalSpec", "Evaluator", "default_metric", "split_examples", "sweep", "parse_range", "parse_grids", "plot_sweep",
+           "autotune", "ensemble_search", "merge_command"]

@@ -1,0 +1,350 @@
+"""autotune: the sparsest model (or the smallest container) whose metric stays within a budget on
+examples the search never saw.
+
+1. The examples are split: the search sees the tuning part only; the held-out part (or --validation)
+   judges the result, and the written model meets the budget there.
+2. Uniform start, every method: each method's δ is found for a ladder of sparsity levels (cheap: no
+   prediction), the levels are evaluated upwards until one fails, then bisected. The best of all
+   methods is the start.
+3. Per-layer: each eligible layer is raised alone to a few levels above the start and its drop measured
+   (sensitivity); raises are ranked by weights gained per unit of drop, the longest ranked prefix that
+   holds is found by bisection, and the remaining raises are then tried one at a time.
+Every state is a set of exact thresholds, so the written plan replays bit for bit with `sparsify --plan`.
+"""
+
+import numpy as np
+
+from ..errors import WcompressError, warn
+from ..io import TRAINING_STATE, open_model
+from ..io.predict import custom_object_scope
+from ..metrics import within_budget
+from ..progress import evaluation_progress
+from ..runner import run_in_memory
+from .scoring import split_examples
+from .variants import Pool, Variant, dense_score, evaluator_for, score_variant
+
+LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]  # fractions of the eligible weights
+# Per-layer levels, around each layer's sparsity in the uniform start (points of the layer's weights): the
+# start sits at the edge of the budget, so what matters is what each layer gives or costs near it.
+LAYER_STEPS = (-0.2, -0.1, 0.05, 0.1, 0.2, 0.3)
+DELTA_PROBES = [0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6,
+                0.7, 0.8, 0.9, 1.0]
+MIN_HELD_OUT = 10  # fewer held-out examples than this would judge nothing
+
+
+def sparsifier_methods():
+    """Every registered sparsification method (flat, triangular, relative, and plugins' ones)."""
+    from ..plugins import get_passes
+
+    return [name for name, p in get_passes().items() if getattr(p, "family", None) == "sparsify"]
+
+
+class Search:
+    """State shared by the phases: the parts of the data, the budget, the pool and the progress bar."""
+
+    def __init__(self, model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals):
+        self.model, self.tune, self.held = model, tune, held
+        self.max_drop, self.relative, self.target = max_drop, relative, target
+        self.selection, self.pool, self.advance, self.max_evals = selection, pool, advance, max_evals
+        self.base, self.metric = dense_score(model, tune)
+        self.store = evaluator_for(tune).loaded(model).store
+        self.evaluations = 1
+        self.best = None
+        self.seen = {}
+
+    # --- scoring ---
+    def ok(self, row, base=None):
+        return within_budget(self.metric, row["value"], self.base if base is None else base, self.max_drop,
+                             self.relative)
+
+    def objective(self, row):
+        return -row["packed_bytes"] if self.target == "bytes" else row["sparsity"]
+
+    def score(self, variants):
+        """Rows for the variants (each evaluated once per run), fewer if the evaluation limit is reached."""
+        fresh = list(dict.fromkeys(v for v in variants if v not in self.seen))
+        fresh = fresh[:max(0, self.max_evals - self.evaluations)]
+        for variant, row in zip(fresh, self.pool.score(fresh, self._advanced)):
+            self.seen[variant] = row
+        self.evaluations += len(fresh)
+        rows = []
+        for v in variants:
+            if v not in self.seen:
+                break
+            rows.append(self.seen[v])
+        return rows
+
+    def _advanced(self, row):
+        if self.ok(row) and (self.best is None or self.objective(row) > self.objective(self.best)):
+            self.best = row
+        note = f"best {100 * self.best['sparsity']:.1f}% ({self.best['method']})" if self.best else ""
+        self.advance(note)
+
+    def variant(self, method, thresholds):
+        return Variant.of(self.model, method, pack=self.target == "bytes", plan=thresholds)
+
+    # --- phase 2: uniform, per method ---
+    def uniform(self, method):
+        """The best passing row of `method` at one δ for every layer (None: the method does not apply)."""
+        curve = self._sparsity_curve(method)
+        if curve is None:
+            return None
+        levels = [s for s in LEVELS if s <= curve[-1][1] + 1e-9]
+        passing, failing = (0.0, None), None
+        for start in range(0, len(levels), self.pool.jobs):
+            chunk = levels[start:start + self.pool.jobs]
+            rows = self.score([self._uniform_variant(method, self._delta_for(method, curve, s)) for s in chunk])
+            for level, row in zip(chunk, rows):
+                if not self.ok(row):
+                    failing = (level, row)
+                    break
+                passing = (level, row)
+            if failing or len(rows) < len(chunk):
+                break
+        low, high = passing[0], failing[0] if failing else None
+        for _ in range(3 if high is not None else 0):  # bisect between the last level that held and the first that failed
+            middle = (low + high) / 2
+            (row,) = self.score([self._uniform_variant(method, self._delta_for(method, curve, middle))]) or [None]
+            if row is None:
+                break
+            if self.ok(row):
+                low, passing = middle, (middle, row)
+            else:
+                high = middle
+        return passing[1]
+
+    def _uniform_variant(self, method, delta):
+        options = {"dconv": delta, "dfc": delta} if method == "triangular" else {"delta": delta}
+        return Variant.of(self.model, method, pack=self.target == "bytes", **options, **self.selection)
+
+    def _eligible_sparsity(self, method, delta):
+        variant = self._uniform_variant(method, delta)
+        sparsifier = variant.sparsifier()
+        run_in_memory(self.store, [sparsifier])
+        return sparsifier.summary().get("eligible_sparsity", 0.0)
+
+    def _sparsity_curve(self, method):
+        """[(δ, eligible sparsity)] at probe δ (no prediction: thresholds and counts only)."""
+        try:
+            return [(d, self._eligible_sparsity(method, d)) for d in DELTA_PROBES]
+        except WcompressError as exc:
+            warn(f"autotune skips method {method}: {exc}")
+            return None
+
+    def _delta_for(self, method, curve, level):
+        """The δ whose eligible sparsity is closest to `level`: interpolated, then bisected on the counts."""
+        low = max((p for p in curve if p[1] <= level), key=lambda p: p[1], default=curve[0])
+        high = min((p for p in curve if p[1] >= level and p[0] >= low[0]), key=lambda p: p[0], default=curve[-1])
+        if high[0] == low[0] or high[1] == low[1]:
+            return low[0]
+        delta = low[0] + (high[0] - low[0]) * (level - low[1]) / (high[1] - low[1])
+        lo, hi = low, high
+        for _ in range(6):
+            s = self._eligible_sparsity(method, delta)
+            if abs(s - level) < 0.005:
+                break
+            lo, hi = ((delta, s), hi) if s < level else (lo, (delta, s))
+            delta = (lo[0] + hi[0]) / 2
+        return round(delta, 6)
+
+    # --- phase 3: per layer ---
+    def per_layer(self, start_row, start_variant, max_layers=None):
+        """Per-layer levels from measured sensitivity, then refined one raise at a time. Returns the best
+        (variant, row) found and the path of states that held, in the order found."""
+        sparsifier = start_variant.sparsifier()
+        run_in_memory(self.store, [sparsifier])
+        document = getattr(sparsifier, "plan_document", lambda: {})()
+        path = [(start_variant, start_row)]
+        if "thresholds" not in document:  # a plugin sparsifier without thresholds: uniform only
+            return path
+        method = start_variant.method
+        infos = {t.name: t for t in self.store.tensors}
+        layers = {}
+        for name in document["thresholds"]:
+            layers.setdefault(infos[name].layer, []).append(name)
+        magnitudes = {n: np.sort(np.abs(self.store.load(n)).reshape(-1)) for names in layers.values() for n in names}
+        size = {layer: sum(magnitudes[n].size for n in names) for layer, names in layers.items()}
+        tuned = sorted(layers, key=lambda layer: -size[layer])[:max_layers] if max_layers else list(layers)
+
+        def thresholds(levels):
+            """Exact thresholds for {layer: level}: the level-quantile of |w| in each of its tensors."""
+            out = dict(document["thresholds"])  # layers not tuned (--max-layers) keep the start's
+            for layer in tuned:
+                level, names = levels.get(layer, 0.0), layers[layer]
+                for name in names:
+                    k = int(np.floor(level * magnitudes[name].size))
+                    out[name] = float(magnitudes[name][k - 1]) if k > 0 else -1.0
+            return out
+
+        start_levels = {layer: sum(int(np.count_nonzero(np.abs(self.store.load(n)) <= document["thresholds"][n]))
+                                   for n in layers[layer]) / size[layer] for layer in tuned}
+        options = {layer: sorted({round(min(0.99, max(0.0, start_levels[layer] + step)), 4) for step in LAYER_STEPS}
+                                 | {start_levels[layer]}) for layer in tuned}
+
+        # Sensitivity: each layer moved alone to each of its levels, every other layer as in the start.
+        probes = [(layer, level) for layer in tuned for level in options[layer] if level != start_levels[layer]]
+        rows = self.score([self.variant(method, thresholds({**start_levels, layer: level})) for layer, level in probes])
+        if len(rows) < len(probes):
+            return path
+        base_loss = self._loss(start_row)
+        change = {(layer, start_levels[layer]): 0.0 for layer in tuned}  # drop relative to the start
+        for (layer, level), row in zip(probes, rows):
+            change[layer, level] = self._loss(row) - base_loss
+
+        def allocation(price):
+            """Each layer's level maximising weights zeroed − price × its measured drop."""
+            return {layer: max(options[layer], key=lambda lv: (lv * size[layer] - price * change[layer, lv], -lv))
+                    for layer in tuned}
+
+        prices = [float(p) for p in np.geomspace(1e9, 1e-3, 120) * sum(size.values())]
+        family = []  # allocations from cautious to aggressive, each once
+        for price in prices:
+            levels = allocation(price)
+            if not family or levels != family[-1]:
+                family.append(levels)
+        best_levels, best_row = start_levels, start_row
+        low, high = -1, len(family) - 1
+        while low < high and self.evaluations < self.max_evals:  # the most aggressive allocation that holds
+            middle = (low + high + 1) // 2
+            variant = self.variant(method, thresholds(family[middle]))
+            (row,) = self.score([variant]) or [None]
+            if row is None:
+                break
+            if self.ok(row):
+                low = middle
+                path.append((variant, row))
+                if self.objective(row) > self.objective(best_row):
+                    best_levels, best_row = family[middle], row
+            else:
+                high = middle - 1
+        # Refine: raise one layer one level at a time, most weights per unit of drop first.
+        improved = True
+        while improved and self.evaluations < self.max_evals:
+            improved = False
+            steps = []
+            for layer in tuned:
+                higher = [lv for lv in options[layer] if lv > best_levels[layer]]
+                if higher:
+                    lv = higher[0]
+                    gain = (lv - best_levels[layer]) * size[layer]
+                    cost = change[layer, lv] - change.get((layer, best_levels[layer]), 0.0)
+                    steps.append((-(gain / cost) if cost > 0 else -np.inf, -gain, layer, lv))
+            for *_, layer, lv in sorted(steps):
+                if self.evaluations >= self.max_evals:
+                    break
+                levels = {**best_levels, layer: lv}
+                variant = self.variant(method, thresholds(levels))
+                (row,) = self.score([variant]) or [None]
+                if row is not None and self.ok(row) and self.objective(row) > self.objective(best_row):
+                    best_levels, best_row, improved = levels, row, True
+                    path.append((variant, row))
+        return path
+
+    def _loss(self, row):
+        """How far below the dense score a row is, in the metric's units (positive = worse)."""
+        return (self.base - row["value"]) if self.metric.higher_is_better else (row["value"] - self.base)
+
+
+def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, force=False, methods=None,
+             holdout=0.3, validation=None, target="sparsity", selection=None, max_layers=None, max_evals=500,
+             pack=False, values="float32", show_progress=False):
+    """Tune on one part of the data, judge on the other; write the model and its plan."""
+    from ..io.container import ContainerWriter
+    from ..plan import write_plan
+    from ..runner import run_passes
+
+    if target not in ("sparsity", "bytes"):
+        raise WcompressError(f"--target takes sparsity or bytes, not {target!r}")
+    methods = list(methods or sparsifier_methods())
+    open_model(model)  # a wrong path is the first thing to say
+    tune, held, note = _parts(spec, holdout, validation)
+    selection = selection or {}
+    with Pool(tune, jobs) as pool, evaluation_progress(1 + 40 * len(methods), "autotune", show_progress) as advance:
+        search = Search(model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals)
+        advance("dense")
+        starts = []
+        for method in methods:
+            row = search.uniform(method)
+            if row is not None:
+                starts.append(row)
+        if not starts:
+            raise WcompressError(f"every method at its lowest level loses more than the budget allows "
+                                 f"({spec.metric} against {search.base:.4f})")
+        start = max(starts, key=search.objective)
+        start_variant = search._uniform_variant(start["method"], start["delta"])
+        path = search.per_layer(start, start_variant, max_layers) if max_layers != 0 else [(start_variant, start)]
+        # The held-out part judges: the states that held on the tuning part, best first, until one meets the
+        # budget there too (the uniform settings of every method last).
+        states = sorted(path, key=lambda state: search.objective(state[1]), reverse=True)
+        candidates = states + [(search._uniform_variant(r["method"], r["delta"]), r)
+                               for r in sorted(starts, key=search.objective, reverse=True) if r is not start]
+        held_base, _ = dense_score(model, held)
+        chosen = None
+        for candidate, tuned_row in candidates:
+            (held_row,) = pool.score([candidate], spec=held)
+            search.evaluations += 1
+            advance("held-out check")
+            if within_budget(search.metric, held_row["value"], held_base, max_drop, relative):
+                chosen = (candidate, tuned_row, held_row)
+                break
+        if chosen is None:
+            raise WcompressError(f"no setting the search found meets the budget on the held-out examples "
+                                 f"({note}); try a larger --max-drop or more data")
+    candidate, tuned_row, held_row = chosen
+    sparsifier = candidate.sparsifier()
+    store = open_model(model)
+    writer = ContainerWriter(store, values=values) if pack else None
+    with custom_object_scope(spec.custom_objects):  # an output suffix of another Keras format loads the model
+        result = run_passes(store, [sparsifier], dest, force=force, show_progress=False, writer=writer, tag="tuned",
+                            unsafe=spec.unsafe)
+    plan = sparsifier.plan_document()
+    write_plan(plan_path, plan, force=force)
+    written = result.output.path
+    model_tensors = [t for t in result.tensors if t.role not in TRAINING_STATE and not t.dropped]
+    sparsity = sum(t.zeros for t in model_tensors) / max(1, sum(t.size for t in model_tensors))
+    # Both figures re-measured from the file written (a container is restored by the predictor).
+    tuned_value = evaluator_for(tune).score(evaluator_for(tune).predict(written))
+    held_value = evaluator_for(held).score(evaluator_for(held).predict(written))
+    layers = {}
+    sizes = {}
+    for t in result.tensors:
+        if t.name in plan.get("thresholds", {}):
+            layers[t.layer] = layers.get(t.layer, 0) + t.zeros
+            sizes[t.layer] = sizes.get(t.layer, 0) + t.size
+    uniform_held = held_row["value"] if candidate == start_variant else score_variant(start_variant, held)["value"]
+    return {
+        "model": model, "metric": spec.metric, "max_drop": max_drop, "budget": "relative" if relative else "absolute",
+        "target": target, "examples": note,
+        "baseline": search.base, "held_out_baseline": held_base,
+        "uniform": {"method": start["method"], "delta": start["delta"], "sparsity": start["sparsity"],
+                    "value": start["value"], "held_out_value": uniform_held,
+                    "packed_bytes": start.get("packed_bytes")},
+        "methods": {r["method"]: {"delta": r["delta"], "sparsity": r["sparsity"], "value": r["value"]}
+                    for r in starts},
+        "tuned": {"method": candidate.method, "sparsity": sparsity, "value": tuned_value,
+                  "held_out_value": held_value,
+                  "within_budget": within_budget(search.metric, held_value, held_base, max_drop, relative),
+                  "layers": {k: layers[k] / sizes[k] for k in layers}},
+        "gain": sparsity - start["sparsity"], "output": written, "output_bytes": result.output_bytes,
+        "plan": plan_path, "evaluations": search.evaluations + 2,
+    }
+
+
+def _parts(spec, holdout, validation):
+    """(tuning spec, held-out spec, a note saying which examples judge the result)."""
+    from dataclasses import replace
+
+    evaluator = evaluator_for(spec)
+    count = evaluator.examples
+    if validation:
+        held = replace(spec, data=validation)
+        return spec, held, f"tuned on {count} examples of {spec.data}, judged on {evaluator_for(held).examples} " \
+                           f"of {validation}"
+    if holdout and int(round(count * holdout)) >= MIN_HELD_OUT and count - int(round(count * holdout)) >= MIN_HELD_OUT:
+        tune_index, held_index = split_examples(count, holdout)
+        return spec.part(tune_index), spec.part(held_index), \
+            f"tuned on {len(tune_index)} examples, judged on {len(held_index)} held out"
+    if holdout:
+        warn(f"{count} examples are too few to hold {holdout:g} out (at least {MIN_HELD_OUT} per part): tuned and "
+             "judged on the same examples, so the figure is optimistic; pass --validation FILE")
+    return spec, spec, f"tuned and judged on the same {count} examples"

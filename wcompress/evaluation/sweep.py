@@ -1,0 +1,105 @@
+"""sweep: each method at each δ — model sparsity, the metric and packed bytes (the paper's Fig. 3 curves)."""
+
+import os
+
+from ..errors import WcompressError
+from ..progress import evaluation_progress
+from .variants import Pool, Variant, dense_score
+
+# δ means something else to each method: flat and triangular scale a layer span (|w| up to about half the
+# span, so useful δ are far below 1 for triangular's own-span thresholds), relative is the fraction zeroed.
+DEFAULT_GRIDS = {"flat": "0:1:0.1", "triangular": "0:0.1:0.01", "relative": "0:0.9:0.1"}
+
+
+def parse_range(text):
+    """'0:0.9:0.1' -> [0.0, 0.1, …, 0.9]; '0.5,0.7' -> [0.5, 0.7]."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError("step must be positive")
+            count = int(round((stop - start) / step)) + 1
+            values = [round(start + i * step, 10) for i in range(count)]
+        else:
+            values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise WcompressError(f"--deltas takes START:STOP:STEP or a comma list, got {text!r}") from exc
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise WcompressError(f"--deltas must lie in [0, 1], got {text!r}")
+    return values
+
+
+def parse_grids(text, methods):
+    """--deltas: one grid for every method ('0:0.9:0.1', '0.3,0.6'), or per method
+    ('flat=0:1:0.1,triangular=0:0.02:0.002,relative=0.3,0.5'); methods it leaves out keep their default grid."""
+    grids = {m: parse_range(DEFAULT_GRIDS.get(m, DEFAULT_GRIDS["relative"])) for m in methods}
+    if not text:
+        return grids
+    groups, current = {}, None
+    for token in text.split(","):
+        name, sep, value = token.partition("=")
+        if sep:
+            current = name.strip()
+            if current not in methods:
+                raise WcompressError(f"--deltas names {current!r}, which is not among --methods ({', '.join(methods)})")
+            groups[current] = [value]
+        elif current is None:
+            groups.setdefault(None, []).append(token)
+        else:
+            groups[current].append(token)
+    if None in groups:
+        if len(groups) > 1:
+            raise WcompressError(f"--deltas mixes a grid for every method with per-method grids: {text!r}")
+        return {m: parse_range(",".join(groups[None])) for m in methods}
+    for method, tokens in groups.items():
+        grids[method] = parse_range(",".join(tokens))
+    return grids
+
+
+def sweep(model, methods, grids, spec, jobs=1, acceptable=0.95, selection=None, show_progress=False):
+    """Rows of method, δ, model sparsity, metric and packed bytes for every method and δ of its grid.
+    `selection`: include / exclude / layers / min_size, as sparsify takes them."""
+    selection = selection or {}
+    variants = [Variant.of(model, m, pack=True, **_delta_options(m, d), **selection)
+                for m in methods for d in grids[m]]
+    with Pool(spec, jobs) as pool, evaluation_progress(len(variants) + 1, "sweep", show_progress) as advance:
+        base, metric = dense_score(model, spec)
+        advance("dense")
+        rows = pool.score(variants, lambda row: advance(f"{row['method']} δ={row['delta']:g}"))
+    threshold = base * acceptable if metric.higher_is_better else base / acceptable
+    for row in rows:
+        row["acceptable"] = row["value"] >= threshold if metric.higher_is_better else row["value"] <= threshold
+    return {"model": model, "metric": spec.metric, "reference": spec.reference, "examples": _examples(spec),
+            "baseline": base, "threshold": threshold, "higher_is_better": metric.higher_is_better, "rows": rows}
+
+
+def _delta_options(method, delta):
+    return {"dconv": delta, "dfc": delta} if method == "triangular" else {"delta": delta}
+
+
+def _examples(spec):
+    from .variants import evaluator_for
+
+    return evaluator_for(spec).examples
+
+
+def plot_sweep(result, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise WcompressError("--plot needs matplotlib: pip install 'wcompress[plot]'") from exc
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in dict.fromkeys(r["method"] for r in result["rows"]):
+        rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["sparsity"])
+        ax.plot([100 * r["sparsity"] for r in rows], [r["value"] for r in rows], marker="o", label=method)
+    ax.axhline(result["threshold"], color="grey", linestyle="--", label="acceptable")
+    ax.set_xlabel("model sparsity (%)")
+    ax.set_ylabel(result["metric"])
+    ax.set_title(os.path.basename(os.path.normpath(result["model"])))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

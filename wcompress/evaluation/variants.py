@@ -1,0 +1,156 @@
+"""A variant is a model with one sparsification applied; scoring one, possibly in worker processes.
+
+Variants are applied in memory to a model loaded once per process (see scoring.py); the outputs are
+the same, to the last digit, as writing the variant with `sparsify` and loading it stock. `jobs` > 1
+scores variants in spawned worker processes, each loading the data and the model once; results come
+back in the order asked, so any number of jobs gives the same rows.
+"""
+
+import multiprocessing
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import WcompressError
+from ..io import TRAINING_STATE, write_safely
+from ..runner import run_in_memory
+from .scoring import RAM, Evaluator
+
+
+@dataclass(frozen=True)
+class Variant:
+    """`options` are the pass's configure() keywords as sorted (key, value) pairs (a plan as pairs too)."""
+
+    model: str
+    method: str
+    options: tuple = ()
+    pack: bool = False  # also measure the packed container's bytes (training state dropped)
+    delta: float = None  # for display: the δ a sweep row stands for
+
+    @classmethod
+    def of(cls, model, method, pack=False, **options):
+        if options.get("plan") is not None:
+            options["plan"] = tuple(sorted(options["plan"].items()))
+        shown = options.get("delta", options.get("dconv"))
+        return cls(model, method, tuple(sorted((k, v) for k, v in options.items() if v not in (None, ()))),
+                   pack, shown)
+
+    def sparsifier(self):
+        from ..plugins import get_pass
+
+        options = dict(self.options)
+        if "plan" in options:
+            options["plan"] = dict(options["plan"])
+        return get_pass(self.method).new(**options)
+
+
+def sparsity_of(outcomes):
+    """Zeros over all model weights (training state and dropped tensors aside), as `sparsify` counts."""
+    model = [o for o in outcomes if o.role not in TRAINING_STATE and not o.dropped]
+    return sum(o.zeros for o in model) / max(1, sum(o.size for o in model))
+
+
+def score_variant(variant, spec):
+    """Apply the variant to this process's loaded model, run the data, measure; packed bytes if asked."""
+    evaluator = evaluator_for(spec)
+    loaded = evaluator.loaded(variant.model)
+    sparsifier = variant.sparsifier()
+    outcomes, changed = run_in_memory(loaded.store, [sparsifier])
+    if loaded.supports(changed):
+        predictions = loaded.predict(changed, evaluator.data, spec.batch_size)
+    else:
+        predictions = _predict_from_file(evaluator, loaded.store, changed)
+    summary = sparsifier.summary()
+    return {"method": variant.method, "delta": variant.delta, "sparsity": sparsity_of(outcomes),
+            "value": evaluator.score(predictions),
+            "packed_bytes": packed_bytes(loaded.store, changed) if variant.pack else None,
+            "sparsified_zeros": summary.get("zeros"), "sparsified_params": summary.get("eligible_params"),
+            "skipped_small": len(summary.get("skipped_small") or ())}
+
+
+def _produce(store, changed):
+    return lambda info: changed[info.name] if info.name in changed else store.load(info.name)
+
+
+def _predict_from_file(evaluator, store, changed):
+    """The sure way: write the variant into RAM in the input's format and load it with the stock loader."""
+    with tempfile.TemporaryDirectory(dir=RAM) as work:
+        checkpoint = store.format.endswith("checkpoint")
+        name = "model.ckpt" if checkpoint else os.path.basename(os.path.normpath(store.path))
+        written = write_safely(store, os.path.join(work, "v", name), _produce(store, changed))
+        return evaluator.predict(written.path)
+
+
+def packed_bytes(store, changed, values="float32"):
+    """Bytes of the sparse container of the model without its training state, written in RAM and measured."""
+    from ..io.container import ContainerWriter
+
+    produce = _produce(store, changed)
+    with tempfile.TemporaryDirectory(dir=RAM) as work:
+        written = write_safely(store, os.path.join(work, "c.h5"),
+                               lambda info: None if info.role in TRAINING_STATE else produce(info),
+                               writer=ContainerWriter(store, values=values))
+        return written.bytes
+
+
+def dense_score(model, spec):
+    """The unchanged model's score (predicted by the same loaded model the variants use)."""
+    evaluator = evaluator_for(spec)
+    loaded = evaluator.loaded(model)
+    return evaluator.score(loaded.predict({}, evaluator.data, spec.batch_size)), evaluator.metric
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+_evaluators = {}
+
+
+def evaluator_for(spec):
+    """This process's evaluator for `spec` (data and models loaded once)."""
+    if spec not in _evaluators:
+        if len(_evaluators) >= 4:  # a tuning part, a held-out part, …: keep a few, not every one ever used
+            _evaluators.pop(next(iter(_evaluators)))
+        _evaluators[spec] = Evaluator(spec)
+    return _evaluators[spec]
+
+
+def _score_in_worker(job):
+    variant, spec = job
+    return score_variant(variant, spec)
+
+
+class Pool:
+    """Scores variants in order, in this process or in `jobs` spawned workers kept for the whole run."""
+
+    def __init__(self, spec, jobs=1):
+        self.spec, self.jobs, self._executor = spec, max(1, int(jobs)), None
+        if jobs < 1:
+            raise WcompressError(f"--jobs must be 1 or more, got {jobs}")
+
+    def __enter__(self):
+        if self.jobs > 1:
+            context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+            self._executor = ProcessPoolExecutor(self.jobs, mp_context=context)
+        return self
+
+    def __exit__(self, *exc):
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+
+    def score(self, variants, advance=None, spec=None):
+        """Rows for `variants`, in their order; advance(row) after each."""
+        spec = spec or self.spec
+        if self._executor is None:
+            rows = []
+            for v in variants:
+                rows.append(score_variant(v, spec))
+                if advance:
+                    advance(rows[-1])
+            return rows
+        rows = []
+        for row in self._executor.map(_score_in_worker, [(v, spec) for v in variants]):
+            rows.append(row)
+            if advance:
+                advance(row)
+        return rows
