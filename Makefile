@@ -39,6 +39,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_profile.py
 	$(PY) bench/bench_sparsify.py
+	$(PY) bench/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
