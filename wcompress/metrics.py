@@ -105,8 +105,27 @@ def agreement(reference, pred):
 
 
 def cosine(reference, pred):
+    """Cosine of the angle between all outputs and the reference's, as vectors. Not a correlation: the
+    outputs are not centred, so a shared offset (e.g. sigmoid scores all near 0.5) keeps it near 1."""
     a, b = reference.reshape(-1).astype(np.float64), pred.reshape(-1).astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+
+
+def pearson(reference, pred):
+    """Pearson correlation of all outputs (every example and output, flattened) with the reference's, in
+    float64: 1.0 when both are constant and equal, 0.0 when exactly one is constant (or both are, unequal)."""
+    a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (reference, pred))
+    if a.shape != b.shape:
+        raise WcompressError(f"corr needs outputs of the reference's shape {np.shape(reference)}, "
+                             f"got {np.shape(pred)}")
+    if a.size == 0:
+        raise WcompressError("corr needs at least one output")
+    # Constant by equality, not by a zero centred sum: the mean of n equal values may round off them.
+    a_constant, b_constant = bool((a == a[0]).all()), bool((b == b[0]).all())
+    if a_constant or b_constant:
+        return 1.0 if a_constant and b_constant and a[0] == b[0] else 0.0
+    da, db = a - a.mean(), b - b.mean()
+    return float(np.clip((da / np.sqrt(da @ da)) @ (db / np.sqrt(db @ db)), -1.0, 1.0))
 
 
 def max_abs_diff(reference, pred):
@@ -121,6 +140,7 @@ BUILTIN = {
     "mse": Metric("mse", mse, higher_is_better=False),
     "fidelity": Metric("fidelity", agreement, needs="reference"),
     "cosine": Metric("cosine", cosine, needs="reference"),
+    "corr": Metric("corr", pearson, needs="reference"),
     "maxdiff": Metric("maxdiff", max_abs_diff, higher_is_better=False, needs="reference"),
 }
 

@@ -118,7 +118,7 @@ def keras_load_cause(exc, limit=300):
 def _custom_objects_from(spec):
     """{name: object} from a FILE.py or module (its custom_objects dict, else its public functions and
     classes) or from module:attr (a dict, or one object); imported once per process."""
-    module, attr = _import_custom_objects(spec)
+    module, attr = _import_user_code(spec, "--custom-objects")
     found = getattr(module, attr or "custom_objects", None)
     if attr and found is None:
         raise WcompressError(f"--custom-objects: {module.__name__} has no attribute {attr!r}")
@@ -143,8 +143,9 @@ def _custom_objects_from(spec):
     return objects
 
 
-def _import_custom_objects(spec):
-    """FILE.py[:attr] or module[:attr] -> (module, attr or None)."""
+def _import_user_code(spec, option):
+    """FILE.py[:attr] or module[:attr] -> (module, attr or None); errors name `option` (--custom-objects,
+    --model-code)."""
     import importlib
     import importlib.util
 
@@ -152,8 +153,9 @@ def _import_custom_objects(spec):
     try:
         if target.endswith(".py") or os.sep in target:
             if not os.path.isfile(target):
-                raise WcompressError("--custom-objects: no such Python file", target)
-            name = "wcompress_custom_objects_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(target))[0])
+                raise WcompressError(f"{option}: no such Python file", target)
+            name = (f"wcompress_{option.strip('-').replace('-', '_')}_"
+                    + re.sub(r"\W", "_", os.path.splitext(os.path.basename(target))[0]))
             module_spec = importlib.util.spec_from_file_location(name, target)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module  # dataclasses and pickling look their module up by name
@@ -169,7 +171,7 @@ def _import_custom_objects(spec):
     except Exception as exc:  # noqa: BLE001 - the user's code failing to import is reported, in one line
         from ..errors import root_cause
 
-        raise WcompressError(f"--custom-objects: cannot import it ({type(exc).__name__}: {root_cause(exc)})",
+        raise WcompressError(f"{option}: cannot import it ({type(exc).__name__}: {root_cause(exc)})",
                              spec) from exc
 
 
@@ -193,8 +195,10 @@ def custom_object_scope(custom_objects):
 
 
 class KerasPredictor(Predictor):
-    def __init__(self, path, unsafe=False, custom_objects=None):
-        self.model = load_keras_model(path, unsafe, custom_objects)
+    """A Keras model: loaded from `path` with load_model, or `model`, one already built (--model-code)."""
+
+    def __init__(self, path=None, unsafe=False, custom_objects=None, model=None):
+        self.model = model if model is not None else load_keras_model(path, unsafe, custom_objects)
         self.inputs = {t.name: (tuple(t.shape[1:]), np.dtype(t.dtype)) for t in self.model.inputs}
 
     def run(self, batch):
@@ -298,19 +302,203 @@ def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=Fa
         try:
             written = restore(path, os.path.join(work, "model") + (os.sep if "checkpoint" in store.source_format
                                                                    else _suffix(store.source_name)))
-            return load_predictor(written.path, input_names, output_name, feeds, unsafe, custom_objects, model_code)
+            try:
+                return load_predictor(written.path, input_names, output_name, feeds, unsafe, custom_objects,
+                                      model_code)
+            except WcompressError as exc:  # name the container, not the temporary file it was restored to
+                raise WcompressError(str(exc).replace(written.path, path)) from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    keras_model = store.format in ("keras", "keras-h5") or (model_code and store.format in _CODE_FORMATS)
+    if keras_model and (input_names or output_name or feeds):
+        raise WcompressError("--input-tensor/--output-tensor/--feed are for TF graphs, not Keras models", path)
+    if model_code and store.format in _CODE_FORMATS:
+        return KerasPredictor(model=model_with_weights(model_code, path, store))
     if store.format in ("keras", "keras-h5"):
-        if input_names or output_name or feeds:
-            raise WcompressError("--input-tensor/--output-tensor/--feed are for TF graphs, not Keras models", path)
         return KerasPredictor(path, unsafe=unsafe, custom_objects=custom_objects)
     if store.format == "savedmodel":
         return GraphPredictor(path, "savedmodel", input_names, output_name, feeds)
     if store.format == "tf1-checkpoint" and store.meta:
         return GraphPredictor(path, "tf1", input_names, output_name, feeds, meta=store.meta, prefix=store.prefix)
-    raise WcompressError(f"a {store.format} holds weights only, no model to run "
-                         "(evaluate needs .keras, Keras .h5, a SavedModel, or a TF1 checkpoint with .meta)", path)
+    if store.format == "tf1-checkpoint":
+        raise WcompressError(_TF1_NO_OBJECTS if model_code else "a TF1 checkpoint without its graph (.meta beside it) "
+                             "holds weights only, no model to run", path)
+    raise WcompressError(f"a {store.format} holds weights only, no model to run: pass --model-code module:function "
+                         "(or FILE.py:function), a function returning the Keras model to load them into", path)
+
+
+# Formats whose weights --model-code loads into the function's model: Keras files through Keras's own
+# load_weights (a full model's stored architecture is then not used), TF2 object checkpoints through
+# tf.train.Checkpoint. SavedModels and TF1 graphs (.meta) run their own graph; --model-code does not apply.
+_CODE_FORMATS = ("keras", "keras-h5", "weights-h5", "keras-weights-h5", "tf2-checkpoint")
+_LOAD_WEIGHTS_SUFFIX = {"keras": (".keras",), "keras-h5": (".h5", ".hdf5"), "weights-h5": (".h5", ".hdf5"),
+                        "keras-weights-h5": (".weights.h5",)}
+_TF1_NO_OBJECTS = ("--model-code cannot load a TF1 checkpoint: it names variables by graph scope, with no object "
+                   "graph to match a Keras 3 model's variables against (run it with its .meta graph beside it)")
+
+
+@functools.lru_cache(maxsize=None)
+def _model_function(spec):
+    """The function of a --model-code module:function (or FILE.py:function); imported once per process."""
+    module, attr = _import_user_code(spec, "--model-code")
+    if not attr:
+        raise WcompressError("--model-code: name the function, as module:function or FILE.py:function", spec)
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise WcompressError(f"--model-code: defines no function {attr!r}", spec)
+    if not callable(fn):
+        raise WcompressError(f"--model-code: {attr} is not a function (a {type(fn).__name__})", spec)
+    return fn
+
+
+def model_from_code(spec):
+    """Call the --model-code function (no arguments): a new, built Keras model."""
+    import keras
+
+    fn = _model_function(spec)
+    name = getattr(fn, "__name__", spec.rpartition(":")[2])
+    try:
+        model = fn()
+    except Exception as exc:  # noqa: BLE001 - the user's code failing is reported, in one line
+        from ..errors import root_cause
+
+        raise WcompressError(f"--model-code: {name}() failed ({type(exc).__name__}: {root_cause(exc)})",
+                             spec) from exc
+    if not isinstance(model, keras.Model):
+        kind = "None" if model is None else f"a {type(model).__module__}.{type(model).__name__}"
+        raise WcompressError(f"--model-code: {name}() returned {kind}, not a Keras model (keras.Model)", spec)
+    try:
+        inputs = model.inputs
+    except AttributeError:
+        inputs = None
+    if not inputs:
+        raise WcompressError(f"--model-code: {name}() returned a model without defined inputs (a subclassed or "
+                             "unbuilt model): build it on keras.Input(...)", spec)
+    return model
+
+
+def model_with_weights(spec, path, store):
+    """The --model-code function's model with the weights of `path` (a Keras file or a TF2 checkpoint)."""
+    model = model_from_code(spec)
+    try:
+        if store.format == "tf2-checkpoint":
+            _restore_tf2_checkpoint(model, store)
+        else:
+            with _named_for_keras(path, _LOAD_WEIGHTS_SUFFIX[store.format]) as named:
+                model.load_weights(named)
+    except WcompressError as exc:
+        raise WcompressError(f"the weights do not fit the model of --model-code {spec}: {exc}", path) from exc
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        raise WcompressError(f"the weights do not fit the model of --model-code {spec}: {_weights_cause(exc)}",
+                             path) from exc
+    return model
+
+
+def _weights_cause(exc, limit=300):
+    """Keras's reason in one line: "A total of 2 objects could not be loaded: <the example error>"."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    cause = lines[0]
+    if cause.startswith("A total of") and len(lines) > 1:
+        cause = cause.split(". Example error message")[0].rstrip(".") + ": " + lines[1]
+    cause = re.split(r"\.? *(Target variable:|Expected:|List of objects)", cause)[0].rstrip(". ")
+    return cause[:limit] + ("…" if len(cause) > limit else "")
+
+
+def _named_for_keras(path, suffixes):
+    """`path` itself, or a link to it named with a suffix Keras's load_weights picks the right reader by."""
+    import contextlib
+
+    if path.endswith(suffixes) and not (suffixes != (".weights.h5",) and path.endswith(".weights.h5")):
+        return contextlib.nullcontext(path)
+
+    @contextlib.contextmanager
+    def linked():
+        work = tempfile.mkdtemp(prefix="wcompress-weights-")
+        named = os.path.join(work, "model" + suffixes[0])
+        try:
+            try:
+                os.symlink(os.path.abspath(path), named)
+            except OSError:
+                shutil.copyfile(path, named)
+            yield named
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    return linked()
+
+
+def _restore_tf2_checkpoint(model, store):
+    """Restore a TF2 object checkpoint into a Keras 3 model: as the object graph says
+    (tf.train.Checkpoint(model=...) of the same Keras 3 architecture), else by matching variables.
+
+    A Keras 2 checkpoint (`model.save_weights('x.ckpt')`, or tf.train.Checkpoint(model=...) of a Keras 2
+    model) names its objects `layer_with_weights-N/…`, which no Keras 3 model has: each model variable is
+    then paired with the checkpoint's variable of the same name (kernel, bias, moving_mean, …), the k-th
+    of that name in the model with the k-th in the checkpoint's object order, and shapes must agree."""
+    import tensorflow as tf
+
+    from .tensors import TRAINING_STATE
+
+    stored = sum(1 for info in store.tensors if info.role not in TRAINING_STATE)
+    try:
+        status = tf.train.Checkpoint(model=model).read(store.prefix).expect_partial()
+        status.assert_existing_objects_matched()  # every variable of the model had a value
+        if stored == len(model.weights):  # and no value was left over (a layer the model lacks)
+            return
+    except (AssertionError, ValueError, tf.errors.OpError):
+        pass
+    pairs = _match_checkpoint_variables(model, store)
+    for variable, key in pairs:
+        variable.assign(store.load(key))
+
+
+def _match_checkpoint_variables(model, store):
+    """[(model variable, checkpoint key)] for every variable of `model`, or a WcompressError with the cause."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    from .bundle import OBJECT_GRAPH_KEY
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(store.reader.get(OBJECT_GRAPH_KEY).item())
+    stored = {}  # leaf name -> [(path, key)] in the object graph's depth-first order
+    seen = {0}
+
+    def walk(node_id, path):
+        for child in graph.nodes[node_id].children:
+            name = child.local_name
+            if child.node_id in seen or "optimizer" in name.lower() or (node_id == 0 and name == "save_counter"):
+                continue
+            seen.add(child.node_id)
+            for attribute in graph.nodes[child.node_id].attributes:
+                if attribute.name == "VARIABLE_VALUE":
+                    stored.setdefault(name.lstrip("_"), []).append((path + name, attribute.checkpoint_key))
+            walk(child.node_id, path + name + "/")
+
+    walk(0, "")
+    wanted = {}
+    for variable in model.weights:
+        wanted.setdefault(variable.path.rsplit("/", 1)[-1].lstrip("_"), []).append(variable)
+    pairs = []
+    for leaf, variables in wanted.items():
+        found = stored.get(leaf, [])
+        if len(found) != len(variables):
+            raise WcompressError(f"the model has {len(variables)} variable(s) named {leaf!r}, the checkpoint "
+                                 f"{len(found)} (not counting optimizer state)")
+        for variable, (ckpt_path, key) in zip(variables, found):
+            shape = tuple(store.reader.shapes[key])
+            if tuple(variable.shape) != shape:
+                raise WcompressError(f"the model's {variable.path} has shape {tuple(variable.shape)}, the "
+                                     f"checkpoint's {ckpt_path} {shape}")
+            pairs.append((variable, key))
+    from .tensors import TRAINING_STATE
+
+    used = {key for _, key in pairs}
+    roles = {info.name: info.role for info in store.tensors}
+    left = [path for found in stored.values() for path, key in found
+            if key not in used and roles.get(key) not in TRAINING_STATE]
+    if left:
+        raise WcompressError(f"the checkpoint has {len(left)} variable(s) the model lacks, e.g. {left[0]}")
+    return pairs
 
 
 def _suffix(name):
