@@ -514,7 +514,7 @@ def _tuning_spec(model, data, metric, reference, *rest):
 @click.argument("model", type=click.Path())
 @eval_options
 @click.option("--metric", "metrics", multiple=True,
-              help="top1, top5, topK, gap20, auc, mse, fidelity, cosine, maxdiff, a plugin's, or module:function "
+              help="top1, top5, topK, gap20, auc, mse, fidelity, corr, cosine, maxdiff, a plugin's, or module:function "
                    "(repeatable; default: fidelity, cosine and maxdiff with --reference).")
 @json_option
 def evaluate(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,

@@ -6,9 +6,10 @@ examples the search never saw.
 2. Uniform start, every method: each method's δ is found for a ladder of sparsity levels (cheap: no
    prediction), the levels are evaluated upwards until one fails, then bisected. The best of all
    methods is the start.
-3. Per-layer: each eligible layer is raised alone to a few levels above the start and its drop measured
-   (sensitivity); raises are ranked by weights gained per unit of drop, the longest ranked prefix that
-   holds is found by bisection, and the remaining raises are then tried one at a time.
+3. Per layer: each eligible layer is moved alone to levels around its sparsity in the start and the
+   change of the metric measured (sensitivity); allocations trading weights zeroed against measured
+   drop, from cautious to aggressive, are bisected for the most aggressive that holds, then single
+   raises are tried one at a time, most weights per unit of drop first.
 Every state is a set of exact thresholds, so the written plan replays bit for bit with `sparsify --plan`.
 """
 
@@ -53,9 +54,8 @@ class Search:
         self.seen = {}
 
     # --- scoring ---
-    def ok(self, row, base=None):
-        return within_budget(self.metric, row["value"], self.base if base is None else base, self.max_drop,
-                             self.relative)
+    def ok(self, row):
+        return within_budget(self.metric, row["value"], self.base, self.max_drop, self.relative)
 
     def objective(self, row):
         return -row["packed_bytes"] if self.target == "bytes" else row["sparsity"]
@@ -149,14 +149,13 @@ class Search:
 
     # --- phase 3: per layer ---
     def per_layer(self, start_row, start_variant, max_layers=None):
-        """Per-layer levels from measured sensitivity, then refined one raise at a time. Returns the best
-        (variant, row) found and the path of states that held, in the order found."""
+        """Per-layer levels from measured sensitivity, then refined one raise at a time (every state is
+        recorded in `seen`)."""
         sparsifier = start_variant.sparsifier()
         run_in_memory(self.store, [sparsifier])
         document = getattr(sparsifier, "plan_document", lambda: {})()
-        path = [(start_variant, start_row)]
         if "thresholds" not in document:  # a plugin sparsifier without thresholds: uniform only
-            return path
+            return
         method = start_variant.method
         infos = {t.name: t for t in self.store.tensors}
         layers = {}
@@ -185,7 +184,7 @@ class Search:
         probes = [(layer, level) for layer in tuned for level in options[layer] if level != start_levels[layer]]
         rows = self.score([self.variant(method, thresholds({**start_levels, layer: level})) for layer, level in probes])
         if len(rows) < len(probes):
-            return path
+            return
         base_loss = self._loss(start_row)
         change = {(layer, start_levels[layer]): 0.0 for layer in tuned}  # drop relative to the start
         for (layer, level), row in zip(probes, rows):
@@ -212,7 +211,6 @@ class Search:
                 break
             if self.ok(row):
                 low = middle
-                path.append((variant, row))
                 if self.objective(row) > self.objective(best_row):
                     best_levels, best_row = family[middle], row
             else:
@@ -237,8 +235,6 @@ class Search:
                 (row,) = self.score([variant]) or [None]
                 if row is not None and self.ok(row) and self.objective(row) > self.objective(best_row):
                     best_levels, best_row, improved = levels, row, True
-                    path.append((variant, row))
-        return path
 
     def _loss(self, row):
         """How far below the dense score a row is, in the metric's units (positive = worse)."""
@@ -272,12 +268,12 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
                                  f"({spec.metric} against {search.base:.4f})")
         start = max(starts, key=search.objective)
         start_variant = search._uniform_variant(start["method"], start["delta"])
-        path = search.per_layer(start, start_variant, max_layers) if max_layers != 0 else [(start_variant, start)]
-        # The held-out part judges: the states that held on the tuning part, best first, until one meets the
-        # budget there too (the uniform settings of every method last).
-        states = sorted(path, key=lambda state: search.objective(state[1]), reverse=True)
-        candidates = states + [(search._uniform_variant(r["method"], r["delta"]), r)
-                               for r in sorted(starts, key=search.objective, reverse=True) if r is not start]
+        if max_layers != 0:
+            search.per_layer(start, start_variant, max_layers)
+        # The held-out part judges: every state that held on the tuning part (uniform levels of every method,
+        # per-layer allocations), best first, until one meets the budget there too.
+        candidates = sorted(((v, r) for v, r in search.seen.items() if search.ok(r)),
+                            key=lambda state: search.objective(state[1]), reverse=True)
         held_base, _ = dense_score(model, held)
         chosen = None
         for candidate, tuned_row in candidates:
