@@ -141,6 +141,15 @@ def test_autotune_meets_the_budget_on_held_out_examples(tuned_mhc, mhc, tmp_path
     assert tuned["within_budget"] and again >= 0.95 * dense
     assert roc_auc(data["y"][held], data["y"][held]) == 1.0
     assert tuned["sparsity"] > 0.3
+    # The uniform comparison is judged the same way: re-made by sparsify and re-measured on the held-out part.
+    judged = result["uniform_held_out"]
+    delta = repr(judged["delta"])
+    options = ["--dconv", delta, "--dfc", delta] if judged["method"] == "triangular" else ["--delta", delta]
+    run_cli("sparsify", mhc["ba"], "--method", judged["method"], *options, "-o", tmp_path / "uniform.keras")
+    uniform = run_json("evaluate", tmp_path / "uniform.keras", "--data", held_file, "--metric", "auc")
+    assert uniform["results"][0]["value"] == pytest.approx(judged["held_out_value"])
+    assert judged["held_out_value"] >= 0.95 * dense and judged["sparsity"] <= result["uniform"]["sparsity"]
+    assert result["gain"] == pytest.approx(tuned["sparsity"] - judged["sparsity"])
     # The plan reproduces the same tensors bit for bit.
     replay = tmp_path / "replay.keras"
     run_cli("sparsify", mhc["ba"], "--plan", result["plan"], "-o", replay)
@@ -153,7 +162,7 @@ def test_autotune_jobs_2_equals_jobs_1(tuned_mhc, mhc, tmp_path):
     two = run_json("autotune", mhc["ba"], "--data", mhc["data"], "--metric", "auc", "--max-drop", "0.05",
                    "--jobs", "2", "-o", tmp_path / "two.keras")
     # The same answer; two processes may evaluate one more ladder level past the first failure.
-    for key in ("uniform", "methods", "tuned", "plan"):
+    for key in ("uniform", "uniform_held_out", "methods", "tuned", "plan"):
         assert two[key] == result[key] or key == "plan"
     assert open(two["plan"]).read() == open(result["plan"]).read()
 

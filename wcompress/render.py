@@ -247,12 +247,20 @@ def autotune_report(result):
                       f"{m['value']:.4f}")
     console.print(f"best uniform: {u['method']} δ={u['delta']:g}, sparsity {100 * u['sparsity']:.2f}%, {metric} "
                   f"{u['value']:.4f} tuning / {u['held_out_value']:.4f} held out")
+    judged = result["uniform_held_out"]
+    if judged is None:
+        console.print("no uniform setting meets the budget on both parts")
+    elif judged != u:
+        console.print(f"best uniform within the budget on both parts: {judged['method']} δ={judged['delta']:g}, "
+                      f"sparsity {100 * judged['sparsity']:.2f}%, {metric} {judged['value']:.4f} tuning / "
+                      f"{judged['held_out_value']:.4f} held out")
     raised = {k: v for k, v in t["layers"].items()}
     if raised:
         shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(raised.items())[:8])
         console.print(f"  per-layer sparsity: {shown}" + (f", … ({len(raised)} layers)" if len(raised) > 8 else ""))
     verdict = "within" if t["within_budget"] else "OUTSIDE"
-    console.print(f"tuned: sparsity {100 * t['sparsity']:.2f}% ({100 * result['gain']:+.2f} points), {metric} "
+    console.print(f"tuned: sparsity {100 * t['sparsity']:.2f}% ({100 * result['gain']:+.2f} points over that uniform), "
+                  f"{metric} "
                   f"{t['value']:.4f} tuning / {t['held_out_value']:.4f} held out ({verdict} the budget), "
                   f"re-evaluated from {result['output']} ({result['output_bytes']:,} B)")
     console.print(f"{result['evaluations']} evaluations; plan: {result['plan']}  "
