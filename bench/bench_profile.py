@@ -50,7 +50,7 @@ def main():
     for _ in range(3):  # interleaved, best of three: these machines are noisy
         reads.append(timed(plain_read, prefix))
         profiles.append(timed(lambda: profile_model(open_model(prefix), show_progress=False)))
-    baseline = peak_rss_of("import wcompress.io.tfenv")
+    baseline = peak_rss_of("from wcompress.io.tfenv import load; load()")
     peak = peak_rss_of(f"from wcompress.io import open_model; from wcompress.profile import profile_model; "
                        f"profile_model(open_model({prefix!r}), show_progress=False)")
     result = {

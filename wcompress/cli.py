@@ -79,9 +79,9 @@ def _input_path(ctx):
 def _is_user_error(exc):
     if isinstance(exc, _USER_ERRORS) or type(exc).__name__ in _USER_ERROR_NAMES:
         return True
-    from .io.tfenv import tf
+    from .io.tfenv import loaded, tf
 
-    return isinstance(exc, tf.errors.OpError)
+    return loaded() and isinstance(exc, tf.errors.OpError)  # not imported: no TensorFlow error possible
 
 
 def _one_line(exc, path=None):

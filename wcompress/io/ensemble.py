@@ -8,6 +8,7 @@ import numpy as np
 from ..errors import WcompressError
 from .tensors import TRAINING_STATE
 from .tf1_meta import load_meta_graph_def
+from .tfenv import load as load_tensorflow
 from .tfenv import tf
 
 # Leaves that are never a model's output (an unconsumed Identity often is: tf.identity(y, name="output")).
@@ -28,6 +29,7 @@ def _outside_training(name):
 def build_keras(paths, weights, target, unsafe=False, custom_objects=None):
     """One functional model: a shared input, each member under its own name, outputs summed with weights
     by standard layers (Rescaling, Add): no Lambda, no custom objects. Saved as .keras at `target`."""
+    load_tensorflow()  # quiet, before Keras imports it
     import keras
 
     from .predict import load_keras_model

@@ -208,7 +208,9 @@ def native_suffix(fmt):
 
 def convert_keras(source, source_format, target, target_format, unsafe=False):
     """Re-save a Keras model file in another Keras format, through Keras itself (stock reader and writer)."""
-    from .tfenv import tf  # noqa: F401 - quiet TensorFlow start-up before Keras imports it
+    from .tfenv import load
+
+    load()  # quiet TensorFlow start-up before Keras imports it
     import keras
 
     try:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import WcompressError
 from ..progress import batch_progress
+from .tfenv import load as load_tensorflow
 from .tfenv import tf
 
 
@@ -76,6 +77,7 @@ def _short(name):
 def load_keras_model(path, unsafe=False, custom_objects=None):
     """keras.models.load_model in safe mode unless the user passed --unsafe, with the objects of
     --custom-objects (a spec or a dict); errors as one line that gives Keras's cause."""
+    load_tensorflow()  # quiet, before Keras imports it
     import keras
 
     try:
@@ -189,6 +191,7 @@ def custom_object_scope(custom_objects):
     objects = resolve_custom_objects(custom_objects)
     if not objects:
         return contextlib.nullcontext()
+    load_tensorflow()  # quiet, before Keras imports it
     import keras
 
     return keras.saving.custom_object_scope(objects)
@@ -353,6 +356,7 @@ def _model_function(spec):
 
 def model_from_code(spec):
     """Call the --model-code function (no arguments): a new, built Keras model."""
+    load_tensorflow()  # quiet, before Keras imports it
     import keras
 
     fn = _model_function(spec)
@@ -435,8 +439,6 @@ def _restore_tf2_checkpoint(model, store):
     model) names its objects `layer_with_weights-N/…`, which no Keras 3 model has: each model variable is
     then paired with the checkpoint's variable of the same name (kernel, bias, moving_mean, …), the k-th
     of that name in the model with the k-th in the checkpoint's object order, and shapes must agree."""
-    import tensorflow as tf
-
     from .tensors import TRAINING_STATE
 
     stored = sum(1 for info in store.tensors if info.role not in TRAINING_STATE)

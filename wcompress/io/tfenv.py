@@ -1,12 +1,43 @@
-"""Import TensorFlow once, quietly: its start-up chatter is not our users' output."""
+"""TensorFlow, imported once, quietly, and only when first used: reading HDF5, .keras and containers
+needs h5py alone, and importing TensorFlow costs seconds and half a gigabyte before any work starts.
+
+`tf` is a stand-in whose first attribute access imports TensorFlow; `loaded()` says whether anything
+has, so an error handler can tell a TensorFlow error without importing it."""
 
 import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+__all__ = ["tf", "load", "loaded"]
 
-import tensorflow as tf  # noqa: E402
 
-tf.get_logger().setLevel("ERROR")
+_module = None
 
-__all__ = ["tf"]
+
+def load():
+    """The tensorflow module, imported with its start-up chatter silenced (not our users' output)."""
+    global _module
+    if _module is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+        import tensorflow
+
+        tensorflow.get_logger().setLevel("ERROR")
+        _module = tensorflow
+    return _module
+
+
+def loaded():
+    return "tensorflow" in sys.modules
+
+
+class _LazyTensorFlow:
+    def __getattr__(self, name):
+        value = getattr(load(), name)
+        setattr(self, name, value)  # the next access is a plain attribute
+        return value
+
+    def __repr__(self):
+        return "<tensorflow, imported on first use>"
+
+
+tf = _LazyTensorFlow()
