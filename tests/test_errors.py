@@ -98,3 +98,24 @@ def test_debug_shows_traceback(tmp_path):
 
     result = CliRunner().invoke(cli, ["--debug", "profile", str(bad)])
     assert result.exit_code != 0 and result.exception is not None
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_hdf5_structure_walk_that_crashes_is_one_line(real, tmp_path, monkeypatch, forked):
+    import signal
+
+    from wcompress.errors import WcompressError
+    from wcompress.io import h5check
+
+    model = tmp_path / "model.h5"
+    shutil.copy(real["mhcnuggets"], model)
+    if forked:  # the walk runs in a fork of this process: make it crash the way a damaged file crashes HDF5
+        monkeypatch.setattr(h5check, "_can_fork", lambda: True)
+        monkeypatch.setattr(h5check, "walk_structure", lambda path: os.kill(os.getpid(), signal.SIGSEGV))
+    else:  # a fresh interpreter runs the walk
+        monkeypatch.setattr(h5check, "_can_fork", lambda: False)
+        monkeypatch.setattr(h5check, "_WALK", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    with pytest.raises(WcompressError, match="crashed the HDF5 library \\(SIGSEGV\\)"):
+        h5check.check_structure(str(model))
+    monkeypatch.undo()
+    h5check.check_structure(str(model))  # a sound file passes either way

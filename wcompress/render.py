@@ -75,6 +75,15 @@ def fit_name(name, width):
     return "…" + tail
 
 
+def _pad(value, width, justify):
+    gap = " " * max(0, width - cell_len(value))
+    if justify == "right":
+        return gap + value
+    if justify == "center":
+        return gap[:len(gap) // 2] + value + gap[len(gap) // 2:]
+    return value + gap
+
+
 def _profile_cells(r):
     pct = (lambda k: f"{100 * r[k] / r['params']:.1f}%" if k in r and r["params"] else "")
     return {
@@ -121,23 +130,33 @@ def profile_table(profile, wide=False, width=None):
     width = width or terminal_width()
     shown, name_width, table_width = profile_layout(profile, width, wide)
     justify = dict(_PROFILE_COLUMNS)
-    table = Table(title=Text(f"{profile['path']}  ({profile['format']}, layer order: {profile['order']})"),
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0), header_style="bold")
-    for col in shown:
-        table.add_column(col, justify=justify[col], no_wrap=True,
-                         min_width=name_width if col == "tensor" else None)
+    # Laid out here rather than by rich's Table, which measures every cell again: a few hundred tensors
+    # took most of a second, longer than reading the file.
+    cells = [_profile_cells(r) for r in profile["tensors"]]
+    widths = {c: max([cell_len(c)] + [cell_len(row[c]) for row in cells]) for c in shown}
+    widths["tensor"] = name_width
+    table_width = sum(widths[c] for c in shown) + len(shown) - 1
+
+    def line(values):
+        return " ".join(_pad(values[c], widths[c], justify[c]) for c in shown)
+
+    text = Text(no_wrap=True, overflow="ignore")
+    title = f"{profile['path']}  ({profile['format']}, layer order: {profile['order']})"
+    text.append(_pad(fit_name(title, table_width), table_width, "center") + "\n", style="italic")
+    text.append(line({c: c for c in shown}) + "\n", style="bold")
+    text.append("─" * table_width + "\n")
     last_layer = None
-    for r in profile["tensors"]:
+    for r, row in zip(profile["tensors"], cells):
         if r["layer"] != last_layer:
-            table.add_row(Text(fit_name(r["layer"], name_width), style="bold"), *[""] * (len(shown) - 1))
+            text.append(line({**{c: "" for c in shown}, "tensor": fit_name(r["layer"], name_width)}) + "\n",
+                        style="bold")
             last_layer = r["layer"]
-        cells = _profile_cells(r)
-        cells["tensor"] = "  " + fit_name(cells["tensor"], name_width - 2)
-        table.add_row(*[Text(cells[c]) for c in shown])
+        row = dict(row, tensor="  " + fit_name(row["tensor"], name_width - 2))
+        text.append(line(row) + "\n")
     # Printed at the table's own width when it is wider than the terminal (--wide, very narrow
     # terminals): the terminal then wraps lines, but rich never squeezes a column to nothing.
     out = Console(width=max(width, table_width), highlight=False)
-    out.print(table)
+    out.print(text, end="")
     hidden = [c for c, _ in _PROFILE_COLUMNS if c not in shown]
     if hidden:
         out.print(Text(f"not shown at {width} columns: {', '.join(hidden)} (--wide shows them)", style="dim"),

@@ -5,10 +5,13 @@ attribute, no tensor data) under a time limit: a crash or a hang there is a one-
 
 Also here: the checks that keep every path named inside an HDF5 file data, never a place we read from."""
 
+import faulthandler
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 
 import h5py
 
@@ -17,34 +20,40 @@ from ..errors import WcompressError
 _CHECKED = set()  # (path, size, mtime) of files already walked by this process
 _WALK = r"""
 import sys
-import h5py
+from wcompress.io.h5check import walk_structure
 
-seen = set()
-
-def walk(obj, depth):
-    if depth > 64:
-        return
-    try:
-        address = h5py.h5o.get_info(obj.id).addr
-        if address in seen:
-            return
-        seen.add(address)
-        for key in obj.attrs:
-            obj.attrs[key]
-        if isinstance(obj, h5py.Dataset):
-            obj.shape, obj.dtype, obj.chunks, obj.compression, obj.id.get_storage_size()
-            return
-        for key in obj:
-            walk(obj[key], depth + 1)
-    except Exception:
-        pass  # Python-level errors are reported by the reader itself; only crashes and hangs matter here
-
-try:
-    handle = h5py.File(sys.argv[1], "r")
-except Exception:
-    sys.exit(0)
-walk(handle, 0)
+walk_structure(sys.argv[1])
 """
+
+
+def walk_structure(path):
+    """Touch every group, dataset header and attribute of `path` (no tensor data); Python-level errors are
+    the reader's to report, only crashes and hangs matter here."""
+    seen = set()
+
+    def walk(obj, depth):
+        if depth > 64:
+            return
+        try:
+            address = h5py.h5o.get_info(obj.id).addr
+            if address in seen:
+                return
+            seen.add(address)
+            for key in obj.attrs:
+                obj.attrs[key]
+            if isinstance(obj, h5py.Dataset):
+                obj.shape, obj.dtype, obj.chunks, obj.compression, obj.id.get_storage_size()
+                return
+            for key in obj:
+                walk(obj[key], depth + 1)
+        except Exception:
+            pass
+
+    try:
+        handle = h5py.File(path, "r")
+    except Exception:
+        return
+    walk(handle, 0)
 
 
 def check_structure(path):
@@ -54,15 +63,60 @@ def check_structure(path):
     if key in _CHECKED:
         return
     limit = max(60, stat.st_size // (20 * 2**20))  # generous: a loaded machine must not fail a sound file
+    returncode = _walk_forked(path, limit) if _can_fork() else _walk_in_new_process(path, limit)
+    if returncode is None:
+        raise WcompressError(f"damaged HDF5 file: reading its structure did not finish in {limit} s", path)
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        raise WcompressError(f"damaged HDF5 file: reading its structure crashed the HDF5 library ({name})", path)
+    _CHECKED.add(key)
+
+
+def _can_fork():
+    """A fork copies this process in milliseconds; only safe while no other thread may hold a lock the
+    child needs (TensorFlow starts thread pools), so otherwise a new interpreter does the walk."""
+    from .tfenv import loaded
+
+    return hasattr(os, "fork") and threading.active_count() == 1 and not loaded()
+
+
+def _walk_forked(path, limit):
+    """The child's exit status as subprocess reports it (negative: killed by that signal); None on timeout."""
+    done_reading, done_writing = os.pipe()  # the child's end closes when it exits, however it exits
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code, never flushes the parent's buffers
+        code = 0
+        try:
+            os.close(done_reading)
+            faulthandler.disable()  # a crash here is the expected outcome of a damaged file, not news
+            with open(os.devnull, "w") as quiet:
+                os.dup2(quiet.fileno(), 1)
+                os.dup2(quiet.fileno(), 2)
+            walk_structure(path)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(done_writing)
+    try:
+        finished, _, _ = select.select([done_reading], [], [], limit)
+    finally:
+        os.close(done_reading)
+    if not finished:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _walk_in_new_process(path, limit):
     try:
         child = subprocess.run([sys.executable, "-c", _WALK, path], capture_output=True, timeout=limit,
                                env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    except subprocess.TimeoutExpired as exc:
-        raise WcompressError(f"damaged HDF5 file: reading its structure did not finish in {limit} s", path) from exc
-    if child.returncode < 0:
-        name = signal.Signals(-child.returncode).name
-        raise WcompressError(f"damaged HDF5 file: reading its structure crashed the HDF5 library ({name})", path)
-    _CHECKED.add(key)
+    except subprocess.TimeoutExpired:
+        return None
+    return child.returncode
 
 
 def foreign_storage(ds):
