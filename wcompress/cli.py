@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .errors import WcompressError, WcompressWarning, root_cause
+from .io.coders import available_codecs
 
 # What damaged or hostile input makes the libraries we read with raise (h5py's RuntimeError, a
 # deeply nested JSON's RecursionError, a truncated file's EOFError, protobuf's DecodeError...).
@@ -180,8 +181,9 @@ def strip(model, output, force, order_file, as_json):
 
 
 def container_options(f):
-    f = click.option("--codec", type=click.Choice(["none", "gzip", "lzf", "zstd"]), default="none",
-                     show_default=True, help="Entropy-code the container's streams.")(f)
+    f = click.option("--codec", type=click.Choice(available_codecs()), default="auto", show_default=True,
+                     help="auto: each stream coded by the smallest of raw, zstd and pcodec; none: raw streams; "
+                          "gzip/lzf: an HDF5 filter over raw streams.")(f)
     f = click.option("--values", "values_dtype", type=click.Choice(["float32", "float16"]), default="float32",
                      show_default=True, help="Store non-zero float values as float16 (half the value bytes).")(f)
     return f

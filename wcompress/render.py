@@ -225,17 +225,21 @@ def size_floor_line(summary, model_weights, names_shown=3):
 def report_table(result):
     t = result["totals"]
     table = Table(title=f"{result['path']} ({result['kind']}, {result['format']})", header_style="bold")
-    for col in ("tensor", "sparsity", "encoding", "values", "original B", "stored B", "bound B", "stored/bound"):
-        table.add_column(col, justify="left" if col in ("tensor", "encoding", "values") else "right")
+    for col in ("tensor", "sparsity", "encoding", "coders", "values", "original B", "stored B", "raw bound B",
+                "stored/raw", "entropy bound B", "stored/entropy"):
+        table.add_column(col, justify="left" if col in ("tensor", "encoding", "coders", "values") else "right")
+    ratio = (lambda x: "" if x is None else f"{x:.3f}")
     for r in result["tensors"]:
-        ratio = r["stored_over_bound"]
-        table.add_row(r["name"], f"{100 * r['sparsity']:.2f}%", r["encoding"], r["value_dtype"],
-                      f"{r['original_bytes']:,}", f"{r['stored_bytes']:,}", f"{r['bound_bytes']:,.0f}",
-                      "" if ratio is None else f"{ratio:.3f}")
+        table.add_row(r["name"], f"{100 * r['sparsity']:.2f}%", r["encoding"], "+".join(r["coders"]),
+                      r["value_dtype"], f"{r['original_bytes']:,}", f"{r['stored_bytes']:,}", f"{r['bound_bytes']:,.0f}",
+                      ratio(r["stored_over_bound"]), f"{r['entropy_bound_bytes']:,.0f}",
+                      ratio(r["stored_over_entropy_bound"]))
     console.print(table)
     console.print(f"sparsity {100 * t['sparsity']:.2f}% · file {t['file_bytes']:,} B · "
-                  f"information bound {t['bound_bytes']:,.0f} B (file/bound {t['file_over_bound']:.3f}) · "
-                  f"dense tensors {t['dense_bytes']:,} B (file/dense {t['file_over_dense']:.3f})")
+                  f"raw-value bound {t['bound_bytes']:,.0f} B (file/bound {ratio(t['file_over_bound'])}) · "
+                  f"order-0 entropy bound {t['entropy_bound_bytes']:,.0f} B (file/entropy "
+                  f"{ratio(t['file_over_entropy_bound'])}) · dense tensors {t['dense_bytes']:,} B "
+                  f"(file/dense {ratio(t['file_over_dense'])})")
     if t.get("gzip_dense_bytes") is not None:
         console.print(f"dense file {t['dense_model_file_bytes']:,} B, gzip -6 of it {t['gzip_dense_bytes']:,} B "
                       f"(file/gzip {t['file_bytes'] / t['gzip_dense_bytes']:.3f})")

@@ -1,4 +1,10 @@
-"""`report`: sparsity, encodings, bytes stored, and how close each tensor is to its information bound."""
+"""`report`: sparsity, encodings, bytes stored, and how close each tensor is to two bounds:
+
+- the raw-value bound: the zero mask's entropy plus every non-zero value at its full width (what a
+  perfect position code with uncoded values needs);
+- the order-0 entropy bound: the mask's entropy plus the non-zero values' empirical entropy, each
+  value's bit pattern a symbol (what any coder that sees one symbol at a time needs, tables aside).
+  Coders that use context (runs, layer structure) can go below it."""
 
 import math
 import os
@@ -22,6 +28,24 @@ def information_bound(n, nnz, value_bits):
     return (n * binary_entropy(nnz / n if n else 0) + nnz * value_bits) / 8
 
 
+def value_entropy_bits(values):
+    """Total bits of the empirical order-0 entropy of these values, their bit patterns as symbols."""
+    if values.size == 0:
+        return 0.0
+    symbols = np.ascontiguousarray(values).view(f"u{values.dtype.itemsize}") if values.dtype.kind in "fiub" \
+        else values
+    _, counts = np.unique(symbols, return_counts=True)
+    return float(-(counts * np.log2(counts / values.size)).sum())
+
+
+def entropy_bound(array, value_dtype):
+    """Bytes of the order-0 entropy bound of one tensor with its non-zeros stored as `value_dtype`."""
+    flat = array.reshape(-1)
+    values = flat[flat != 0].astype(value_dtype, copy=False)
+    return (flat.size * binary_entropy(values.size / flat.size if flat.size else 0)
+            + value_entropy_bits(values)) / 8
+
+
 def gzip_bytes(paths):
     """What `gzip -6` would make of these files, measured by compressing them (streamed)."""
     total = 0
@@ -40,8 +64,11 @@ def report(path, against=None, gzip=True):
     if isinstance(store, ContainerStore):
         for info in store.tensors:
             e = store.entries[info.name]
+            array = store.load(info.name)
             rows.append(_row(info, e["nnz"], store.stored_bytes(info.name), e["encoding"],
-                             np.dtype(e["value_dtype"]).itemsize * 8, e["value_dtype"]))
+                             np.dtype(e["value_dtype"]).itemsize * 8, e["value_dtype"],
+                             _entropy_bound(array, e["value_dtype"]),
+                             sorted({str(r.get("coder", "raw")) for r in e["streams"].values()})))
         if gzip:
             # A private folder in the system temp dir: nothing named inside the file decides where we write.
             with tempfile.TemporaryDirectory(prefix="wcompress-report-") as work:
@@ -53,13 +80,15 @@ def report(path, against=None, gzip=True):
         for info in store.tensors:
             array = store.load(info.name)
             nnz = int(np.count_nonzero(array)) if array.dtype != object else info.size
-            rows.append(_row(info, nnz, info.nbytes, "dense", np.dtype(info.dtype).itemsize * 8, str(info.dtype)))
+            rows.append(_row(info, nnz, info.nbytes, "dense", np.dtype(info.dtype).itemsize * 8, str(info.dtype),
+                             _entropy_bound(array, info.dtype), ["raw"]))
         gz = gzip_bytes(store.files()) if gzip else None
         dense_file = store.bytes
         kind = store.format
     n = sum(r["elements"] for r in rows)
     nnz = sum(r["nonzeros"] for r in rows)
     bound = sum(r["bound_bytes"] for r in rows)
+    entropy = sum(r["entropy_bound_bytes"] for r in rows)
     stored = sum(r["stored_bytes"] for r in rows)
     dense_f32 = sum(r["elements"] * 4 for r in rows if r["dtype"].startswith("float"))
     totals = {
@@ -70,6 +99,9 @@ def report(path, against=None, gzip=True):
         "bound_bytes": bound,
         "sparsity": 1 - nnz / n if n else 0.0,
         "file_over_bound": store.bytes / bound if bound else None,
+        "entropy_bound_bytes": entropy,
+        "file_over_entropy_bound": store.bytes / entropy if entropy else None,
+        "tensors_over_entropy_bound": stored / entropy if entropy else None,
         "file_over_dense": store.bytes / sum(r["original_bytes"] for r in rows) if rows else None,
         "dense_model_file_bytes": dense_file if gzip or not isinstance(store, ContainerStore) else None,
         "gzip_dense_bytes": gz if gzip else None,
@@ -83,12 +115,20 @@ def report(path, against=None, gzip=True):
             "format": kind, "tensors": rows, "totals": totals}
 
 
-def _row(info, nnz, stored, encoding, value_bits, value_dtype):
+def _entropy_bound(array, value_dtype):
+    if array.dtype == object:
+        return float(array.nbytes)
+    return entropy_bound(array, np.dtype(value_dtype) if np.dtype(value_dtype).kind == array.dtype.kind
+                         else array.dtype)
+
+
+def _row(info, nnz, stored, encoding, value_bits, value_dtype, entropy, coders):
     bound = information_bound(info.size, nnz, value_bits)
     return {
         "name": info.name, "layer": info.layer, "role": info.role, "dtype": str(np.dtype(info.dtype)),
         "shape": list(info.shape), "elements": info.size, "nonzeros": nnz,
-        "sparsity": 1 - nnz / info.size if info.size else 0.0, "encoding": encoding, "value_dtype": value_dtype,
-        "original_bytes": info.nbytes, "stored_bytes": stored, "bound_bytes": bound,
-        "stored_over_bound": stored / bound if bound else None,
+        "sparsity": 1 - nnz / info.size if info.size else 0.0, "encoding": encoding, "coders": coders,
+        "value_dtype": value_dtype, "original_bytes": info.nbytes, "stored_bytes": stored, "bound_bytes": bound,
+        "stored_over_bound": stored / bound if bound else None, "entropy_bound_bytes": entropy,
+        "stored_over_entropy_bound": stored / entropy if entropy else None,
     }

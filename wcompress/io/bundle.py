@@ -6,7 +6,7 @@ import re
 import numpy as np
 
 from ..errors import WcompressError
-from .tfenv import tf
+from .tfenv import submodule, tf
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # Tensors are written in shards of about this many bytes, so a write never holds the whole model.
@@ -104,7 +104,7 @@ def write_bundle(prefix, items, shard_bytes=DEFAULT_SHARD_BYTES):
 
 def prune_object_graph(serialized, kept_keys):
     """Drop references to checkpoint keys that are no longer stored, so `restore()` never asks for them."""
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    trackable_object_graph_pb2 = submodule("core.protobuf.trackable_object_graph_pb2")
 
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(serialized)

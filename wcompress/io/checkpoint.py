@@ -9,6 +9,7 @@ from . import tf1_meta
 from .bundle import OBJECT_GRAPH_KEY, BundleReader, bundle_files, prune_object_graph, write_bundle
 from .store import ModelStore
 from .tensors import OPTIMIZER, TensorInfo, assign_layer_order, classify, natural_key
+from .tfenv import submodule
 
 _TF2_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _SLOT_MARK = "/.OPTIMIZER_SLOT/"
@@ -84,7 +85,7 @@ def model_paths(serialized_graph):
     Keras 3 optimizers track the model's own variables (`optimizer/_trainable_variables/0`), and
     TensorFlow may store a shared variable under that key: the object graph tells model from slot.
     """
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    trackable_object_graph_pb2 = submodule("core.protobuf.trackable_object_graph_pb2")
 
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(serialized_graph)

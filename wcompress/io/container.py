@@ -12,17 +12,18 @@ import h5py
 import numpy as np
 
 from ..errors import WcompressError
-from . import encodings
+from . import coders, encodings
+from .coders import CODECS
 from .h5check import check_structure, foreign_storage, refuse_external_links
 from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import TensorInfo
 
 MAGIC = "wcompress-sparse-container"
-# Version 2 adds a CRC-32 of every stored dataset (streams, pools, metadata blobs) and of the index.
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
-CODECS = ("none", "gzip", "lzf", "zstd")
+# Version 2 adds a CRC-32 of every stored dataset (streams, pools, metadata blobs) and of the index;
+# version 3 entropy-codes each stream with the smallest of our coders (codec "auto", io/coders.py).
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # A crafted file may declare any shape: refuse a tensor that would decode to more than this many
 # times the bytes its own streams hold (above a floor), so memory is never allocated on its word.
 MAX_EXPANSION = 4096
@@ -43,7 +44,7 @@ _VALUE_DTYPES = {"float32", "float16", "float64", "bfloat16", "int8", "int16", "
 
 
 def _stream_options(codec, array):
-    if codec == "none" or array.size < 1024:
+    if codec in ("none", "auto") or array.size < 1024:
         return {}
     if codec == "zstd":
         try:
@@ -52,6 +53,11 @@ def _stream_options(codec, array):
             raise WcompressError("--codec zstd needs the hdf5plugin package (pip install hdf5plugin)") from exc
         return dict(hdf5plugin.Zstd(clevel=9), chunks=True)
     return {"compression": codec, "shuffle": True, "chunks": True}
+
+
+def _fits(decoded, stored):
+    """Whether a reader accepts a tensor of `decoded` bytes from `stored` bytes of streams (see _validate)."""
+    return decoded <= max(EXPANSION_FLOOR, MAX_EXPANSION * stored)
 
 
 def _max_finite_abs(array, chunk=1 << 20):
@@ -111,7 +117,7 @@ def _memory_bytes():
 class ContainerWriter:
     """Writes tensors one at a time, each in its smallest encoding; the index and skeleton at the end."""
 
-    def __init__(self, store, values="float32", codec="none"):
+    def __init__(self, store, values="float32", codec="auto"):
         if codec not in CODECS:
             raise WcompressError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
         if values not in ("float32", "float16"):
@@ -174,29 +180,64 @@ class ContainerWriter:
             candidates, nnz = {"dense": array.nbytes}, int(np.count_nonzero(array))
         else:
             candidates, nnz = encodings.sizes(array, value_dtype)
-        encoding = min(candidates, key=lambda k: (candidates[k], encodings.ENCODINGS.index(k)))
+        # Only encodings a reader accepts (see _fits): an all-zero tensor would otherwise store nothing.
+        fitting = {k: v for k, v in candidates.items() if _fits(array.nbytes, v)} or candidates
+        encoding = min(fitting, key=lambda k: (fitting[k], encodings.ENCODINGS.index(k)))
         streams = encodings.encode(array, encoding, value_dtype)
+        coded = None
+        if self.codec == "auto" and array.dtype != object:
+            encoding, streams, coded = self._smallest_coded(array, value_dtype, nnz, encoding, streams)
         names = {}
         for stream, data in streams.items():
             data = np.ascontiguousarray(data)
-            if data.nbytes < POOL_STREAM_BYTES and self.codec == "none":
-                names[stream] = {"pool": f"pool{self._pools}", "offset": self._pool_bytes, "count": int(data.size),
-                                 "dtype": str(data.dtype)}
+            if coded is not None:
+                coder, stored = coded[stream]
+                ref = {"coder": coder, "bytes": int(stored.nbytes), "count": int(data.size), "dtype": str(data.dtype)}
+                data = stored
+            else:
+                ref = {"count": int(data.size), "dtype": str(data.dtype)}
+            if data.nbytes < POOL_STREAM_BYTES and self.codec in ("none", "auto"):
+                names[stream] = {"pool": f"pool{self._pools}", "offset": self._pool_bytes, **ref}
                 self._pool.append(data.view(np.uint8).reshape(-1))
                 self._pool_bytes += data.nbytes
                 if self._pool_bytes >= POOL_FLUSH_BYTES:
                     self._flush_pool(group)
             else:
                 name = f"{number}.{stream}"
-                group.create_dataset(name, data=data, **_stream_options(self.codec, data), **NO_TIMES)
+                options = _stream_options(self.codec, data) if coded is None else {}
+                group.create_dataset(name, data=data, **options, **NO_TIMES)
                 self._checksums[f"streams/{name}"] = _crc(data)
-                names[stream] = {"dataset": name, "count": int(data.size), "dtype": str(data.dtype)}
+                names[stream] = {"dataset": name, **ref}
         return {
             "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
             "role": info.role, "order": info.order, "encoding": encoding, "streams": names, "nnz": nnz,
             "entries": int(streams["values"].size), "value_dtype": str(np.dtype(value_dtype)),
             "fp16_overflow": overflow,
         }
+
+    def _smallest_coded(self, array, value_dtype, nnz, raw_encoding, raw_streams):
+        """(encoding, streams, {stream: (coder, stored bytes)}) with the fewest bytes once every stream
+        is coded by its smallest coder. A mask and position gaps carry the same information, so only
+        bitmask (any density) and delta8 (sparse: its gaps then beat a mask's bytes) compete with dense;
+        coo and csr spend more bits per position than either once coded."""
+        flat = array.reshape(-1)
+        options = {"dense"} if nnz == flat.size or array.ndim == 0 else {"bitmask"}
+        if 0 < nnz < flat.size // 8:
+            options.add("delta8")
+        best = None
+        for encoding in sorted(options, key=encodings.ENCODINGS.index):
+            streams = raw_streams if encoding == raw_encoding else encodings.encode(array, encoding, value_dtype)
+            coded = {name: coders.smallest(data) for name, data in streams.items()}
+            total = sum(stored.nbytes for _, stored in coded.values())
+            if best is None or total < best[0]:
+                best = (total, encoding, streams, coded)
+        total, encoding, streams, coded = best
+        raw_total = sum(np.asarray(d).nbytes for d in raw_streams.values())
+        # A huge all-zero tensor would code to almost nothing, which a reader refuses: raw streams then.
+        if not _fits(array.nbytes, total) or raw_total <= total:
+            return raw_encoding, raw_streams, {name: ("raw", coders.encode(d, "raw")) for name, d in
+                                               raw_streams.items()}
+        return encoding, streams, coded
 
 
 class ContainerStore(ModelStore):
@@ -302,9 +343,19 @@ class ContainerStore(ModelStore):
                 allowed = {str(e["value_dtype"])} if stream == "values" else _INDEX_DTYPES
                 if dtype not in allowed:
                     raise ValueError(f"stream {stream} has dtype {dtype}, expected {' or '.join(sorted(allowed))}")
-                stored += length * np.dtype(dtype).itemsize
                 if int(ref["count"]) != length:
                     raise ValueError(f"stream {stream} holds {ref['count']} entries, expected {length}")
+                coder = ref.get("coder")
+                if coder is None:  # versions 1 and 2, and --codec none or an HDF5 filter: raw elements
+                    nbytes = length * np.dtype(dtype).itemsize
+                else:
+                    if coder not in coders.CODERS or not isinstance(ref.get("bytes"), int) or ref["bytes"] < 0:
+                        raise ValueError(f"stream {stream}: unknown coder {coder!r} or stored size")
+                    nbytes = ref["bytes"]
+                    if coder == "raw" and nbytes != length * np.dtype(dtype).itemsize:
+                        raise ValueError(f"raw stream {stream} holds {nbytes} bytes, expected "
+                                         f"{length * np.dtype(dtype).itemsize}")
+                stored += nbytes
                 where = "streams/" + str(ref["pool"] if "pool" in ref else ref["dataset"])
                 self._checksum(where)  # a version-2 file records one for every dataset
                 ds = self.h5["streams"][str(ref["pool"] if "pool" in ref else ref["dataset"])]
@@ -313,17 +364,19 @@ class ContainerStore(ModelStore):
                 if foreign_storage(ds):
                     raise ValueError(f"stream {stream} {foreign_storage(ds)}")
                 if "pool" in ref:
-                    end = int(ref["offset"]) + length * np.dtype(dtype).itemsize
+                    end = int(ref["offset"]) + nbytes
                     if ds.dtype != np.uint8 or int(ref["offset"]) < 0 or end > ds.shape[0]:
                         raise ValueError(f"stream {stream} lies outside its pool")
-                elif ds.shape[0] != length or str(ds.dtype) != dtype:
+                elif coder is not None and (ds.shape[0] != nbytes or ds.dtype != np.uint8):
+                    raise ValueError(f"stream {stream} holds {ds.shape} {ds.dtype}, expected {nbytes} bytes")
+                elif coder is None and (ds.shape[0] != length or str(ds.dtype) != dtype):
                     raise ValueError(f"stream {stream} holds {ds.shape} {ds.dtype}, expected {length} {dtype}")
                 held = ds.id.get_storage_size()
                 logical = ds.size * ds.dtype.itemsize
                 if (ds.compression is None and held < logical) or held * MAX_EXPANSION < logical:
                     raise ValueError(f"stream {stream} is truncated")
             decoded = n * np.dtype(e["dtype"]).itemsize
-            if decoded > max(EXPANSION_FLOOR, MAX_EXPANSION * stored):
+            if not _fits(decoded, stored):
                 raise ValueError(f"declared shape {shape} would decode to {decoded:,} bytes from {stored:,} stored")
             if decoded > _memory_bytes():
                 raise ValueError(f"declared shape {shape} would decode to {decoded:,} bytes, more than this "
@@ -342,23 +395,27 @@ class ContainerStore(ModelStore):
 
     def _read_stream(self, ref):
         dtype = np.dtype(str(ref["dtype"]))
+        coder = ref.get("coder")
         if "pool" in ref:
             pool = self.h5["streams"][str(ref["pool"])]
             key = "streams/" + str(ref["pool"])
             if self.checksums and key not in self._verified:
                 self._verify(key, pool[()])  # pools are small (a few MB): checked whole, once
             start = int(ref["offset"])
-            return pool[start:start + int(ref["count"]) * dtype.itemsize].view(dtype)
+            nbytes = int(ref["count"]) * dtype.itemsize if coder is None else int(ref["bytes"])
+            data = pool[start:start + nbytes]
+            return data.view(dtype) if coder is None else coders.decode(coder, data, dtype, int(ref["count"]))
         data = self.h5["streams"][str(ref["dataset"])][()]
         self._verify("streams/" + str(ref["dataset"]), data)
-        return data
+        return data if coder is None else coders.decode(coder, data, dtype, int(ref["count"]))
 
     def stored_bytes(self, name):
         """Bytes the tensor's streams occupy in the file (after any codec; pooled streams: their slice)."""
         total = 0
         for ref in self.entries[name]["streams"].values():
             if "pool" in ref:
-                total += int(ref["count"]) * np.dtype(str(ref["dtype"])).itemsize
+                total += int(ref["count"]) * np.dtype(str(ref["dtype"])).itemsize if "coder" not in ref \
+                    else int(ref["bytes"])
             else:
                 total += int(self.h5["streams"][str(ref["dataset"])].id.get_storage_size())
         return total

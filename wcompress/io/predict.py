@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import WcompressError
 from ..progress import batch_progress
 from .tfenv import load as load_tensorflow
-from .tfenv import tf
+from .tfenv import submodule, tf
 
 
 class Predictor:
@@ -456,7 +456,7 @@ def _restore_tf2_checkpoint(model, store):
 
 def _match_checkpoint_variables(model, store):
     """[(model variable, checkpoint key)] for every variable of `model`, or a WcompressError with the cause."""
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    trackable_object_graph_pb2 = submodule("core.protobuf.trackable_object_graph_pb2")
 
     from .bundle import OBJECT_GRAPH_KEY
 

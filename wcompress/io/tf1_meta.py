@@ -1,14 +1,14 @@
 """TF1 MetaGraphs (`.meta`) and SavedModel graphs: variable order, and keeping their savers in step
 with a checkpoint whose tensors were dropped."""
 
-from .tfenv import tf
+from .tfenv import submodule, tf
 
 _VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp"}
 
 
 def load_meta_graph_def(path):
     """Parse a .meta; drop `_output_shapes`, which old graphs carry and TF 2.21 refuses to import."""
-    from tensorflow.core.protobuf import meta_graph_pb2
+    meta_graph_pb2 = submodule("core.protobuf.meta_graph_pb2")
 
     meta = meta_graph_pb2.MetaGraphDef()
     with open(path, "rb") as fh:
@@ -57,7 +57,7 @@ def update_savedmodel_restore(pb_path, dropped=(), retyped=None):
     object graph `tf.saved_model.load` builds them from, in the graph the TF1 loader imports, and in
     every function that reads them, where a Cast restores the dtype the function computes in.
     """
-    from tensorflow.core.protobuf import saved_model_pb2
+    saved_model_pb2 = submodule("core.protobuf.saved_model_pb2")
 
     saved = saved_model_pb2.SavedModel()
     with open(pb_path, "rb") as fh:
@@ -229,7 +229,7 @@ def _retype_function_arg(func, index, types, mark, stored, casts, path):
 def _object_graph_variable_keys(objects):
     """Object-graph node id -> checkpoint key of each variable: the first breadth-first path from
     the root, named as TensorFlow names checkpoint keys (node ids match the checkpoint's graph)."""
-    from tensorflow.python.trackable import trackable_utils
+    trackable_utils = submodule("python.trackable.trackable_utils")
 
     if not objects.nodes:
         return {}

@@ -7,7 +7,7 @@ has, so an error handler can tell a TensorFlow error without importing it."""
 import os
 import sys
 
-__all__ = ["tf", "load", "loaded"]
+__all__ = ["tf", "load", "loaded", "submodule"]
 
 
 _module = None
@@ -24,6 +24,14 @@ def load():
         tensorflow.get_logger().setLevel("ERROR")
         _module = tensorflow
     return _module
+
+
+def submodule(name):
+    """tensorflow.<name> (e.g. "core.protobuf.meta_graph_pb2"), TensorFlow loaded quietly first."""
+    import importlib
+
+    load()
+    return importlib.import_module("tensorflow." + name)
 
 
 def loaded():
