@@ -169,7 +169,7 @@ class ContainerWriter:
 
     def _value_dtype(self, array):
         if self.values == "float16" and array.dtype in (np.float32, np.float64):
-            if _max_finite_abs(array) > np.finfo(np.float16).max:
+            if _max_finite_abs(array) > float(np.finfo(np.float16).max):
                 return array.dtype, True  # would overflow: keep full precision for this tensor
             return np.dtype(np.float16), False
         return array.dtype, False
