@@ -135,7 +135,7 @@ def _craft_index(h5, rng):
     index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
     entry = rng.choice(index["tensors"])
     field = rng.choice(["dtype", "value_dtype", "stream_dtype", "shape", "nnz", "entries", "count", "offset", "name",
-                        "duplicate", "encoding", "stream_name", "drop_stream", "checksum"])
+                        "duplicate", "encoding", "stream_name", "drop_stream", "checksum", "coder", "coded_bytes"])
     streams = entry["streams"]
     ref = streams[rng.choice(sorted(streams))]
     if field in ("dtype", "value_dtype"):
@@ -163,6 +163,10 @@ def _craft_index(h5, rng):
         ref[key] = rng.choice(["../index", "index", "/skeleton/0", "nope", "0.values"])
     elif field == "drop_stream":
         del streams[rng.choice(sorted(streams))]
+    elif field == "coder":
+        ref["coder"] = rng.choice(["raw", "zstd", "pcodec", "brotli", None, 3])
+    elif field == "coded_bytes":
+        ref["bytes"] = rng.choice([0, -1, ref.get("bytes", 0) + 1, max(ref.get("bytes", 0) - 1, 0), 2**40, "9"])
     elif field == "checksum" and index.get("checksums"):
         key = rng.choice(sorted(index["checksums"]))
         index["checksums"][key] = rng.choice([None, "x", index["checksums"][key] ^ 1])

@@ -118,7 +118,9 @@ def decode(coder, data, dtype, count):
         out = np.empty(count, dtype=dtype)
         try:
             progress = standalone.simple_decompress_into(data.tobytes(), out)
-        except (RuntimeError, TypeError, ValueError) as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a Rust panic arrives as pyo3's PanicException, a BaseException
             raise ValueError(f"damaged pcodec stream ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
         if progress.n_processed != count or not progress.finished:
             raise ValueError(f"pcodec stream holds {progress.n_processed} values, {count} expected")
