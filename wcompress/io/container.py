@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
@@ -62,6 +63,9 @@ def _fits(decoded, stored):
 
 def _max_finite_abs(array, chunk=1 << 20):
     """Largest finite |w|, in chunks so no full-size temporary is made."""
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if np.isfinite(low) and np.isfinite(high):  # the common case: two passes, no temporaries
+        return max(abs(low), abs(high))
     flat, top = array.reshape(-1), 0.0
     for start in range(0, flat.size, chunk):
         part = np.abs(flat[start:start + chunk])
@@ -133,14 +137,24 @@ class ContainerWriter:
                             codec=self.codec, values=self.values)
             streams = create_group(h5, "streams")
             self._pool, self._pool_bytes, self._pools, self._checksums = [], 0, 0, {}
-            for info in self.store.tensors:
-                array = produce(info)
-                if array is None:
-                    continue
-                kept.append(info.name)
-                if array.dtype != info.dtype:
-                    retyped[info.name] = array.dtype
-                entries.append(self._write_tensor(streams, len(entries), info, array))
+            # Coding a tensor's streams (pcodec, zstd: both release the GIL) runs in a worker while the next
+            # tensor is read and thresholded here; at most one tensor's streams wait, never a whole array.
+            with ThreadPoolExecutor(max_workers=1) as coder:
+                pending = None
+                for info in self.store.tensors:
+                    array = produce(info)
+                    if array is None:
+                        continue
+                    kept.append(info.name)
+                    if array.dtype != info.dtype:
+                        retyped[info.name] = array.dtype
+                    prepared = self._prepare(info, array)
+                    del array
+                    if pending is not None:
+                        entries.append(self._store(streams, len(entries), *pending.result()))
+                    pending = coder.submit(self._code, prepared)
+                if pending is not None:
+                    entries.append(self._store(streams, len(entries), *pending.result()))
             self._flush_pool(streams)
             with tempfile.TemporaryDirectory() as work:
                 files, raw = self.store.skeleton(kept, retyped, work)
@@ -174,7 +188,9 @@ class ContainerWriter:
             return np.dtype(np.float16), False
         return array.dtype, False
 
-    def _write_tensor(self, group, number, info, array):
+    def _prepare(self, info, array):
+        """Everything the coder needs from the array: the raw streams of the smallest raw encoding and,
+        with codec auto, of the encodings competing once coded. The array itself is not kept."""
         value_dtype, overflow = self._value_dtype(array)
         if array.dtype == object or array.ndim == 0:
             candidates, nnz = {"dense": array.nbytes}, int(np.count_nonzero(array))
@@ -183,10 +199,45 @@ class ContainerWriter:
         # Only encodings a reader accepts (see _fits): an all-zero tensor would otherwise store nothing.
         fitting = {k: v for k, v in candidates.items() if _fits(array.nbytes, v)} or candidates
         encoding = min(fitting, key=lambda k: (fitting[k], encodings.ENCODINGS.index(k)))
-        streams = encodings.encode(array, encoding, value_dtype)
-        coded = None
+        options = {encoding: encodings.encode(array, encoding, value_dtype)}
         if self.codec == "auto" and array.dtype != object:
-            encoding, streams, coded = self._smallest_coded(array, value_dtype, nnz, encoding, streams)
+            # A mask and position gaps carry the same information: only bitmask (any density) and delta8
+            # (sparse: its coded gaps then beat a coded mask) compete with dense; coo and csr spend more
+            # bits per position than either once coded.
+            flat_size = array.size
+            for other in ({"dense"} if nnz == flat_size or array.ndim == 0 else {"bitmask"}) | \
+                    ({"delta8"} if 0 < nnz < flat_size // 8 else set()):
+                if other not in options:
+                    options[other] = encodings.encode(array, other, value_dtype)
+        entry = {
+            "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
+            "role": info.role, "order": info.order, "nnz": nnz, "value_dtype": str(np.dtype(value_dtype)),
+            "fp16_overflow": overflow,
+        }
+        return entry, encoding, options, array.nbytes, array.dtype != object
+
+    def _code(self, prepared):
+        """(entry, encoding, streams, {stream: (coder, stored bytes)} or None): with codec auto, the
+        encoding whose streams are fewest bytes once each is coded by its smallest coder."""
+        entry, raw_encoding, options, decoded, numeric = prepared
+        raw_streams = options[raw_encoding]
+        if self.codec != "auto" or not numeric:
+            return entry, raw_encoding, raw_streams, None
+        best = None
+        for encoding in sorted(options, key=encodings.ENCODINGS.index):
+            coded = {name: coders.smallest(data) for name, data in options[encoding].items()}
+            total = sum(stored.nbytes for _, stored in coded.values())
+            if best is None or total < best[0]:
+                best = (total, encoding, coded)
+        total, encoding, coded = best
+        raw_total = sum(np.asarray(d).nbytes for d in raw_streams.values())
+        # A huge all-zero tensor would code to almost nothing, which a reader refuses: raw streams then.
+        if not _fits(decoded, total) or raw_total <= total:
+            return entry, raw_encoding, raw_streams, {name: ("raw", coders.encode(d, "raw"))
+                                                      for name, d in raw_streams.items()}
+        return entry, encoding, options[encoding], coded
+
+    def _store(self, group, number, entry, encoding, streams, coded):
         names = {}
         for stream, data in streams.items():
             data = np.ascontiguousarray(data)
@@ -208,36 +259,7 @@ class ContainerWriter:
                 group.create_dataset(name, data=data, **options, **NO_TIMES)
                 self._checksums[f"streams/{name}"] = _crc(data)
                 names[stream] = {"dataset": name, **ref}
-        return {
-            "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
-            "role": info.role, "order": info.order, "encoding": encoding, "streams": names, "nnz": nnz,
-            "entries": int(streams["values"].size), "value_dtype": str(np.dtype(value_dtype)),
-            "fp16_overflow": overflow,
-        }
-
-    def _smallest_coded(self, array, value_dtype, nnz, raw_encoding, raw_streams):
-        """(encoding, streams, {stream: (coder, stored bytes)}) with the fewest bytes once every stream
-        is coded by its smallest coder. A mask and position gaps carry the same information, so only
-        bitmask (any density) and delta8 (sparse: its gaps then beat a mask's bytes) compete with dense;
-        coo and csr spend more bits per position than either once coded."""
-        flat = array.reshape(-1)
-        options = {"dense"} if nnz == flat.size or array.ndim == 0 else {"bitmask"}
-        if 0 < nnz < flat.size // 8:
-            options.add("delta8")
-        best = None
-        for encoding in sorted(options, key=encodings.ENCODINGS.index):
-            streams = raw_streams if encoding == raw_encoding else encodings.encode(array, encoding, value_dtype)
-            coded = {name: coders.smallest(data) for name, data in streams.items()}
-            total = sum(stored.nbytes for _, stored in coded.values())
-            if best is None or total < best[0]:
-                best = (total, encoding, streams, coded)
-        total, encoding, streams, coded = best
-        raw_total = sum(np.asarray(d).nbytes for d in raw_streams.values())
-        # A huge all-zero tensor would code to almost nothing, which a reader refuses: raw streams then.
-        if not _fits(array.nbytes, total) or raw_total <= total:
-            return raw_encoding, raw_streams, {name: ("raw", coders.encode(d, "raw")) for name, d in
-                                               raw_streams.items()}
-        return encoding, streams, coded
+        return {**entry, "encoding": encoding, "streams": names, "entries": int(streams["values"].size)}
 
 
 class ContainerStore(ModelStore):
