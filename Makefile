@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_profile.py
 	$(PY) bench/bench_sparsify.py
 	$(PY) bench/bench_sweep.py
+	$(PY) bench/bench_container.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -102,24 +102,11 @@ def tflite_bytes(keras_path, fp16):
         return None
 
 
-def gzip9_bytes(paths):
-    import zlib
-
-    total = 0
-    for path in paths:
-        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                total += len(packer.compress(block))
-        total += len(packer.flush())
-    return total
-
-
 def container_rows(name, model, work, tflite_from=None):
     from wcompress.io import open_model
     from wcompress.io.container import ContainerWriter
     from wcompress.plugins import get_pass
-    from wcompress.report import report
+    from wcompress.report import gzip_bytes, report
     from wcompress.runner import run_passes
 
     dense_dir = os.path.join(work, name)
@@ -129,7 +116,7 @@ def container_rows(name, model, work, tflite_from=None):
     dense = os.path.join(dense_dir, "dense" + suffix) if suffix else os.path.join(dense_dir, "dense") + os.sep
     result = run_passes(store, [get_pass("strip").new()], dense, force=True, show_progress=False)
     dense_files = result.output.files
-    dense_gzip9 = gzip9_bytes(dense_files)
+    dense_gzip9 = gzip_bytes(dense_files, level=9)
     rows = []
     for sparsity in (0.5, 0.75, 0.9):
         sparse_store = open_model(result.output.path)

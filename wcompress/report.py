@@ -46,11 +46,11 @@ def entropy_bound(array, value_dtype):
             + value_entropy_bits(values)) / 8
 
 
-def gzip_bytes(paths):
-    """What `gzip -6` would make of these files, measured by compressing them (streamed)."""
+def gzip_bytes(paths, level=6):
+    """What `gzip -LEVEL` would make of these files, measured by compressing them (streamed)."""
     total = 0
     for path in paths:
-        packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+        packer = zlib.compressobj(level, zlib.DEFLATED, 31)
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 total += len(packer.compress(block))
