@@ -184,8 +184,11 @@ def container_options(f):
     f = click.option("--codec", type=click.Choice(available_codecs()), default="auto", show_default=True,
                      help="auto: each stream coded by the smallest of raw, zstd and pcodec; none: raw streams; "
                           "gzip/lzf: an HDF5 filter over raw streams.")(f)
-    f = click.option("--values", "values_dtype", type=click.Choice(["float32", "float16"]), default="float32",
-                     show_default=True, help="Store non-zero float values as float16 (half the value bytes).")(f)
+    f = click.option("--values", "values_dtype", type=click.Choice(["float32", "float16", "int8", "int4"]),
+                     default="float32", show_default=True,
+                     help="How non-zero float values are stored: as they are, as float16, or (lossy) as int8/int4 "
+                          "codes with a float32 scale per output channel, for float tensors of rank 2 and more "
+                          "(biases and normalisation stay float); restore then writes dequantized values.")(f)
     return f
 
 

@@ -235,7 +235,8 @@ def report_table(result):
                       ratio(r["stored_over_bound"]), f"{r['entropy_bound_bytes']:,.0f}",
                       ratio(r["stored_over_entropy_bound"]))
     console.print(table)
-    console.print(f"sparsity {100 * t['sparsity']:.2f}% · file {t['file_bytes']:,} B · "
+    console.print(f"sparsity {100 * t['sparsity']:.2f}% · {t['bits_per_weight']:.3f} bits per weight stored · "
+                  f"file {t['file_bytes']:,} B · "
                   f"raw-value bound {t['bound_bytes']:,.0f} B (file/bound {ratio(t['file_over_bound'])}) · "
                   f"order-0 entropy bound {t['entropy_bound_bytes']:,.0f} B (file/entropy "
                   f"{ratio(t['file_over_entropy_bound'])}) · dense tensors {t['dense_bytes']:,} B "

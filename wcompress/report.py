@@ -64,10 +64,11 @@ def report(path, against=None, gzip=True):
     if isinstance(store, ContainerStore):
         for info in store.tensors:
             e = store.entries[info.name]
-            array = store.load(info.name)
-            rows.append(_row(info, e["nnz"], store.stored_bytes(info.name), e["encoding"],
-                             np.dtype(e["value_dtype"]).itemsize * 8, e["value_dtype"],
-                             _entropy_bound(array, e["value_dtype"]),
+            as_stored = store.load_stored(info.name)  # float16 values or integer codes, as stored
+            bits = e["quantized"]["bits"] if e.get("quantized") else np.dtype(e["value_dtype"]).itemsize * 8
+            rows.append(_row(info, e["nnz"], store.stored_bytes(info.name), e["encoding"], bits,
+                             f"int{bits}" if e.get("quantized") else e["value_dtype"],
+                             _entropy_bound(as_stored, as_stored.dtype),
                              sorted({str(r.get("coder", "raw")) for r in e["streams"].values()})))
         if gzip:
             # A private folder in the system temp dir: nothing named inside the file decides where we write.
@@ -98,6 +99,7 @@ def report(path, against=None, gzip=True):
         "dense_float32_bytes": dense_f32,
         "bound_bytes": bound,
         "sparsity": 1 - nnz / n if n else 0.0,
+        "bits_per_weight": 8 * stored / n if n else 0.0,
         "file_over_bound": store.bytes / bound if bound else None,
         "entropy_bound_bytes": entropy,
         "file_over_entropy_bound": store.bytes / entropy if entropy else None,
@@ -130,5 +132,6 @@ def _row(info, nnz, stored, encoding, value_bits, value_dtype, entropy, coders):
         "sparsity": 1 - nnz / info.size if info.size else 0.0, "encoding": encoding, "coders": coders,
         "value_dtype": value_dtype, "original_bytes": info.nbytes, "stored_bytes": stored, "bound_bytes": bound,
         "stored_over_bound": stored / bound if bound else None, "entropy_bound_bytes": entropy,
+        "bits_per_weight": 8 * stored / info.size if info.size else 0.0,
         "stored_over_entropy_bound": stored / entropy if entropy else None,
     }

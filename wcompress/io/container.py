@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 
-from ..errors import WcompressError
+from ..errors import WcompressError, warn
 from . import coders, encodings
 from .coders import CODECS
 from .h5check import check_structure, foreign_storage, refuse_external_links
@@ -54,6 +54,27 @@ def _stream_options(codec, array):
             raise WcompressError("--codec zstd needs the hdf5plugin package (pip install hdf5plugin)") from exc
         return dict(hdf5plugin.Zstd(clevel=9), chunks=True)
     return {"compression": codec, "shuffle": True, "chunks": True}
+
+
+# How non-zero values are stored: floats as they are or as float16, or quantized (lossy) to symmetric
+# integers per output channel (the last axis) with a float32 scale per channel: int4 codes lie in -7..7,
+# one per int8 element, which the coders pack to their entropy (at most 4 bits).
+VALUE_CHOICES = ("float32", "float16", "int8", "int4")
+QUANT_LEVELS = {"int8": 127, "int4": 7}
+
+
+def quantize(array, levels):
+    """(int8 codes, float32 scale per channel of the last axis): round to nearest, symmetric; a channel
+    that is all zero gets scale 1. Dequantized: codes * scale."""
+    flat = array.reshape(-1, array.shape[-1]).astype(np.float32, copy=False)
+    top = np.abs(flat).max(axis=0)
+    scale = np.where(top > 0, top / levels, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(flat / scale), -levels, levels).astype(np.int8)
+    return codes.reshape(array.shape), scale
+
+
+def dequantize(codes, scale, dtype):
+    return (codes.astype(np.float32) * scale).astype(dtype, copy=False)
 
 
 def _fits(decoded, stored):
@@ -124,8 +145,8 @@ class ContainerWriter:
     def __init__(self, store, values="float32", codec="auto"):
         if codec not in CODECS:
             raise WcompressError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-        if values not in ("float32", "float16"):
-            raise WcompressError(f"--values takes float32 or float16, not {values!r}")
+        if values not in VALUE_CHOICES:
+            raise WcompressError(f"--values takes {', '.join(VALUE_CHOICES)}, not {values!r}")
         self.store, self.values, self.codec = store, values, codec
 
     def __call__(self, target, produce):
@@ -191,6 +212,11 @@ class ContainerWriter:
     def _prepare(self, info, array):
         """Everything the coder needs from the array: the raw streams of the smallest raw encoding and,
         with codec auto, of the encodings competing once coded. The array itself is not kept."""
+        quantized, scale = None, None
+        if self.values in QUANT_LEVELS and array.dtype.kind == "f" and array.ndim >= 2 and array.size:
+            quantized = {"bits": 8 if self.values == "int8" else 4, "axis": array.ndim - 1}
+            original = array
+            array, scale = quantize(array, QUANT_LEVELS[self.values])
         value_dtype, overflow = self._value_dtype(array)
         if array.dtype == object or array.ndim == 0:
             candidates, nnz = {"dense": array.nbytes}, int(np.count_nonzero(array))
@@ -214,7 +240,13 @@ class ContainerWriter:
             "role": info.role, "order": info.order, "nnz": nnz, "value_dtype": str(np.dtype(value_dtype)),
             "fp16_overflow": overflow,
         }
-        return entry, encoding, options, array.nbytes, array.dtype != object
+        decoded = array.nbytes
+        if quantized is not None:
+            entry.update(dtype=str(original.dtype), quantized=quantized)
+            decoded = original.nbytes
+            for streams in options.values():
+                streams["scales"] = scale
+        return entry, encoding, options, decoded, array.dtype != object
 
     def _code(self, prepared):
         """(entry, encoding, streams, {stream: (coder, stored bytes)} or None): with codec auto, the
@@ -356,13 +388,21 @@ class ContainerStore(ModelStore):
             if not 0 <= nnz <= n or entries < nnz:
                 raise ValueError(f"non-zero count {nnz} impossible for {n} elements")
             expected = encodings.stream_lengths(e["encoding"], shape, nnz, entries)
+            quantized = e.get("quantized")
+            if quantized is not None:
+                if not isinstance(quantized, dict) or quantized.get("bits") not in (4, 8) or not shape \
+                        or quantized.get("axis") != len(shape) - 1 or str(e["value_dtype"]) != "int8" \
+                        or np.dtype(str(e["dtype"])).kind != "f":
+                    raise ValueError(f"malformed quantization {quantized!r}")
+                expected["scales"] = shape[-1]
             if set(expected) != set(e["streams"]):
                 raise ValueError(f"streams {sorted(e['streams'])} do not match encoding {e['encoding']}")
             stored = 0
             for stream, length in expected.items():
                 ref = e["streams"][stream]
                 dtype = str(ref["dtype"])
-                allowed = {str(e["value_dtype"])} if stream == "values" else _INDEX_DTYPES
+                allowed = {str(e["value_dtype"])} if stream == "values" else {"float32"} if stream == "scales" \
+                    else _INDEX_DTYPES
                 if dtype not in allowed:
                     raise ValueError(f"stream {stream} has dtype {dtype}, expected {' or '.join(sorted(allowed))}")
                 if int(ref["count"]) != length:
@@ -408,12 +448,26 @@ class ContainerStore(ModelStore):
             raise WcompressError(f"tensor {e.get('name', '?')!r}: {exc}", self.path) from exc
 
     def load(self, name):
+        """The tensor as the model holds it (quantized values dequantized: codes x channel scale)."""
+        codes, scales = self._decode(name)
+        e = self.entries[name]
+        return codes if scales is None else dequantize(codes, scales, np.dtype(e["dtype"]))
+
+    def load_stored(self, name):
+        """The tensor's values as stored: float16 values, or a quantized tensor's integer codes."""
+        codes, scales = self._decode(name, stored=True)
+        return codes
+
+    def _decode(self, name, stored=False):
         e = self.entries[name]
         try:
             streams = {s: self._read_stream(ref) for s, ref in e["streams"].items()}
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise WcompressError(f"cannot read tensor {name!r} ({str(exc).splitlines()[0]})", self.path) from exc
-        return encodings.decode(e["encoding"], streams, tuple(e["shape"]), e["dtype"], what=f"{self.path}: {name!r}")
+        scales = streams.pop("scales", None) if e.get("quantized") else None
+        dtype = e["value_dtype"] if stored or scales is not None else e["dtype"]
+        codes = encodings.decode(e["encoding"], streams, tuple(e["shape"]), dtype, what=f"{self.path}: {name!r}")
+        return codes, scales
 
     def _read_stream(self, ref):
         dtype = np.dtype(str(ref["dtype"]))
@@ -526,6 +580,11 @@ def restore(container_path, dest, force=False, unsafe=False):
     from .store import write_safely
 
     container = ContainerStore(container_path)
+    quantized = [e for e in container.entries.values() if e.get("quantized")]
+    if quantized:
+        bits = sorted({e["quantized"]["bits"] for e in quantized})
+        warn(f"{len(quantized)} tensors were stored as {'/'.join(f'int{b}' for b in bits)} codes: the restored "
+             "tensors are dequantized (codes x channel scale), not the original values", container_path)
     work = tempfile.mkdtemp(prefix="wcompress-restore-")
     try:
         store = container.original(work)
