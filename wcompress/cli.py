@@ -334,6 +334,38 @@ def report_command(path, against, no_gzip, as_json):
 @cli.command()
 @click.argument("model", type=click.Path())
 @output_options
+@click.option("--bits", type=int, default=8, show_default=True, help="Bits per weight code (8; 4 needs the "
+              "container: pack --values int4).")
+@model_options
+@json_option
+def quantize(model, output, force, bits, order_file, as_json):
+    """Store kernels as int8 codes with a float32 scale per output channel; the output loads in stock
+    TensorFlow.
+
+    \b
+    - TF1 checkpoint with .meta: int8 variables, read through a Cast and a Mul by a Const of their
+      scales; import_meta_graph + saver.restore runs it. Training state is dropped.
+    - Other formats are refused: pack --values int8|int4 quantizes any model into the container
+      (restore writes it back dequantized).
+    """
+    from .io import open_model
+    from .plugins import get_pass
+    from .runner import run_passes
+
+    store = open_model(model, order_file=order_file)
+    result = run_passes(store, [get_pass("quantize").new(bits=bits)], output, force=force,
+                        show_progress=not as_json, tag="int8")
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    from .render import size_change
+
+    size_change(f"{store.format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@output_options
 @click.option("--cover", type=float, help="Cast the fewest largest tensors holding this share of the bytes "
               "(default 0.98).")
 @click.option("--min-bytes", type=int, help="Cast every float32 tensor of at least this many bytes.")

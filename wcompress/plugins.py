@@ -17,6 +17,7 @@ BUILTIN_PLUGINS = {
     "strip": "wcompress_plugins.strip",
     "threshold": "wcompress_plugins.threshold",
     "fp16": "wcompress_plugins.fp16",
+    "quantize": "wcompress_plugins.quantize",
 }
 
 pm = pluggy.PluginManager("wcompress")

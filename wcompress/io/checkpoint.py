@@ -4,6 +4,8 @@ import os
 import re
 import shutil
 
+import numpy as np
+
 from ..errors import WcompressError
 from . import tf1_meta
 from .bundle import OBJECT_GRAPH_KEY, BundleReader, bundle_files, prune_object_graph, write_bundle
@@ -132,7 +134,7 @@ class CheckpointStore(ModelStore):
         return files + ([state] if os.path.isfile(state) else [])
 
     def write(self, target, produce):
-        kept, retyped = [], {}
+        kept, retyped, scales = [], {}, {}
 
         def items():
             for info in self.tensors:
@@ -142,6 +144,9 @@ class CheckpointStore(ModelStore):
                 kept.append(info.name)
                 if value.dtype != info.dtype:
                     retyped[info.name] = value.dtype
+                if getattr(value, "scale", None) is not None:  # quantized codes: the graph dequantizes
+                    scales[info.name] = value.scale
+                    value = np.asarray(value)
                 yield info.name, value
             if self.object_graph:
                 graph = self.reader.get(OBJECT_GRAPH_KEY).item()
@@ -150,8 +155,10 @@ class CheckpointStore(ModelStore):
                 yield OBJECT_GRAPH_KEY, _string_scalar(graph)
 
         files = write_bundle(target, items())
+        if scales and not self.meta:
+            raise WcompressError("quantized tensors need the .meta graph to dequantize them", self.path)
         if self.meta:
-            files.append(self._write_meta(target + ".meta", kept, retyped))
+            files.append(self._write_meta(target + ".meta", kept, retyped, scales))
         state = os.path.join(os.path.dirname(target), "checkpoint")
         with open(state, "w") as fh:
             name = os.path.basename(target)
@@ -160,11 +167,11 @@ class CheckpointStore(ModelStore):
         return files
 
 
-    def _write_meta(self, meta_out, kept, retyped):
+    def _write_meta(self, meta_out, kept, retyped, scales=None):
         if len(kept) == len(self.tensors) and not retyped:
             shutil.copyfile(self.meta, meta_out)
         else:
-            tf1_meta.rewrite(self.meta, meta_out, kept, retyped)
+            tf1_meta.rewrite(self.meta, meta_out, kept, retyped, scales)
         return meta_out
 
     def skeleton(self, kept, retyped, workdir):
@@ -186,8 +193,6 @@ class CheckpointStore(ModelStore):
 
 
 def _string_scalar(data):
-    import numpy as np
-
     arr = np.empty((), dtype=object)
     arr[()] = data
     return arr

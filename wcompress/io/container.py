@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from ..errors import WcompressError, warn
+from ..quantization import dequantize, quantizable, quantize
 from . import coders, encodings
 from .coders import CODECS
 from .h5check import check_structure, foreign_storage, refuse_external_links
@@ -60,21 +61,7 @@ def _stream_options(codec, array):
 # integers per output channel (the last axis) with a float32 scale per channel: int4 codes lie in -7..7,
 # one per int8 element, which the coders pack to their entropy (at most 4 bits).
 VALUE_CHOICES = ("float32", "float16", "int8", "int4")
-QUANT_LEVELS = {"int8": 127, "int4": 7}
-
-
-def quantize(array, levels):
-    """(int8 codes, float32 scale per channel of the last axis): round to nearest, symmetric; a channel
-    that is all zero gets scale 1. Dequantized: codes * scale."""
-    flat = array.reshape(-1, array.shape[-1]).astype(np.float32, copy=False)
-    top = np.abs(flat).max(axis=0)
-    scale = np.where(top > 0, top / levels, 1.0).astype(np.float32)
-    codes = np.clip(np.rint(flat / scale), -levels, levels).astype(np.int8)
-    return codes.reshape(array.shape), scale
-
-
-def dequantize(codes, scale, dtype):
-    return (codes.astype(np.float32) * scale).astype(dtype, copy=False)
+QUANT_LEVELS = {"int8": 127, "int4": 7}  # see wcompress/quantization.py
 
 
 def _fits(decoded, stored):
@@ -213,7 +200,7 @@ class ContainerWriter:
         """Everything the coder needs from the array: the raw streams of the smallest raw encoding and,
         with codec auto, of the encodings competing once coded. The array itself is not kept."""
         quantized, scale = None, None
-        if self.values in QUANT_LEVELS and array.dtype.kind == "f" and array.ndim >= 2 and array.size:
+        if self.values in QUANT_LEVELS and quantizable(array):
             quantized = {"bits": 8 if self.values == "int8" else 4, "axis": array.ndim - 1}
             original = array
             array, scale = quantize(array, QUANT_LEVELS[self.values])

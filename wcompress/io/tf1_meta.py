@@ -1,6 +1,8 @@
 """TF1 MetaGraphs (`.meta`) and SavedModel graphs: variable order, and keeping their savers in step
 with a checkpoint whose tensors were dropped."""
 
+import numpy as np
+
 from .tfenv import submodule, tf
 
 _VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp"}
@@ -25,18 +27,19 @@ def variable_names(path):
     return [n.name for n in meta.graph_def.node if n.op in _VARIABLE_OPS]
 
 
-def rewrite(meta_in, meta_out, kept, retyped):
+def rewrite(meta_in, meta_out, kept, retyped, scales=None):
     """Write a .meta whose Saver saves and restores exactly the `kept` variables, with the variables
-    in `retyped` (name -> numpy dtype) stored in that dtype and cast back where the graph reads them."""
-    meta = rewrite_meta_graph(load_meta_graph_def(meta_in), kept, retyped, meta_in)
+    in `retyped` (name -> numpy dtype) stored in that dtype and cast back where the graph reads them
+    (and multiplied by their per-channel `scales`, name -> float32 array, where given: quantized)."""
+    meta = rewrite_meta_graph(load_meta_graph_def(meta_in), kept, retyped, meta_in, scales)
     with open(meta_out, "wb") as fh:
         fh.write(meta.SerializeToString())
 
 
-def rewrite_meta_graph(meta, kept, retyped, path):
+def rewrite_meta_graph(meta, kept, retyped, path, scales=None):
     """The MetaGraphDef `rewrite` writes: the graph retyped, and a new Saver over the `kept` variables."""
     if retyped:
-        _retype_variables(meta, retyped, path)
+        _retype_variables(meta, retyped, path, scales or {})
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.train.import_meta_graph(meta, clear_devices=False)
@@ -408,7 +411,7 @@ def _prune_restore_function(func, dropped):  # noqa: C901
     func.signature.control_output.extend(outputs)
 
 
-def _retype_variables(meta, retyped, path):
+def _retype_variables(meta, retyped, path, scales):
     """Graph surgery for casting variables (seed 000's float16 weights, without touching model code).
 
     Each retyped variable gets the new dtype, and every read of it is cast back to the dtype the
@@ -418,6 +421,9 @@ def _retype_variables(meta, retyped, path):
       keep their name on a Cast placed after them; its initializer `V/Assign` casts the initial value.
     Ops that update the variable in place (optimizer steps, the old Saver's restores) cannot take
     the new dtype and are removed with everything that depends on their data.
+    A variable with `scales` holds integer codes: its read is cast back and then multiplied by a
+    Const of the per-channel scales (the last axis), under the read's name: seed 000's 8-bit weights
+    in a graph that stock import_meta_graph + restore runs.
     """
     from ..errors import WcompressError
 
@@ -442,6 +448,8 @@ def _retype_variables(meta, retyped, path):
             node.op = "Cast"  # V/read: same name, same output dtype, now converting
             del node.attr["T"]
             _set_cast(node, new, old)
+            if refs[0] in scales:
+                _scale_after(graph, node, scales[refs[0]], old)
         elif node.op in ("Assign", "AssignVariableOp") and node.name == refs[0] + "/Assign":
             cast = graph.node.add()
             cast.name = node.name + "/wcompress_cast"
@@ -451,7 +459,11 @@ def _retype_variables(meta, retyped, path):
             node.input[1] = cast.name
             node.attr["T" if node.op == "Assign" else "dtype"].type = new
         elif node.op in ("ReadVariableOp", "ResourceGather", "ResourceGatherNd"):
-            _cast_after_graph_read(graph, node, old, new)
+            cast = _cast_after_graph_read(graph, node, old, new)
+            if refs[0] in scales:
+                if node.op != "ReadVariableOp":
+                    raise WcompressError(f"cannot dequantize {refs[0]!r}: it is read by a {node.op}", path)
+                _scale_after(graph, cast, scales[refs[0]], old)
         elif node.op in _DTYPE_FREE_RESOURCE_OPS:
             continue
         else:
@@ -467,6 +479,24 @@ def _retype_variables(meta, retyped, path):
 
 # Ops that take a resource variable but none of its values: a new dtype leaves them valid.
 _DTYPE_FREE_RESOURCE_OPS = {"VarIsInitializedOp", "DestroyResourceOp", "DisableCopyOnRead", "VariableShape"}
+
+
+def _scale_after(graph, cast, scale, dtype):
+    """`cast` moves to `<name>/wcompress_codes`; a Mul by a Const of `scale` takes its name."""
+    name = cast.name
+    cast.name = name + "/wcompress_codes"
+    const = graph.node.add()
+    const.name = name + "/wcompress_scale"
+    const.op = "Const"
+    const.attr["dtype"].type = dtype
+    const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.asarray(scale), dtype=tf.as_dtype(dtype)))
+    mul = graph.node.add()
+    mul.name = name
+    mul.op = "Mul"
+    mul.input.extend([cast.name, const.name])
+    mul.attr["T"].type = dtype
+    if cast.device:
+        mul.device = const.device = cast.device
 
 
 def _set_cast(node, src, dst):

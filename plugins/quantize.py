@@ -1,0 +1,55 @@
+"""quantize: kernels as 8-bit integer codes with a float32 scale per output channel (seed 000's future
+work), in a checkpoint the user's own graph still loads.
+
+TF1 checkpoints with their .meta: every float tensor of rank >= 2 becomes an int8 variable, and the
+graph reads it through a Cast and a Mul by a Const of its scales (wcompress/io/tf1_meta.py), so
+stock import_meta_graph + Saver.restore runs it. Training state is dropped: a quantized model is for
+inference. Other formats are refused for now: `wcompress pack --values int8|int4` quantizes any of
+them into the container.
+"""
+
+import numpy as np
+
+from wcompress.errors import WcompressError
+from wcompress.hookspecs import hookimpl
+from wcompress.io import TRAINING_STATE
+from wcompress.passes import Pass
+from wcompress.quantization import LEVELS, QuantizedCodes, quantizable, quantize
+
+
+class QuantizePass(Pass):
+    name = "quantize"
+    help = "Store kernels as int8 codes with per-channel scales, dequantized where the graph reads them."
+
+    def configure(self, bits=8):
+        if bits not in LEVELS:
+            raise WcompressError(f"--bits takes 8 or 4, not {bits}")
+        if bits != 8:
+            raise WcompressError("4-bit codes need a container to pay off (TensorFlow variables hold whole bytes): "
+                                 "use `wcompress pack --values int4`")
+        self.bits, self.quantized = bits, {}
+
+    def prepare(self, source):
+        if source.format != "tf1-checkpoint" or not getattr(source, "has_meta_graph", False):
+            raise WcompressError("quantize rewrites TF1 checkpoints with their .meta graph; for other formats use "
+                                 "`wcompress pack --values int8` (the container, restored dequantized)", source.path)
+        self.quantized = {}
+
+    def apply(self, info, array):
+        if info.role in TRAINING_STATE:
+            return None
+        if not quantizable(array) or np.dtype(array.dtype) != np.float32:
+            return array
+        codes, scale = quantize(array, LEVELS[self.bits])
+        self.quantized[info.name] = info.nbytes
+        return QuantizedCodes(codes, scale)
+
+    def summary(self):
+        before = sum(self.quantized.values())
+        return {"bits": self.bits, "quantized_tensors": sorted(self.quantized), "quantized_bytes_before": before,
+                "quantized_bytes_after": before // 4}
+
+
+@hookimpl
+def register_passes(register):
+    register(QuantizePass())
