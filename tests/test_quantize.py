@@ -3,21 +3,25 @@ the stock format (lossy, and said so)."""
 
 import json
 import lzma
+import os
 import zlib
 
 import h5py
 import numpy as np
 import pytest
-from helpers import MUSICNN_OUT, musicnn_feed, run_cli, run_error, run_json, stock_tensors, tf1_predict
+from helpers import MUSICNN_IN, MUSICNN_OUT, musicnn_feed, run_cli, run_error, run_json, stock_tensors, tf1_predict
 
 
 def reference_quantize(w, levels):
-    """From the definition: per last-axis channel, scale = max|w| / levels, codes = round(w / scale)."""
+    """From the definition: per output channel (the last axis; the one before it where the last has size 1,
+    as in depthwise kernels), scale = max|w| / levels, codes = round(w / scale)."""
+    axis = w.ndim - 2 if w.shape[-1] == 1 else w.ndim - 1
     out = np.empty_like(w)
-    for c in range(w.shape[-1]):
-        channel = w[..., c]
+    for c in range(w.shape[axis]):
+        index = (slice(None),) * axis + (c,)
+        channel = w[index]
         scale = np.float32(np.abs(channel).max() / levels) if np.abs(channel).max() > 0 else np.float32(1)
-        out[..., c] = np.clip(np.rint(channel / scale), -levels, levels) * scale
+        out[index] = np.clip(np.rint(channel / scale), -levels, levels) * scale
     return out
 
 
@@ -59,7 +63,7 @@ def test_int8_fer_predicts_like_the_dense_model(real, quantized_fer, faces):
 
 def test_container_bytes_and_bits_per_weight(real, quantized_fer):
     dense = run_json("report", real["fer"], "--no-gzip")["totals"]
-    for values, most_bits in (("int8", 8.5), ("int4", 4.5)):
+    for values, most_bits in (("int8", 8.5), ("int4", 4.6)):  # codes, scales, float biases
         report = run_json("report", quantized_fer[values][0], "--no-gzip")
         totals = report["totals"]
         assert totals["bits_per_weight"] == pytest.approx(8 * totals["tensor_stored_bytes"] / sum(
@@ -114,3 +118,133 @@ def test_crafted_quantization_fields_are_errors(quantized_fer, tmp_path):
             h5.attrs["index_crc32"] = zlib.crc32(packed.tobytes())
         message = run_error("restore", copy, "-o", tmp_path / f"{problem}.hdf5")
         assert target["name"] in message
+
+
+# --- calibration: GPTQ-style rounding -------------------------------------------------------------
+
+def _im2col(x, k, padding):
+    """Patches of a (n, h, w, c) batch for a k x k window at stride 1, rows ordered (row, column, channel)."""
+    if padding == "same":
+        x = np.pad(x, ((0, 0), (k // 2, (k - 1) // 2), (k // 2, (k - 1) // 2), (0, 0)))
+    n, h, w, c = x.shape
+    return np.array([x[i, r:r + k, s:s + k, :].reshape(-1) for i in range(n)
+                     for r in range(h - k + 1) for s in range(w - k + 1)])
+
+
+@pytest.fixture(scope="module")
+def small_keras(tmp_path_factory):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.SeparableConv2D(5, 3, name="sep")(x)
+    outputs = keras.layers.Dense(6, name="head")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    path = tmp_path_factory.mktemp("small") / "small.keras"
+    model.save(path)
+    data = tmp_path_factory.mktemp("calib") / "calib.npz"
+    np.savez(data, x=np.random.default_rng(3).standard_normal((12, 8, 8, 3)).astype("float32"))
+    return model, str(path), str(data)
+
+
+def test_captured_input_statistics_match_their_definition(small_keras):
+    import keras
+
+    from wcompress.io.capture import input_hessians
+
+    model, path, data = small_keras
+    x = np.load(data)["x"]
+    hessians = input_hessians(path, data, batch_size=5)
+    # .keras names weights layers/<class in snake case>/vars/<i>
+    assert sorted(hessians) == ["layers/conv2d/vars/0", "layers/dense/vars/0", "layers/separable_conv2d/vars/0",
+                                "layers/separable_conv2d/vars/1"]
+    inputs = keras.Model(model.inputs, [model.get_layer(n).input for n in ("conv", "sep", "head")]).predict(x, verbose=0)
+
+    def gram(rows):
+        rows = rows.astype(np.float64)
+        return rows.T @ rows / len(rows)
+
+    np.testing.assert_allclose(hessians["layers/conv2d/vars/0"], gram(_im2col(inputs[0], 3, "same")), rtol=2e-4, atol=1e-4)
+    sep = model.get_layer("sep")
+    patches = _im2col(inputs[1], 3, "valid").reshape(-1, 9, 4)
+    depthwise = hessians["layers/separable_conv2d/vars/0"]
+    for c in range(4):
+        np.testing.assert_allclose(depthwise[c], gram(patches[:, :, c]), rtol=2e-4, atol=1e-4)
+    inner = np.einsum("nkc,kc->nc", patches, sep.depthwise_kernel.numpy().reshape(9, 4))
+    pointwise = hessians["layers/separable_conv2d/vars/1"]
+    np.testing.assert_allclose(pointwise, gram(inner), rtol=2e-4, atol=1e-4)
+    np.testing.assert_allclose(hessians["layers/dense/vars/0"], gram(inputs[2].reshape(len(x), -1)), rtol=2e-4, atol=1e-4)
+
+
+def test_gptq_rounding_cuts_the_layer_output_error():
+    from wcompress.quantization import dequantize, gptq, quantize
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 48)) @ rng.standard_normal((48, 48)) + rng.standard_normal((3000, 48))
+    w = rng.standard_normal((48, 16)).astype(np.float32)
+    w[rng.random(w.shape) < 0.3] = 0  # a pruned kernel keeps its zeros
+    for levels in (7, 127):
+        codes, scale = gptq(w, x.T @ x / len(x), levels)
+        nearest, nearest_scale = quantize(w, levels)
+        assert np.array_equal(scale, nearest_scale) and np.abs(codes).max() <= levels
+        assert np.all(codes[w == 0] == 0)
+        error = np.linalg.norm(x @ w - x @ dequantize(codes, scale, np.float32))
+        assert error < 0.9 * np.linalg.norm(x @ w - x @ dequantize(nearest, nearest_scale, np.float32))
+
+
+def test_int8_tf1_graph_runs_stock_within_tolerance(real, tmp_path):
+    calibration, unseen = tmp_path / "calib.npz", musicnn_feed(4, seed=2)
+    np.savez(calibration, x=musicnn_feed(8, seed=1)[MUSICNN_IN])
+    stripped = run_json("strip", real["musicnn"], "-o", str(tmp_path / "s") + "/")["output"]
+    result = run_json("quantize", real["musicnn"], "-o", str(tmp_path / "q") + "/", "--data", calibration)
+    prefix = result["output"]
+    assert len(result["passes"]["quantize"]["calibrated_tensors"]) == 10  # every Conv2D / MatMul kernel
+    data_file = ".data-00000-of-00001"
+    assert os.path.getsize(prefix + data_file) <= 0.30 * os.path.getsize(stripped + data_file)
+    dense = tf1_predict(real["musicnn"] + "/.meta", real["musicnn"] + "/", unseen, MUSICNN_OUT)
+    int8 = tf1_predict(prefix + ".meta", prefix, unseen, MUSICNN_OUT)
+    assert np.abs(int8 - dense).max() <= 0.02
+
+
+def test_quantize_refuses_what_it_cannot_write(real, small_keras, tmp_path):
+    container = tmp_path / "c.h5"
+    run_cli("pack", small_keras[1], "-o", container)
+    line = run_error("quantize", container, "-o", tmp_path / "q.h5")
+    assert "pack --values int8" in line and not (tmp_path / "q.h5").exists()
+    assert "4-bit" in run_error("quantize", real["musicnn"], "-o", str(tmp_path / "q4") + "/", "--bits", "4")
+    assert "--values int8 or int4" in run_error("pack", small_keras[1], "-o", tmp_path / "c.h5", "--data",
+                                                small_keras[2])
+
+
+# --- Keras's own int8 format ------------------------------------------------------------------------
+
+def test_keras_int8_format_loads_stock_with_its_dense_layers_quantized(mhc, tmp_path):
+    import keras
+
+    calibration, held_out = tmp_path / "calib.npz", tmp_path / "held.npz"
+    with np.load(mhc["data"]) as data:
+        x, y = data["x"], data["y"]
+    np.savez(calibration, x=x[:400])
+    np.savez(held_out, x=x[400:], y=y[400:])
+    out = tmp_path / "ba-int8.keras"
+    result = run_json("quantize", mhc["ba"], "-o", out, "--data", calibration)
+    summary = result["quantize"]
+    # Dense(64) is GPTQ-rounded; Dense(1) has one output unit (one Keras scale for all its inputs): as Keras
+    # rounds it. The LSTM has no Keras int8 form.
+    assert len(summary["quantized_layers"]) == 2 and len(summary["calibrated_layers"]) == 1
+    assert [n.split("/")[-1] for n in summary["float_layers"]] == ["lstm_cell"] and 0.8 < summary["float_share"] < 0.9
+    assert result["output_bytes"] == os.path.getsize(out) < os.path.getsize(mhc["ba"])
+    model = keras.models.load_model(out)  # stock, safe_mode
+    assert [layer.quantization_mode for layer in model.layers if layer.weights] == [None, "int8", "int8"]
+    assert model.get_layer(summary["calibrated_layers"][0])._kernel.dtype == "int8"
+    dense = keras.models.load_model(mhc["ba"])
+    np.testing.assert_allclose(model.predict(x[400:], verbose=0), dense.predict(x[400:], verbose=0), atol=0.02)
+    # The held-out 200 peptides (AUC 0.917 dense) keep their AUC within 0.005.
+    held = {r["metric"]: r["value"] for r in run_json("evaluate", out, "--data", held_out, "--metric", "auc")["results"]}
+    base = {r["metric"]: r["value"] for r in run_json("evaluate", mhc["ba"], "--data", held_out, "--metric", "auc")["results"]}
+    assert abs(held["auc"] - base["auc"]) <= 0.005
+
+
+def test_keras_int8_refuses_models_without_quantizable_layers(real, tmp_path):
+    line = run_error("quantize", real["fer"], "-o", tmp_path / "fer.keras")
+    assert "pack --values int8" in line and not (tmp_path / "fer.keras").exists()

@@ -272,17 +272,22 @@ def _print_sparsity(summary, outcomes, result, as_json):
 @click.argument("model", type=click.Path())
 @output_options
 @container_options
+@click.option("--data", help="With --values int8|int4: calibration inputs (DATA.npz or module:function) to "
+              "compensate each kernel's rounding error GPTQ-style; the model must run (a Keras model or a TF graph).")
 @model_options
 @json_option
-def pack(model, output, force, codec, values_dtype, order_file, as_json):
+def pack(model, output, force, codec, values_dtype, data, order_file, as_json):
     """Write any model into the sparse HDF5 container: each tensor in its smallest encoding."""
     from .io import open_model
     from .io.container import ContainerWriter
     from .runner import run_passes
 
     store = open_model(model, order_file=order_file)
-    result = run_passes(store, [], output, force=force, show_progress=not as_json,
-                        writer=ContainerWriter(store, values=values_dtype, codec=codec), tag="packed")
+    if data and values_dtype not in ("int8", "int4"):
+        raise click.UsageError("--data calibrates int8/int4 codes: add --values int8 or int4")
+    writer = ContainerWriter(store, values=values_dtype, codec=codec,
+                             hessians=calibration(model, data, not as_json) if data else None)
+    result = run_passes(store, [], output, force=force, show_progress=not as_json, writer=writer, tag="packed")
     if as_json:
         emit_json(result.as_dict())
         return
@@ -331,29 +336,66 @@ def report_command(path, against, no_gzip, as_json):
     report_table(result)
 
 
+def calibration(model, data, show_progress):
+    from .io.capture import input_hessians
+
+    if show_progress:
+        click.echo(f"calibrating on {data} …", err=True)
+    return input_hessians(model, data, show_progress=show_progress)
+
+
 @cli.command()
 @click.argument("model", type=click.Path())
 @output_options
 @click.option("--bits", type=int, default=8, show_default=True, help="Bits per weight code (8; 4 needs the "
               "container: pack --values int4).")
+@click.option("--data", help="Calibration inputs (DATA.npz or module:function): each kernel's rounding error is "
+              "compensated through its layer's input statistics (GPTQ-style); without, round to nearest.")
+@click.option("--unsafe", is_flag=True, help="Load Keras models without safe_mode (Lambda layers, custom code).")
 @model_options
 @json_option
-def quantize(model, output, force, bits, order_file, as_json):
+def quantize(model, output, force, bits, data, unsafe, order_file, as_json):
     """Store kernels as int8 codes with a float32 scale per output channel; the output loads in stock
-    TensorFlow.
+    TensorFlow / Keras.
 
     \b
     - TF1 checkpoint with .meta: int8 variables, read through a Cast and a Mul by a Const of their
       scales; import_meta_graph + saver.restore runs it. Training state is dropped.
+    - Keras model (.keras, .h5): Keras's own int8 format (.keras), for the layers Keras quantizes
+      (Dense, EinsumDense, Embedding); the others stay float, listed with their share of the bytes.
     - Other formats are refused: pack --values int8|int4 quantizes any model into the container
       (restore writes it back dequantized).
     """
     from .io import open_model
+
+    store = open_model(model, order_file=order_file)
+    if store.format in ("keras", "keras-h5"):
+        if bits != 8:
+            raise click.UsageError("Keras's quantized format here is int8: use --bits 8 (or pack --values int4)")
+        from .io.keras_quantized import quantize_keras
+
+        written, summary = quantize_keras(store, output, force=force, data=data, unsafe=unsafe,
+                                          show_progress=not as_json)
+        if as_json:
+            emit_json({"input": model, "format": store.format, "input_bytes": store.bytes, "output": written.path,
+                       "output_bytes": written.bytes, "quantize": summary})
+            return
+        from .render import size_change
+
+        click.echo(f"{len(summary['quantized_layers'])} layers int8"
+                   + (f" ({len(summary['calibrated_layers'])} calibrated)" if data else "")
+                   + (f"; float: {', '.join(summary['float_layers'])} ({summary['float_share']:.0%} of the weight "
+                      "bytes)" if summary["float_layers"] else ""))
+        size_change(f"{store.format} {model} → {written.path}", store.bytes, written.bytes)
+        return
+    from .passes import TensorSource
     from .plugins import get_pass
     from .runner import run_passes
 
-    store = open_model(model, order_file=order_file)
-    result = run_passes(store, [get_pass("quantize").new(bits=bits)], output, force=force,
+    quantizer = get_pass("quantize").new(bits=bits)
+    quantizer.prepare(TensorSource(store))  # refuses formats it cannot write before calibration runs
+    hessians = calibration(model, data, not as_json) if data else None
+    result = run_passes(store, [get_pass("quantize").new(bits=bits, hessians=hessians)], output, force=force,
                         show_progress=not as_json, tag="int8")
     if as_json:
         emit_json(result.as_dict())

@@ -1,9 +1,11 @@
 """Symmetric per-output-channel integer quantization (round to nearest), shared by the container's
 `--values int8|int4` and the `quantize` pass.
 
-For a float tensor of rank >= 2, channel c of its last axis (the output channel of Keras and TF
-kernels) gets scale_c = max|w[..., c]| / L (1 for an all-zero channel) and codes
-round(w / scale_c) clipped to ±L, L = 127 for 8 bits and 7 for 4 bits; the value is codes x scale.
+For a float tensor of rank >= 2, each channel c of its channel axis gets scale_c = max|w_c| / L (1 for
+an all-zero channel) and codes round(w / scale_c) clipped to ±L, L = 127 for 8 bits and 7 for 4 bits;
+the value is codes x scale. The channel axis is the last one (the output channel of Keras and TF
+kernels) unless it has size 1: then the one before it, so a depthwise kernel (h, w, in, 1) gets a
+scale per channel it filters, and a Dense kernel with one output a scale per input, not one for all.
 """
 
 import numpy as np
@@ -11,17 +13,29 @@ import numpy as np
 LEVELS = {8: 127, 4: 7}
 
 
+def channel_axis(shape):
+    return len(shape) - 2 if shape[-1] == 1 else len(shape) - 1
+
+
 def quantize(array, levels):
-    """(int8 codes of the array's shape, float32 scale per channel of the last axis)."""
-    flat = array.reshape(-1, array.shape[-1]).astype(np.float32, copy=False)
+    """(int8 codes of the array's shape, float32 scale per channel of `channel_axis`)."""
+    axis = channel_axis(array.shape)
+    moved = np.moveaxis(array, axis, -1)
+    flat = moved.reshape(-1, moved.shape[-1]).astype(np.float32, copy=False)
     top = np.abs(flat).max(axis=0)
     scale = np.where(top > 0, top / levels, 1.0).astype(np.float32)
     codes = np.clip(np.rint(flat / scale), -levels, levels).astype(np.int8)
-    return codes.reshape(array.shape), scale
+    return np.moveaxis(codes.reshape(moved.shape), -1, axis), scale
 
 
-def dequantize(codes, scale, dtype):
-    return (codes.astype(np.float32) * scale).astype(dtype, copy=False)
+def broadcast_scale(scale, ndim, axis):
+    """The per-channel scales shaped to multiply a tensor of `ndim` axes along `axis`."""
+    return np.asarray(scale).reshape([-1 if a == axis else 1 for a in range(ndim)])
+
+
+def dequantize(codes, scale, dtype, axis=None):
+    axis = channel_axis(codes.shape) if axis is None else axis
+    return (codes.astype(np.float32) * broadcast_scale(scale, codes.ndim, axis)).astype(dtype, copy=False)
 
 
 def quantizable(array):
@@ -29,7 +43,7 @@ def quantizable(array):
 
 
 class QuantizedCodes(np.ndarray):
-    """Integer codes that stand for codes x `scale` (float32, one per channel of the last axis): what the
+    """Integer codes that stand for codes x `scale` (float32, shaped to broadcast along the channel axis): what the
     `quantize` pass hands a writer that stores codes and dequantizes where the model reads them."""
 
     def __new__(cls, codes, scale):
@@ -39,3 +53,66 @@ class QuantizedCodes(np.ndarray):
 
     def __array_finalize__(self, obj):
         self.scale = getattr(obj, "scale", None)
+
+
+def gptq(array, hessian, levels, damp=0.01, block=128):
+    """Codes and scales like `quantize`, the rounding error of each input row compensated on the rows not
+    yet quantized (GPTQ: Frantar et al. 2022, "Accurate Post-Training Quantization for Generative
+    Pre-trained Transformers", Algorithm 1, with act-order).
+
+    `array` is read as (inputs, channels) = array.reshape(-1, channels): a Dense kernel, or a convolution
+    kernel whose leading axes are one im2col patch. `hessian` is X^T X / n over calibration inputs X
+    (n x inputs); it is damped by `damp` x its mean diagonal. The scales are `quantize`'s, so the two
+    differ only in rounding. Weights that are zero stay zero (a pruned model keeps its mask); their
+    error is compensated like any other.
+    """
+    flat = array.reshape(-1, array.shape[-1]).astype(np.float64)
+    rows = flat.shape[0]
+    if hessian.shape != (rows, rows):
+        raise ValueError(f"hessian {hessian.shape} does not match {rows} input rows")
+    top = np.abs(flat).max(axis=0)
+    scale = np.where(top > 0, top / levels, 1.0).astype(np.float32)
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) <= 0  # inputs never active: nothing to compensate through them
+    h[dead, dead] = 1.0
+    h[np.diag_indices(rows)] += damp * np.mean(np.diag(h))
+    order = np.argsort(-np.diag(h), kind="stable")  # act-order: the most active inputs first
+    h = h[np.ix_(order, order)]
+    work = flat[order]
+    pruned = work == 0
+    upper = np.linalg.cholesky(np.linalg.inv(h)).T  # H^-1 = U^T U
+    codes = np.empty(work.shape, dtype=np.int8)
+    step = scale.astype(np.float64)
+    for start in range(0, rows, block):
+        end = min(start + block, rows)
+        part, errors, u = work[start:end].copy(), np.zeros((end - start, work.shape[1])), upper[start:end, start:end]
+        for i in range(end - start):
+            q = np.where(pruned[start + i], 0.0, np.clip(np.rint(part[i] / step), -levels, levels))
+            codes[start + i] = q
+            error = (part[i] - q * step) / u[i, i]
+            part[i:] -= np.outer(u[i, i:], error)
+            errors[i] = error
+        work[end:] -= upper[start:end, end:].T @ errors
+    out = np.empty_like(codes)
+    out[order] = codes
+    return out.reshape(array.shape), scale
+
+
+def quantize_calibrated(array, hessian, levels):
+    """`gptq` codes and scales where `hessian` fits the array, else None (round to nearest instead).
+
+    A 2-D hessian is shared by every output channel (Dense, convolutions); a stack of them, one per
+    channel (c, k, k), belongs to a depthwise kernel (h, w, c, 1) whose channels each see their own input.
+    """
+    if hessian is None:
+        return None
+    rows = array.size // array.shape[-1]
+    if hessian.ndim == 2 and channel_axis(array.shape) == array.ndim - 1 and hessian.shape == (rows, rows):
+        return gptq(array, hessian, levels)
+    if hessian.ndim == 3 and array.ndim == 4 and array.shape[-1] == 1 \
+            and hessian.shape == (array.shape[2], array.shape[0] * array.shape[1], array.shape[0] * array.shape[1]):
+        codes, scales = np.empty(array.shape, np.int8), np.empty(array.shape[2], np.float32)
+        for c in range(array.shape[2]):
+            codes[:, :, c, :], (scales[c],) = gptq(array[:, :, c, :], hessian[c], levels)
+        return codes, scales
+    return None

@@ -7,7 +7,6 @@ a tensor whose values no single variable holds (or that several hold) is evaluat
 written to a RAM folder and loaded with the stock loader, exactly as `sparsify` would write it.
 """
 
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from ..errors import WcompressError
 from ..io import open_model
+from ..io.capture import match_by_content
 from ..io.predict import load_data, load_predictor
 from ..metrics import get_metric
 from ..runner import CachedStore
@@ -112,7 +112,7 @@ class LoadedModel:
         self.path = path
         self.store = CachedStore(open_model(path))
         self.predictor = predictor
-        self.handles = _match_by_content(self.store, predictor.weights())
+        self.handles = match_by_content(self.store, predictor.weights())
         self._assigned = {}  # tensor name -> the array now in its variable, where that is not the dense one
 
     def supports(self, changed):
@@ -129,26 +129,6 @@ class LoadedModel:
                 self.predictor.assign(self.handles[name], array)
                 self._assigned[name] = array
         return self.predictor.predict(data, batch_size)
-
-
-def _content_key(array):
-    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).reshape(-1), digest_size=16).digest()
-    return array.shape, array.dtype.str, digest
-
-
-def _match_by_content(store, weights):
-    """{tensor name: variable handle} where exactly one stored tensor and one variable hold the same values."""
-    variables = {}
-    for handle, value in weights:
-        if value.size > 1 and value.dtype != object:
-            variables.setdefault(_content_key(value), []).append(handle)
-    shapes = {key[:2] for key in variables}
-    stored = {}
-    for info in store.tensors:
-        if info.size > 1 and (tuple(info.shape), np.dtype(info.dtype).str) in shapes:
-            stored.setdefault(_content_key(store.load(info.name)), []).append(info.name)
-    return {names[0]: variables[key][0] for key, names in stored.items()
-            if len(names) == 1 and len(variables.get(key, ())) == 1}
 
 
 def default_metric(data):

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from ..errors import WcompressError, warn
-from ..quantization import dequantize, quantizable, quantize
+from ..quantization import channel_axis, dequantize, quantizable, quantize, quantize_calibrated
 from . import coders, encodings
 from .coders import CODECS
 from .h5check import check_structure, foreign_storage, refuse_external_links
@@ -58,7 +58,7 @@ def _stream_options(codec, array):
 
 
 # How non-zero values are stored: floats as they are or as float16, or quantized (lossy) to symmetric
-# integers per output channel (the last axis) with a float32 scale per channel: int4 codes lie in -7..7,
+# integers per output channel (quantization.channel_axis) with a float32 scale per channel: int4 codes lie in -7..7,
 # one per int8 element, which the coders pack to their entropy (at most 4 bits).
 VALUE_CHOICES = ("float32", "float16", "int8", "int4")
 QUANT_LEVELS = {"int8": 127, "int4": 7}  # see wcompress/quantization.py
@@ -129,12 +129,16 @@ def _memory_bytes():
 class ContainerWriter:
     """Writes tensors one at a time, each in its smallest encoding; the index and skeleton at the end."""
 
-    def __init__(self, store, values="float32", codec="auto"):
+    def __init__(self, store, values="float32", codec="auto", hessians=None):
+        """`hessians` ({tensor name: X^T X / n of its layer's inputs}, io/capture.py) make int8/int4 codes
+        compensate their rounding error GPTQ-style; other tensors are rounded to nearest."""
         if codec not in CODECS:
             raise WcompressError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
         if values not in VALUE_CHOICES:
             raise WcompressError(f"--values takes {', '.join(VALUE_CHOICES)}, not {values!r}")
-        self.store, self.values, self.codec = store, values, codec
+        if hessians and values not in QUANT_LEVELS:
+            raise WcompressError("calibration data is for --values int8 or int4")
+        self.store, self.values, self.codec, self.hessians = store, values, codec, hessians or {}
 
     def __call__(self, target, produce):
         entries, kept, retyped = [], [], {}
@@ -201,9 +205,12 @@ class ContainerWriter:
         with codec auto, of the encodings competing once coded. The array itself is not kept."""
         quantized, scale = None, None
         if self.values in QUANT_LEVELS and quantizable(array):
-            quantized = {"bits": 8 if self.values == "int8" else 4, "axis": array.ndim - 1}
+            quantized = {"bits": 8 if self.values == "int8" else 4, "axis": channel_axis(array.shape)}
             original = array
-            array, scale = quantize(array, QUANT_LEVELS[self.values])
+            calibrated = quantize_calibrated(array, self.hessians.get(info.name), QUANT_LEVELS[self.values])
+            if calibrated is not None:
+                quantized["calibrated"] = True
+            array, scale = calibrated or quantize(array, QUANT_LEVELS[self.values])
         value_dtype, overflow = self._value_dtype(array)
         if array.dtype == object or array.ndim == 0:
             candidates, nnz = {"dense": array.nbytes}, int(np.count_nonzero(array))
@@ -377,11 +384,11 @@ class ContainerStore(ModelStore):
             expected = encodings.stream_lengths(e["encoding"], shape, nnz, entries)
             quantized = e.get("quantized")
             if quantized is not None:
-                if not isinstance(quantized, dict) or quantized.get("bits") not in (4, 8) or not shape \
-                        or quantized.get("axis") != len(shape) - 1 or str(e["value_dtype"]) != "int8" \
-                        or np.dtype(str(e["dtype"])).kind != "f":
+                if not isinstance(quantized, dict) or quantized.get("bits") not in (4, 8) or len(shape) < 2 \
+                        or quantized.get("axis") not in (len(shape) - 1, len(shape) - 2) \
+                        or str(e["value_dtype"]) != "int8" or np.dtype(str(e["dtype"])).kind != "f":
                     raise ValueError(f"malformed quantization {quantized!r}")
-                expected["scales"] = shape[-1]
+                expected["scales"] = shape[quantized["axis"]]
             if set(expected) != set(e["streams"]):
                 raise ValueError(f"streams {sorted(e['streams'])} do not match encoding {e['encoding']}")
             stored = 0
@@ -438,7 +445,7 @@ class ContainerStore(ModelStore):
         """The tensor as the model holds it (quantized values dequantized: codes x channel scale)."""
         codes, scales = self._decode(name)
         e = self.entries[name]
-        return codes if scales is None else dequantize(codes, scales, np.dtype(e["dtype"]))
+        return codes if scales is None else dequantize(codes, scales, np.dtype(e["dtype"]), e["quantized"]["axis"])
 
     def load_stored(self, name):
         """The tensor's values as stored: float16 values, or a quantized tensor's integer codes."""

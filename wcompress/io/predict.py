@@ -36,6 +36,27 @@ class Predictor:
     def assign(self, handle, array):
         raise NotImplementedError
 
+    def handle_key(self, handle):
+        """A hashable name for a handle of weights()."""
+        return handle
+
+    def kernel_input_hessians(self, data, batch_size=16, show_progress=False):
+        """{handle key: X^T X / n} of the inputs of each kernel a product reads (io/capture.py)."""
+        return {}
+
+    def _accumulate(self, step, data, batch_size, show_progress):
+        """Run step(batch) -> {key: (X^T X, rows)} over the data; the mean per key, in float64."""
+        feeds = self.match(data)
+        n = next(iter(feeds.values())).shape[0]
+        sums, rows = {}, {}
+        with batch_progress(n, enabled=show_progress) as advance:
+            for start in range(0, n, batch_size):
+                for key, (gram, count) in step({k: v[start:start + batch_size] for k, v in feeds.items()}).items():
+                    sums[key] = sums.get(key, 0) + np.asarray(gram, dtype=np.float64)
+                    rows[key] = rows.get(key, 0) + int(count)
+                advance(min(batch_size, n - start))
+        return {key: sums[key] / max(1, rows[key]) for key in sums}
+
     def predict(self, data, batch_size=256, show_progress=False):
         feeds = self.match(data)
         n = next(iter(feeds.values())).shape[0]
@@ -222,6 +243,38 @@ class KerasPredictor(Predictor):
     def assign(self, handle, array):
         self.model.weights[handle].assign(array)
 
+    def kernel_input_hessians(self, data, batch_size=16, show_progress=False):
+        import keras
+
+        index = {id(v): i for i, v in enumerate(self.model.weights)}
+        targets = []
+        for layer in self.model.layers:  # nested models' layers have no input in this model's graph
+            kernels = [index.get(id(getattr(layer, a, None))) for a in _KERNEL_ATTRS.get(type(layer).__name__, ())]
+            shape = _kernel_patch(layer)
+            if shape is None or None in kernels or not kernels:
+                continue
+            try:
+                targets.append((layer, kernels, shape, layer.input))
+            except (AttributeError, ValueError):  # a layer called more than once has no single input
+                continue
+        if not targets:
+            return {}
+        probe = keras.Model(self.model.inputs, [t[3] for t in targets])
+
+        @tf.function(reduce_retracing=True)
+        def grams(x):
+            outs = probe(x, training=False)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            return [_layer_grams(layer, shape, out) for (layer, _, shape, _), out in zip(targets, outs)]
+
+        def step(batch):
+            values = [batch[t.name] for t in self.model.inputs]
+            result = grams(values if len(values) > 1 else values[0])
+            return {key: (g.numpy(), c.numpy()) for (_, keys, _, _), pairs in zip(targets, result)
+                    for key, (g, c) in zip(keys, pairs)}
+
+        return self._accumulate(step, data, batch_size, show_progress)
+
 
 class GraphPredictor(Predictor):
     """A TF1 graph in its own session: a MetaGraph + checkpoint, or a SavedModel via the stock v1 loader."""
@@ -281,16 +334,125 @@ class GraphPredictor(Predictor):
             return []
         try:
             values = self.session.run(variables)
-        except tf.errors.OpError:
-            return []
+        except tf.errors.OpError:  # some were never restored (a stripped graph keeps its optimizer's slots)
+            with self.graph.as_default():
+                missing = {name.decode() for name in self.session.run(
+                    tf.compat.v1.report_uninitialized_variables(variables))}
+            variables = [v for v in variables if v.op.name not in missing]
+            values = self.session.run(variables)
         return [(v, np.asarray(value)) for v, value in zip(variables, values)]
 
     def assign(self, handle, array):
         # Feeds the initializer's value input: no op is added to the graph per variant.
         self.session.run(handle.initializer, {handle.initializer.inputs[1]: array})
 
+    def handle_key(self, handle):
+        return handle.op.name
+
+    def kernel_input_hessians(self, data, batch_size=16, show_progress=False):
+        fetches = {}
+        with self.graph.as_default(), tf.name_scope("wcompress_capture"):
+            for op in self.graph.get_operations():
+                shape = _op_patch(op)
+                if shape is None:
+                    continue
+                variable = _variable_behind(op.inputs[1])
+                if variable is None:
+                    continue
+                x = op.inputs[0]
+                if op.type == "MatMul" and op.get_attr("transpose_a"):
+                    x = tf.transpose(x)
+                fetches.setdefault(variable, []).append(_gram(_patches(x, shape)))
+        if not fetches:
+            return {}
+
+        def step(batch):
+            values = self.session.run(fetches, {**self.fixed, **batch})
+            return {key: (sum(g for g, _ in parts), sum(c for _, c in parts)) for key, parts in values.items()}
+
+        return self._accumulate(step, data, batch_size, show_progress)
+
     def close(self):
         self.session.close()
+
+
+# --- calibration: a kernel's inputs as rows of X, so that the product is X @ kernel.reshape(-1, out) ------
+
+# The kernels of each Keras layer kind whose inputs are captured, in the order _layer_grams returns them.
+_KERNEL_ATTRS = {"Dense": ("kernel",), "Conv1D": ("kernel",), "Conv2D": ("kernel",),
+                 "DepthwiseConv2D": ("kernel",), "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel")}
+
+
+def _kernel_patch(layer):
+    """How a Keras layer's input becomes rows of X: ("dense",) or (kind, sizes, strides, rates, padding)."""
+    kind = type(layer).__name__
+    if kind == "Dense":
+        return ("dense",)
+    if kind not in _KERNEL_ATTRS or getattr(layer, "groups", 1) != 1 or getattr(layer, "depth_multiplier", 1) != 1:
+        return None
+    if getattr(layer, "data_format", "channels_last") != "channels_last" or layer.padding not in ("valid", "same"):
+        return None
+    size, stride, rate = (tuple(getattr(layer, a)) for a in ("kernel_size", "strides", "dilation_rate"))
+    if kind == "Conv1D":
+        size, stride, rate = (1,) + size, (1,) + stride, (1,) + rate
+    return ("conv" if kind.startswith("Conv") else "depthwise", size, stride, rate, layer.padding.upper())
+
+
+def _layer_grams(layer, shape, x):
+    """[(X^T X, rows)] for each of the layer's _KERNEL_ATTRS. A depthwise kernel's channels each see their
+    own patches: one (k x k) matrix per channel. A separable layer's pointwise kernel sees the depthwise
+    output (there is no bias between the two)."""
+    if shape[0] != "depthwise":
+        return [_gram(_patches(x, shape))]
+    _, size, stride, rate, padding = shape
+    channels = x.shape[-1]
+    patches = tf.reshape(tf.image.extract_patches(x, (1, *size, 1), (1, *stride, 1), (1, *rate, 1), padding),
+                         (-1, size[0] * size[1], channels))
+    patches = tf.cast(patches, tf.float32)
+    grams = [(tf.einsum("nkc,nlc->ckl", patches, patches), tf.shape(patches)[0])]
+    if type(layer).__name__ == "SeparableConv2D":
+        inner = tf.nn.depthwise_conv2d(x, tf.cast(layer.depthwise_kernel, x.dtype), (1, *stride, 1), padding,
+                                       dilations=rate)
+        grams.append(_gram(tf.reshape(inner, (-1, channels))))
+    return grams
+
+
+def _op_patch(op):
+    """The same for a TF1 op reading a kernel as its second input (MatMul, NHWC Conv2D)."""
+    if op.type == "MatMul" and not op.get_attr("transpose_b"):
+        return ("dense",)
+    if op.type != "Conv2D" or op.get_attr("data_format") != b"NHWC" or op.get_attr("padding") == b"EXPLICIT":
+        return None
+    kernel = op.inputs[1].shape
+    if kernel.rank != 4 or None in kernel.as_list()[:2]:
+        return None
+    strides, rates = op.get_attr("strides"), op.get_attr("dilations")
+    return ("conv", tuple(kernel.as_list()[:2]), tuple(strides[1:3]), tuple(rates[1:3]),
+            op.get_attr("padding").decode())
+
+
+def _variable_behind(tensor):
+    """The name of the variable a kernel input reads (through Identity / ReadVariableOp), or None."""
+    op = tensor.op
+    while op.type in ("Identity", "ReadVariableOp") and op.inputs:
+        op = op.inputs[0].op
+    return op.name if op.type in ("VariableV2", "Variable", "VarHandleOp") else None
+
+
+def _patches(x, shape):
+    """Rows of X for one batch of a layer's input x."""
+    if shape[0] == "dense":
+        return tf.reshape(x, (-1, tf.shape(x)[-1]))
+    _, size, stride, rate, padding = shape
+    if x.shape.rank == 3:  # Conv1D: (batch, steps, channels) as one image row
+        x = x[:, None]
+    patches = tf.image.extract_patches(x, (1, *size, 1), (1, *stride, 1), (1, *rate, 1), padding)
+    return tf.reshape(patches, (-1, tf.shape(patches)[-1]))
+
+
+def _gram(rows):
+    rows = tf.cast(rows, tf.float32)
+    return tf.matmul(rows, rows, transpose_a=True), tf.shape(rows)[0]
 
 
 def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=False, custom_objects=None,

@@ -48,16 +48,18 @@ class ModelStore:
 
 
 def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=(), check=None, tag="out",
-                 name=None, beside=None, unsafe=False):
+                 name=None, beside=None, unsafe=False, container=None):
     """Write through a temp folder beside the destination, then rename into place (see io/outputs.py).
 
     `dest` is the user's -o (None: the default name beside the input, with `tag`). `writer(target,
     produce)` replaces the store's own writer (the sparse container). `check(bytes, path, format)` sees
-    the staged output before the rename and may raise to leave nothing behind (a size budget, a run). Refuses to
+    the staged output before the rename and may raise to leave nothing behind (a size budget, a run); a writer
+    writes the container unless `container` is False (then the output is named like the input). Refuses to
     write over any input file and, without `force`, over any existing output. On any failure, Ctrl-C
     or SIGTERM, nothing is left: no staging folder, no folder we created.
     """
-    plan = plan_output(store, dest, tag=tag, container=writer is not None, name=name, beside=beside)
+    container = writer is not None if container is None else container
+    plan = plan_output(store, dest, tag=tag, container=container, name=name, beside=beside)
     check_not_input(plan, list(store.files()) + list(extra_inputs) + [store.path])
     if plan.replaces and not force:
         raise WcompressError("output exists; pass --force to overwrite it", plan.path)

@@ -1,0 +1,85 @@
+"""Keras's own quantized format: what `model.quantize("int8")` saves, which stock
+`keras.models.load_model` loads and runs.
+
+Keras quantizes the layers that implement it (Dense, EinsumDense, Embedding in Keras 3.15): int8 kernels
+with a scale per output unit, and, in its int8 mode, each call's inputs quantized on the fly as well.
+Every other layer stays float and is reported with its share of the weight bytes. With calibration
+statistics, a Dense kernel's codes are GPTQ-rounded (wcompress/quantization.py) before saving, in the
+same layout (Keras stores the inverse scale: value = code / kernel_scale).
+"""
+
+import os
+
+import numpy as np
+
+from ..errors import WcompressError
+from ..quantization import LEVELS, quantize_calibrated
+from .store import write_safely
+
+
+def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_objects=None, show_progress=False):
+    """Write the model with every layer Keras can hold quantized in int8. Returns (WriteResult, summary)."""
+    from .predict import KerasPredictor, load_data, load_keras_model
+
+    if store.format not in ("keras", "keras-h5"):
+        raise WcompressError(f"Keras's quantized format needs a Keras model, not a {store.format}", store.path)
+    model = load_keras_model(store.path, unsafe, custom_objects)
+    kernels = {id(layer.kernel): layer for layer in _layers(model) if type(layer).__name__ == "Dense"}
+    hessians = {}
+    if data is not None:
+        predictor = KerasPredictor(model=model)
+        examples = load_data(data) if isinstance(data, str) else data
+        for index, hessian in predictor.kernel_input_hessians(examples, show_progress=show_progress).items():
+            layer = kernels.get(id(model.weights[index]))
+            if layer is not None:
+                hessians[id(layer)] = (hessian, np.asarray(layer.kernel.numpy()))
+    owner = {}  # each weight belongs to the innermost layer holding it (an LSTM's to its cell)
+    for layer in _layers(model):
+        for w in layer.weights:
+            owner[id(w)] = (layer.path, int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize)
+    float_bytes = {}
+    for path, size in owner.values():
+        float_bytes[path] = float_bytes.get(path, 0) + size
+    import warnings
+
+    with warnings.catch_warnings():  # Keras warns about each layer it cannot quantize: we say it once, below
+        warnings.simplefilter("ignore")
+        model.quantize("int8")
+    quantized, calibrated = [], []
+    for layer in _layers(model):
+        if getattr(layer, "quantization_mode", None) != "int8":
+            continue
+        quantized.append(layer.path)
+        if id(layer) in hessians:
+            hessian, kernel = hessians[id(layer)]
+            calibrated_codes = quantize_calibrated(kernel, hessian, LEVELS[8])
+            if calibrated_codes is not None and kernel.ndim == 2 and kernel.shape[-1] > 1:  # Keras's layout
+                codes, scale = calibrated_codes
+                layer._kernel.assign(codes)
+                layer.kernel_scale.assign(1.0 / scale)
+                calibrated.append(layer.path)
+    if not quantized:
+        raise WcompressError("no layer of this model has a Keras int8 form (Keras quantizes Dense, EinsumDense and "
+                             "Embedding): use `wcompress pack --values int8`", store.path)
+    total = sum(float_bytes.values())
+    kept = {name: size for name, size in float_bytes.items() if name not in quantized and size}
+
+    def save(target, produce):
+        if not target.endswith(".keras"):
+            raise WcompressError("Keras saves quantized models only as .keras: name the output NAME.keras", target)
+        model.save(target)
+        return [target]
+
+    if dest is None:  # beside the input, as .keras whatever the input's suffix
+        stem = os.path.basename(store.path)
+        for suffix in (".keras", ".hdf5", ".h5"):
+            stem = stem[:-len(suffix)] if stem.endswith(suffix) else stem
+        dest = os.path.join(os.path.dirname(os.path.abspath(store.path)), stem + ".int8.keras")
+    written = write_safely(store, dest, None, force=force, writer=save, container=False, tag="int8")
+    summary = {"bits": 8, "format": "keras", "quantized_layers": quantized, "calibrated_layers": calibrated,
+               "float_layers": sorted(kept), "float_share": sum(kept.values()) / total if total else 0.0}
+    return written, summary
+
+
+def _layers(model):
+    return [layer for layer in model._flatten_layers(include_self=False)]
