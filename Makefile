@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_sparsify.py
 	$(PY) bench/bench_sweep.py
 	$(PY) bench/bench_container.py
+	$(PY) bench/bench_quantize.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -591,6 +591,36 @@ def _tuning_spec(model, data, metric, reference, *rest):
 
 @cli.command()
 @click.argument("model", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The .tflite file to write.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--tflite", is_flag=True, default=True, help="Write TFLite (the only export target).")
+@click.option("--float", "keep_float", is_flag=True, help="Keep float32 weights (default: int8 weight storage, the "
+              "converter's dynamic-range quantization).")
+@click.option("--input-tensor", "input_names", multiple=True, help="TF graphs: input tensor(s) (default: the only "
+              "float placeholder the output needs).")
+@click.option("--output-tensor", "output_name", help="TF graphs: the output tensor (default: inferred).")
+@click.option("--feed", "feeds", multiple=True, help="TF graphs: NAME=VALUE for an extra placeholder, frozen as a "
+              "constant (bool ones, e.g. is_training flags, default to false).")
+@click.option("--unsafe", is_flag=True, help="Allow Keras models with Lambda layers or custom code.")
+@custom_objects_option
+@json_option
+def export(model, output, force, tflite, keep_float, input_names, output_name, feeds, unsafe, custom_objects,
+           as_json):
+    """Convert a model (sparsified, quantized or not) to TFLite with the converter's sparse encoding and int8
+    weight storage: Keras models, SavedModels, TF1 graphs with .meta, and containers of any of them."""
+    from .io.tflite import export_tflite
+
+    path = export_tflite(model, output, force=force, int8=not keep_float, unsafe=unsafe,
+                         custom_objects=custom_objects, input_names=input_names, output_name=output_name, feeds=feeds)
+    written = os.path.getsize(path)
+    if as_json:
+        emit_json({"input": model, "output": path, "output_bytes": written})
+        return
+    click.echo(f"{model} → {path}: {written:,} B")
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
 @eval_options
 @click.option("--metric", "metrics", multiple=True,
               help="top1, top5, topK, gap20, auc, mse, fidelity, corr, cosine, maxdiff, a plugin's, or module:function "
