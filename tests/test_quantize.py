@@ -248,3 +248,48 @@ def test_keras_int8_format_loads_stock_with_its_dense_layers_quantized(mhc, tmp_
 def test_keras_int8_refuses_models_without_quantizable_layers(real, tmp_path):
     line = run_error("quantize", real["fer"], "-o", tmp_path / "fer.keras")
     assert "pack --values int8" in line and not (tmp_path / "fer.keras").exists()
+
+
+# --- sweep and autotune over value widths ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def face_parts(faces, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    x = np.load(faces["data"])["x"]
+    parts = {"calibration": str(root / "calibration.npz"), "data": str(root / "data.npz")}
+    np.savez(parts["calibration"], x=x[:40])
+    np.savez(parts["data"], x=x[40:])
+    return parts
+
+
+def test_sweep_bits_evaluates_what_the_container_restores(real, face_parts, tmp_path):
+    result = run_json("sweep", real["fer"], "--data", face_parts["data"], "--methods", "relative", "--deltas", "0,0.5",
+                      "--bits", "32,8,4", "--calibration", face_parts["calibration"])
+    rows = {(r["values"], r["delta"]): r for r in result["rows"]}
+    assert sorted(rows) == sorted((v, d) for v in ("float32", "int8", "int4") for d in (0.0, 0.5))
+    assert rows[("int4", 0.0)]["packed_bytes"] < rows[("int8", 0.0)]["packed_bytes"] < rows[("float32", 0.0)][
+        "packed_bytes"]
+    # The in-memory figure is the figure of the file pack writes with the same options, restored stock.
+    container = tmp_path / "fer-int4.h5"
+    run_cli("pack", real["fer"], "-o", container, "--values", "int4", "--data", face_parts["calibration"])
+    written = {r["metric"]: r["value"] for r in run_json(
+        "evaluate", container, "--data", face_parts["data"], "--reference", real["fer"], "--metric", "fidelity")[
+        "results"]}
+    assert rows[("int4", 0.0)]["value"] == written["fidelity"]
+
+
+def test_autotune_chooses_the_smallest_container_among_value_widths(real, face_parts, tmp_path):
+    out = tmp_path / "tuned.h5"
+    result = run_json("autotune", real["fer"], "--data", face_parts["data"], "--max-drop", "0.05", "--target", "bytes",
+                      "--pack", "--bits", "16,8,4", "--calibration", face_parts["calibration"], "--methods", "relative",
+                      "--max-evals", "30", "-o", out)
+    tuned, compare = result["tuned"], result["compare"]
+    assert tuned["within_budget"] and tuned["values"] in ("float16", "int8", "int4")
+    assert result["output_bytes"] == os.path.getsize(out)
+    assert set(compare) == {"dense_bytes", "float16_container_bytes", "int8_container_bytes", "tflite_int8_bytes",
+                            "keras_int8_bytes"}
+    assert compare["keras_int8_bytes"] is None  # fer has no layer with a Keras int8 form
+    # Without training state and with int8 codes, the tuned container is below the TFLite int8 file.
+    assert result["output_bytes"] < compare["tflite_int8_bytes"] < compare["dense_bytes"]
+    assert "--pack" in run_error("autotune", real["fer"], "--data", face_parts["data"], "--max-drop", "0.05",
+                                 "--bits", "8", "-o", tmp_path / "x.hdf5")

@@ -361,8 +361,9 @@ def quantize(model, output, force, bits, data, unsafe, order_file, as_json):
     \b
     - TF1 checkpoint with .meta: int8 variables, read through a Cast and a Mul by a Const of their
       scales; import_meta_graph + saver.restore runs it. Training state is dropped.
-    - Keras model (.keras, .h5): Keras's own int8 format (.keras), for the layers Keras quantizes
-      (Dense, EinsumDense, Embedding); the others stay float, listed with their share of the bytes.
+    - Keras model (.keras, .h5): Keras's own int8 (or --bits 4: int4) format (.keras), for the layers
+      Keras quantizes (Dense, EinsumDense, Embedding); the others stay float, listed with their share
+      of the bytes. --data GPTQ-rounds int8 Dense kernels.
     - Other formats are refused: pack --values int8|int4 quantizes any model into the container
       (restore writes it back dequantized).
     """
@@ -370,19 +371,19 @@ def quantize(model, output, force, bits, data, unsafe, order_file, as_json):
 
     store = open_model(model, order_file=order_file)
     if store.format in ("keras", "keras-h5"):
-        if bits != 8:
-            raise click.UsageError("Keras's quantized format here is int8: use --bits 8 (or pack --values int4)")
+        if bits not in (8, 4):
+            raise click.UsageError(f"--bits takes 8 or 4, not {bits}")
         from .io.keras_quantized import quantize_keras
 
         written, summary = quantize_keras(store, output, force=force, data=data, unsafe=unsafe,
-                                          show_progress=not as_json)
+                                          show_progress=not as_json, bits=bits)
         if as_json:
             emit_json({"input": model, "format": store.format, "input_bytes": store.bytes, "output": written.path,
                        "output_bytes": written.bytes, "quantize": summary})
             return
         from .render import size_change
 
-        click.echo(f"{len(summary['quantized_layers'])} layers int8"
+        click.echo(f"{len(summary['quantized_layers'])} layers int{bits}"
                    + (f" ({len(summary['calibrated_layers'])} calibrated)" if data else "")
                    + (f"; float: {', '.join(summary['float_layers'])} ({summary['float_share']:.0%} of the weight "
                       "bytes)" if summary["float_layers"] else ""))
@@ -556,6 +557,31 @@ def eval_options(f):
     return f
 
 
+_BITS = {"32": "float32", "16": "float16", "8": "int8", "4": "int4"}
+
+
+def _parse_bits(ctx, param, text):
+    if text is None:
+        return None
+    chosen = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part not in _BITS:
+            raise click.BadParameter(f"{part!r}: bits are 32 (float32), 16 (float16), 8 (int8) or 4 (int4)")
+        chosen.append(_BITS[part])
+    return tuple(dict.fromkeys(chosen)) or None
+
+
+def values_options(f):
+    """How the container stores values, as variants are evaluated and packed."""
+    f = click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
+                     help="With --bits 8 or 4: calibration inputs (.npz) for GPTQ rounding (keep them apart from "
+                          "--data).")(f)
+    f = click.option("--bits", callback=_parse_bits, help="Comma list of value widths to cross with sparsity: 32 "
+                     "(float32), 16 (float16), 8 (int8 codes), 4 (int4 codes); variants are evaluated as the "
+                     "container restores them and packed bytes are that container's (default: 32).")(f)
+    return f
+
+
 def selection_options(f):
     """Which tensors the sparsifier may touch, as sparsify takes them."""
     f = click.option("--min-size", type=int, help="Skip tensors with fewer than N weights (default: the size "
@@ -666,9 +692,11 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("--csv", "csv_path", type=click.Path(), help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(), help="Draw metric against sparsity to a PNG.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
+@values_options
 @json_option
 def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
-          metric, methods, deltas, include, exclude, min_size, layers, acceptable, csv_path, plot_path, jobs, as_json):
+          metric, methods, deltas, include, exclude, min_size, layers, acceptable, csv_path, plot_path, jobs, bits,
+          calibration, as_json):
     """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
     against sparsity curve of each method, to pick the sparsity a model allows). Variants are applied to
     the model in memory, loaded once; packed bytes are those of the container without training state."""
@@ -680,15 +708,15 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
     names = [m.strip() for m in methods.split(",") if m.strip()]
     selection = {"include": include, "exclude": exclude, "layers": layers, "min_size": min_size}
     result = run_sweep(model, names, parse_grids(deltas, names), spec, jobs, acceptable, selection,
-                       show_progress=not as_json)
+                       show_progress=not as_json, values=bits or ("float32",), calibration=calibration)
     if csv_path:
         import csv
 
         with open(csv_path, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["method", "delta", "sparsity", spec.metric, "packed_bytes", "acceptable"])
+            writer.writerow(["method", "values", "delta", "sparsity", spec.metric, "packed_bytes", "acceptable"])
             for r in result["rows"]:
-                writer.writerow([r["method"], r["delta"], f"{r['sparsity']:.6f}", f"{r['value']:.6f}",
+                writer.writerow([r["method"], r["values"], r["delta"], f"{r['sparsity']:.6f}", f"{r['value']:.6f}",
                                  r["packed_bytes"], r["acceptable"]])
     if plot_path:
         plot_sweep(result, plot_path)
@@ -728,12 +756,16 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
               "evaluations.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@values_options
 @json_option
 def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
              metric, max_drop, relative, holdout, validation, target, methods, include, exclude, min_size,
-             destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, as_json):
+             destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, bits, calibration,
+             as_json):
     """The sparsest model (or smallest container) within --max-drop, judged on examples the search never saw:
     the best uniform setting of every method, then per-layer levels from each layer's measured sensitivity.
+    With --pack --target bytes --bits 16,8,4 it also chooses how values are stored: the smallest container
+    within the budget, with its bytes against the dense file, float16, int8 and TFLite int8 of the same model.
 
     Writes the model and a plan that `wcompress sparsify MODEL --plan PLAN` reproduces bit for bit.
     """
@@ -746,7 +778,8 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
     result = run_autotune(model, spec, max_drop, destination, plan_path, relative, jobs, force,
                           methods=[m.strip() for m in methods.split(",")] if methods else None, holdout=holdout,
                           validation=validation, target=target, selection=selection, max_layers=max_layers,
-                          max_evals=max_evals, pack=pack, values=values_dtype, show_progress=not as_json)
+                          max_evals=max_evals, pack=pack, values=bits or values_dtype, calibration=calibration,
+                          show_progress=not as_json)
     if as_json:
         emit_json(result)
         return

@@ -116,3 +116,19 @@ def quantize_calibrated(array, hessian, levels):
             codes[:, :, c, :], (scales[c],) = gptq(array[:, :, c, :], hessian[c], levels)
         return codes, scales
     return None
+
+
+def restored_values(array, values, hessian=None):
+    """The float array a container storing `values` gives back for `array` (what restore writes)."""
+    if values == "float16":
+        if array.dtype not in (np.float32, np.float64):
+            return array
+        finite = np.abs(array[np.isfinite(array)])
+        if finite.size and finite.max() > np.finfo(np.float16).max:
+            return array  # the container keeps such a tensor at full precision
+        return array.astype(np.float16).astype(array.dtype)
+    levels = {"int8": LEVELS[8], "int4": LEVELS[4]}[values]
+    if not quantizable(array):
+        return array
+    codes, scale = quantize_calibrated(array, hessian, levels) or quantize(array, levels)
+    return dequantize(codes, scale, array.dtype, channel_axis(array.shape))

@@ -253,11 +253,13 @@ def sweep_table(result):
     table = Table(title=f"sweep {result['model']} ({result['metric']}{against} on {result['examples']:,} examples, "
                         f"dense {result['baseline']:.4f}, acceptable {'≥' if result['higher_is_better'] else '≤'} "
                         f"{result['threshold']:.4f})", header_style="bold")
-    for col in ("method", "δ", "sparsity", result["metric"], "packed B", "ok"):
-        table.add_column(col, justify="left" if col == "method" else "right")
+    several = len({r.get("values", "float32") for r in result["rows"]}) > 1
+    for col in ("method",) + (("values",) if several else ()) + ("δ", "sparsity", result["metric"], "packed B", "ok"):
+        table.add_column(col, justify="left" if col in ("method", "values") else "right")
     for r in result["rows"]:
-        table.add_row(r["method"], f"{r['delta']:g}", f"{100 * r['sparsity']:.2f}%", f"{r['value']:.4f}",
-                      f"{r['packed_bytes']:,}", "yes" if r["acceptable"] else "no")
+        table.add_row(r["method"], *((r["values"],) if several else ()), f"{r['delta']:g}",
+                      f"{100 * r['sparsity']:.2f}%", f"{r['value']:.4f}", f"{r['packed_bytes']:,}",
+                      "yes" if r["acceptable"] else "no")
     console.print(table)
 
 
@@ -287,6 +289,18 @@ def autotune_report(result):
                   f"{metric} "
                   f"{t['value']:.4f} tuning / {t['held_out_value']:.4f} held out ({verdict} the budget), "
                   f"re-evaluated from {result['output']} ({result['output_bytes']:,} B)")
+    compare = result.get("compare")
+    if compare:
+        ours = result["output_bytes"]
+        shown = [f"{label} {compare[key]:,} B ({ours / compare[key]:.3f}×)" for key, label in (
+            ("dense_bytes", "input file"), ("float16_container_bytes", "float16 container"),
+            ("int8_container_bytes", "int8 container"), ("tflite_int8_bytes", "TFLite int8"),
+            ("keras_int8_bytes", "Keras int8")) if compare.get(key)]
+        widths = {}
+        for name, chosen in (t.get("value_plan") or {}).items():
+            widths.setdefault(chosen, []).append(name)
+        others = "".join(f", {len(names)} tensors {chosen}" for chosen, names in widths.items())
+        console.print(f"values {t.get('values', 'float32')}{others}: {ours:,} B against " + ", ".join(shown))
     console.print(f"{result['evaluations']} evaluations; plan: {result['plan']}  "
                   f"(wcompress sparsify MODEL --plan {result['plan']})")
 

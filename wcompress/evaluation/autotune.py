@@ -22,7 +22,7 @@ from ..metrics import within_budget
 from ..progress import evaluation_progress
 from ..runner import run_in_memory
 from .scoring import split_examples
-from .variants import Pool, Variant, dense_score, evaluator_for, score_variant
+from .variants import Pool, Variant, calibration_hessians, dense_score, evaluator_for, packed_bytes, score_variant
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]  # fractions of the eligible weights
 # Per-layer levels, around each layer's sparsity in the uniform start (points of the layer's weights): the
@@ -43,8 +43,11 @@ def sparsifier_methods():
 class Search:
     """State shared by the phases: the parts of the data, the budget, the pool and the progress bar."""
 
-    def __init__(self, model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals):
+    def __init__(self, model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals,
+                 values="float32", calibration=None):
         self.model, self.tune, self.held = model, tune, held
+        self.values, self.calibration = values, calibration  # how the container stores values (per start)
+        self._sizes = {t.name: t.size for t in evaluator_for(tune).loaded(model).store.tensors}
         self.max_drop, self.relative, self.target = max_drop, relative, target
         self.selection, self.pool, self.advance, self.max_evals = selection, pool, advance, max_evals
         self.base, self.metric = dense_score(model, tune)
@@ -81,7 +84,8 @@ class Search:
         self.advance(note)
 
     def variant(self, method, thresholds):
-        return Variant.of(self.model, method, pack=self.target == "bytes", plan=thresholds)
+        return Variant.of(self.model, method, pack=self.target == "bytes", plan=thresholds, values=self.values,
+                          calibration=self.calibration)
 
     # --- phase 2: uniform, per method ---
     def uniform(self, method):
@@ -115,7 +119,8 @@ class Search:
 
     def _uniform_variant(self, method, delta):
         options = {"dconv": delta, "dfc": delta} if method == "triangular" else {"delta": delta}
-        return Variant.of(self.model, method, pack=self.target == "bytes", **options, **self.selection)
+        return Variant.of(self.model, method, pack=self.target == "bytes", values=self.values,
+                          calibration=self.calibration, **options, **self.selection)
 
     def _eligible_sparsity(self, method, delta):
         variant = self._uniform_variant(method, delta)
@@ -236,6 +241,35 @@ class Search:
                 if row is not None and self.ok(row) and self.objective(row) > self.objective(best_row):
                     best_levels, best_row, improved = levels, row, True
 
+    # --- phase 4: value width per layer ---
+    def per_layer_values(self, widths):
+        """From the smallest state that holds, lower one layer's value width at a time (largest layers
+        first) to the next narrower width allowed, keeping each change that holds and saves bytes."""
+        from dataclasses import replace
+
+        order = [w for w in ("float32", "float16", "int8", "int4") if w in widths]
+        passing = [(v, r) for v, r in self.seen.items() if self.ok(r)]
+        if not passing:
+            return
+        variant, row = max(passing, key=lambda state: self.objective(state[1]))
+        layers = {}
+        for info in self.store.tensors:
+            if info.role not in TRAINING_STATE and np.dtype(info.dtype).kind == "f" and len(info.shape) >= 2:
+                layers.setdefault(info.layer, []).append(info.name)
+        for names in sorted(layers.values(), key=lambda n: -sum(self._sizes[x] for x in n)):
+            plan = dict(variant.value_plan)
+            current = plan.get(names[0], variant.values)
+            if current not in order or order.index(current) + 1 >= len(order):
+                continue
+            lower = order[order.index(current) + 1]
+            trial = replace(variant, value_plan=tuple(sorted({**plan, **{n: lower for n in names}}.items())),
+                            calibration=variant.calibration or self.calibration)
+            rows = self.score([trial])
+            if not rows:
+                break
+            if self.ok(rows[0]) and self.objective(rows[0]) > self.objective(row):
+                variant, row = trial, rows[0]
+
     def _loss(self, row):
         """How far below the dense score a row is, in the metric's units (positive = worse)."""
         return (self.base - row["value"]) if self.metric.higher_is_better else (row["value"] - self.base)
@@ -243,33 +277,45 @@ class Search:
 
 def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, force=False, methods=None,
              holdout=0.3, validation=None, target="sparsity", selection=None, max_layers=None, max_evals=500,
-             pack=False, values="float32", show_progress=False):
-    """Tune on one part of the data, judge on the other; write the model and its plan."""
+             pack=False, values="float32", calibration=None, show_progress=False):
+    """Tune on one part of the data, judge on the other; write the model and its plan. `values`, one or
+    several of float32/float16/int8/int4: how the written container stores values; with several, each
+    is a start of the search and the best state of any of them is written."""
     from ..io.container import ContainerWriter
     from ..plan import write_plan
+    from ..plugins import get_pass
     from ..runner import run_passes
 
     if target not in ("sparsity", "bytes"):
         raise WcompressError(f"--target takes sparsity or bytes, not {target!r}")
     methods = list(methods or sparsifier_methods())
+    value_options = [values] if isinstance(values, str) else list(values)
+    if not pack and value_options != ["float32"]:
+        raise WcompressError("storing values in fewer bits needs the container: add --pack")
     open_model(model)  # a wrong path is the first thing to say
     tune, held, note = _parts(spec, holdout, validation)
     selection = selection or {}
     with Pool(tune, jobs) as pool, evaluation_progress(1 + 40 * len(methods), "autotune", show_progress) as advance:
-        search = Search(model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals)
+        search = Search(model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals,
+                        calibration=calibration)
         advance("dense")
         starts = []
-        for method in methods:
-            row = search.uniform(method)
-            if row is not None:
-                starts.append(row)
+        for stored in value_options:
+            search.values = stored
+            for method in methods:
+                row = search.uniform(method)
+                if row is not None:
+                    starts.append(row)
         if not starts:
             raise WcompressError(f"every method at its lowest level loses more than the budget allows "
                                  f"({spec.metric} against {search.base:.4f})")
         start = max(starts, key=search.objective)
+        search.values = start["values"]
         start_variant = search._uniform_variant(start["method"], start["delta"])
         if max_layers != 0:
             search.per_layer(start, start_variant, max_layers)
+        if target == "bytes" and len(value_options) > 1:
+            search.per_layer_values(value_options)
         # The held-out part judges: every state that held on the tuning part (uniform levels of every method,
         # per-layer allocations), best first, until one meets the budget there too.
         candidates = sorted(((v, r) for v, r in search.seen.items() if search.ok(r)),
@@ -295,9 +341,13 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     candidate, tuned_row = chosen
     sparsifier = candidate.sparsifier()
     store = open_model(model)
-    writer = ContainerWriter(store, values=values) if pack else None
+    hessians = calibration_hessians(candidate, tune)
+    writer = ContainerWriter(store, values=candidate.values, hessians=hessians,
+                             value_plan=dict(candidate.value_plan)) if pack else None
     with custom_object_scope(spec.custom_objects):  # an output suffix of another Keras format loads the model
-        result = run_passes(store, [sparsifier], dest, force=force, show_progress=False, writer=writer, tag="tuned",
+        # A container holds the model without its training state, as the bytes the search minimised.
+        passes = ([get_pass("strip").new()] if pack else []) + [sparsifier]
+        result = run_passes(store, passes, dest, force=force, show_progress=False, writer=writer, tag="tuned",
                             unsafe=spec.unsafe)
     plan = sparsifier.plan_document()
     write_plan(plan_path, plan, force=force)
@@ -330,14 +380,42 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
                     "packed_bytes": start.get("packed_bytes")},
         "methods": {r["method"]: {"delta": r["delta"], "sparsity": r["sparsity"], "value": r["value"]}
                     for r in starts},
-        "tuned": {"method": candidate.method, "sparsity": sparsity, "value": tuned_value,
+        "tuned": {"method": candidate.method, "values": candidate.values, "value_plan": dict(candidate.value_plan),
+                  "sparsity": sparsity, "value": tuned_value,
                   "held_out_value": held_value,
                   "within_budget": within_budget(search.metric, held_value, held_base, max_drop, relative),
                   "layers": {k: layers[k] / sizes[k] for k in layers}},
         "uniform_held_out": uniform_judged,
         "gain": sparsity - (uniform_judged["sparsity"] if uniform_judged else 0.0), "output": written, "output_bytes": result.output_bytes,
         "plan": plan_path, "evaluations": search.evaluations + 2,
+        "compare": _comparisons(store, spec, hessians) if pack and target == "bytes" else None,
     }
+
+
+def _comparisons(store, spec, hessians):
+    """Bytes of the same model stored other ways: dense, every float in float16, int8 codes in the container,
+    the TFLite converter's dynamic-range int8 and Keras's own int8 (None where the model does not convert)."""
+    import os
+    import tempfile
+
+    from ..io.keras_quantized import quantize_keras
+    from ..io.tflite import export_tflite
+
+    out = {"dense_bytes": store.bytes, "float16_container_bytes": packed_bytes(store, {}, "float16"),
+           "int8_container_bytes": packed_bytes(store, {}, "int8", hessians)}
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            out["tflite_int8_bytes"] = os.path.getsize(export_tflite(
+                store.path, os.path.join(work, "m.tflite"), unsafe=spec.unsafe, custom_objects=spec.custom_objects,
+                input_names=spec.input_names or None, output_name=spec.output_name, feeds=spec.feeds))
+        except WcompressError:
+            out["tflite_int8_bytes"] = None
+        try:
+            out["keras_int8_bytes"] = quantize_keras(store, os.path.join(work, "k.keras"), unsafe=spec.unsafe,
+                                                     custom_objects=spec.custom_objects)[0].bytes
+        except WcompressError:
+            out["keras_int8_bytes"] = None
+    return out
 
 
 def _parts(spec, holdout, validation):

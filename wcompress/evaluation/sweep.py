@@ -56,12 +56,15 @@ def parse_grids(text, methods):
     return grids
 
 
-def sweep(model, methods, grids, spec, jobs=1, acceptable=0.95, selection=None, show_progress=False):
-    """Rows of method, δ, model sparsity, metric and packed bytes for every method and δ of its grid.
-    `selection`: include / exclude / layers / min_size, as sparsify takes them."""
+def sweep(model, methods, grids, spec, jobs=1, acceptable=0.95, selection=None, show_progress=False,
+          values=("float32",), calibration=None):
+    """Rows of method, δ, model sparsity, metric and packed bytes for every method and δ of its grid, and
+    every way of storing the values (`values`: float32, float16, int8, int4; int8/int4 GPTQ-rounded on
+    `calibration` inputs when given). `selection`: include / exclude / layers / min_size, as sparsify takes them."""
     selection = selection or {}
-    variants = [Variant.of(model, m, pack=True, **_delta_options(m, d), **selection)
-                for m in methods for d in grids[m]]
+    variants = [Variant.of(model, m, pack=True, values=v, calibration=calibration, **_delta_options(m, d),
+                           **selection)
+                for v in values for m in methods for d in grids[m]]
     with Pool(spec, jobs) as pool, evaluation_progress(len(variants) + 1, "sweep", show_progress) as advance:
         base, metric = dense_score(model, spec)
         advance("dense")
@@ -92,9 +95,12 @@ def plot_sweep(result, path):
     except ImportError as exc:
         raise WcompressError("--plot needs matplotlib: pip install 'wcompress[plot]'") from exc
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method in dict.fromkeys(r["method"] for r in result["rows"]):
-        rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["sparsity"])
-        ax.plot([100 * r["sparsity"] for r in rows], [r["value"] for r in rows], marker="o", label=method)
+    curves = list(dict.fromkeys((r["method"], r.get("values", "float32")) for r in result["rows"]))
+    for method, values in curves:
+        rows = sorted((r for r in result["rows"] if (r["method"], r.get("values", "float32")) == (method, values)),
+                      key=lambda r: r["sparsity"])
+        label = method if len({v for _, v in curves}) == 1 else f"{method} {values}"
+        ax.plot([100 * r["sparsity"] for r in rows], [r["value"] for r in rows], marker="o", label=label)
     ax.axhline(result["threshold"], color="grey", linestyle="--", label="acceptable")
     ax.set_xlabel("model sparsity (%)")
     ax.set_ylabel(result["metric"])

@@ -12,6 +12,8 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import WcompressError
 from ..io import TRAINING_STATE, write_safely
 from ..runner import run_in_memory
@@ -27,14 +29,21 @@ class Variant:
     options: tuple = ()
     pack: bool = False  # also measure the packed container's bytes (training state dropped)
     delta: float = None  # for display: the δ a sweep row stands for
+    # How the container stores values (float32, float16, int8, int4): the variant is evaluated with the
+    # values a restore of that container gives, and its packed bytes are that container's.
+    values: str = "float32"
+    calibration: str = None  # DATA.npz whose inputs make int8/int4 codes GPTQ-rounded
+    value_plan: tuple = ()  # (tensor name, values) pairs stored otherwise than `values`
 
     @classmethod
-    def of(cls, model, method, pack=False, **options):
+    def of(cls, model, method, pack=False, values="float32", calibration=None, value_plan=None, **options):
         if options.get("plan") is not None:
             options["plan"] = tuple(sorted(options["plan"].items()))
         shown = options.get("delta", options.get("dconv"))
+        value_plan = tuple(sorted((value_plan or {}).items()))
+        quantized = {values, *(v for _, v in value_plan)} & {"int8", "int4"}
         return cls(model, method, tuple(sorted((k, v) for k, v in options.items() if v not in (None, ()))),
-                   pack, shown)
+                   pack, shown, values, calibration if quantized else None, value_plan)
 
     def sparsifier(self):
         from ..plugins import get_pass
@@ -57,14 +66,17 @@ def score_variant(variant, spec):
     loaded = evaluator.loaded(variant.model)
     sparsifier = variant.sparsifier()
     outcomes, changed = run_in_memory(loaded.store, [sparsifier])
-    if loaded.supports(changed):
-        predictions = loaded.predict(changed, evaluator.data, spec.batch_size)
+    hessians = calibration_hessians(variant, spec)
+    stored = with_values(loaded.store, changed, variant.values, hessians, dict(variant.value_plan))
+    if loaded.supports(stored):
+        predictions = loaded.predict(stored, evaluator.data, spec.batch_size)
     else:
-        predictions = _predict_from_file(evaluator, loaded.store, changed)
+        predictions = _predict_from_file(evaluator, loaded.store, stored)
     summary = sparsifier.summary()
-    return {"method": variant.method, "delta": variant.delta, "sparsity": sparsity_of(outcomes),
-            "value": evaluator.score(predictions),
-            "packed_bytes": packed_bytes(loaded.store, changed) if variant.pack else None,
+    return {"method": variant.method, "delta": variant.delta, "values": variant.values,
+            "sparsity": sparsity_of(outcomes), "value": evaluator.score(predictions),
+            "packed_bytes": packed_bytes(loaded.store, changed, variant.values, hessians, dict(variant.value_plan))
+            if variant.pack else None,
             "sparsified_zeros": summary.get("zeros"), "sparsified_params": summary.get("eligible_params"),
             "skipped_small": len(summary.get("skipped_small") or ())}
 
@@ -82,7 +94,7 @@ def _predict_from_file(evaluator, store, changed):
         return evaluator.predict(written.path)
 
 
-def packed_bytes(store, changed, values="float32"):
+def packed_bytes(store, changed, values="float32", hessians=None, value_plan=None):
     """Bytes of the sparse container of the model without its training state, written in RAM and measured."""
     from ..io.container import ContainerWriter
 
@@ -90,8 +102,46 @@ def packed_bytes(store, changed, values="float32"):
     with tempfile.TemporaryDirectory(dir=RAM) as work:
         written = write_safely(store, os.path.join(work, "c.h5"),
                                lambda info: None if info.role in TRAINING_STATE else produce(info),
-                               writer=ContainerWriter(store, values=values))
+                               writer=ContainerWriter(store, values=values, hessians=hessians,
+                                                      value_plan=value_plan))
         return written.bytes
+
+
+def with_values(store, changed, values, hessians=None, value_plan=None):
+    """The tensors as a container storing `values` (per tensor: `value_plan`) restores them: `changed` plus
+    every float tensor the container would store in fewer bits (float16, or int8/int4 codes dequantized)."""
+    value_plan = value_plan or {}
+    if values == "float32" and not value_plan:
+        return changed
+    from ..quantization import restored_values
+
+    out = dict(changed)
+    for info in store.tensors:
+        chosen = value_plan.get(info.name, values)
+        if info.role in TRAINING_STATE or np.dtype(info.dtype).kind != "f" or chosen == "float32":
+            continue
+        array = changed.get(info.name)
+        array = store.load(info.name) if array is None else array
+        out[info.name] = restored_values(array, chosen, (hessians or {}).get(info.name))
+    return out
+
+
+_hessians = {}
+
+
+def calibration_hessians(variant, spec):
+    """The kernels' input statistics on the variant's calibration data, computed once per process."""
+    if variant.calibration is None:
+        return None
+    key = (variant.model, variant.calibration)
+    if key not in _hessians:
+        from ..io.capture import input_hessians
+
+        _hessians.clear()
+        _hessians[key] = input_hessians(variant.model, variant.calibration, input_names=spec.input_names or None,
+                                        output_name=spec.output_name, feeds=spec.feeds, unsafe=spec.unsafe,
+                                        custom_objects=spec.custom_objects, model_code=spec.model_code)
+    return _hessians[key]
 
 
 def dense_score(model, spec):

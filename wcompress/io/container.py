@@ -129,14 +129,18 @@ def _memory_bytes():
 class ContainerWriter:
     """Writes tensors one at a time, each in its smallest encoding; the index and skeleton at the end."""
 
-    def __init__(self, store, values="float32", codec="auto", hessians=None):
+    def __init__(self, store, values="float32", codec="auto", hessians=None, value_plan=None):
         """`hessians` ({tensor name: X^T X / n of its layer's inputs}, io/capture.py) make int8/int4 codes
-        compensate their rounding error GPTQ-style; other tensors are rounded to nearest."""
+        compensate their rounding error GPTQ-style; other tensors are rounded to nearest. `value_plan`
+        ({tensor name: values}) stores those tensors' values otherwise than `values` (autotune's per-layer
+        widths)."""
         if codec not in CODECS:
             raise WcompressError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-        if values not in VALUE_CHOICES:
-            raise WcompressError(f"--values takes {', '.join(VALUE_CHOICES)}, not {values!r}")
-        if hessians and values not in QUANT_LEVELS:
+        self.value_plan = dict(value_plan or {})
+        for chosen in {values, *self.value_plan.values()}:
+            if chosen not in VALUE_CHOICES:
+                raise WcompressError(f"--values takes {', '.join(VALUE_CHOICES)}, not {chosen!r}")
+        if hessians and not {values, *self.value_plan.values()} & set(QUANT_LEVELS):
             raise WcompressError("calibration data is for --values int8 or int4")
         self.store, self.values, self.codec, self.hessians = store, values, codec, hessians or {}
 
@@ -193,8 +197,8 @@ class ContainerWriter:
             self._checksums[f"streams/pool{self._pools}"] = _crc(pool)
         self._pool, self._pool_bytes, self._pools = [], 0, self._pools + (1 if self._pool else 0)
 
-    def _value_dtype(self, array):
-        if self.values == "float16" and array.dtype in (np.float32, np.float64):
+    def _value_dtype(self, array, values):
+        if values == "float16" and array.dtype in (np.float32, np.float64):
             if _max_finite_abs(array) > float(np.finfo(np.float16).max):
                 return array.dtype, True  # would overflow: keep full precision for this tensor
             return np.dtype(np.float16), False
@@ -204,14 +208,15 @@ class ContainerWriter:
         """Everything the coder needs from the array: the raw streams of the smallest raw encoding and,
         with codec auto, of the encodings competing once coded. The array itself is not kept."""
         quantized, scale = None, None
-        if self.values in QUANT_LEVELS and quantizable(array):
-            quantized = {"bits": 8 if self.values == "int8" else 4, "axis": channel_axis(array.shape)}
+        values = self.value_plan.get(info.name, self.values)
+        if values in QUANT_LEVELS and quantizable(array):
+            quantized = {"bits": 8 if values == "int8" else 4, "axis": channel_axis(array.shape)}
             original = array
-            calibrated = quantize_calibrated(array, self.hessians.get(info.name), QUANT_LEVELS[self.values])
+            calibrated = quantize_calibrated(array, self.hessians.get(info.name), QUANT_LEVELS[values])
             if calibrated is not None:
                 quantized["calibrated"] = True
-            array, scale = calibrated or quantize(array, QUANT_LEVELS[self.values])
-        value_dtype, overflow = self._value_dtype(array)
+            array, scale = calibrated or quantize(array, QUANT_LEVELS[values])
+        value_dtype, overflow = self._value_dtype(array, values)
         if array.dtype == object or array.ndim == 0:
             candidates, nnz = {"dense": array.nbytes}, int(np.count_nonzero(array))
         else:

@@ -17,8 +17,10 @@ from ..quantization import LEVELS, quantize_calibrated
 from .store import write_safely
 
 
-def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_objects=None, show_progress=False):
-    """Write the model with every layer Keras can hold quantized in int8. Returns (WriteResult, summary)."""
+def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_objects=None, show_progress=False,
+                   bits=8):
+    """Write the model with every layer Keras can hold quantized in int8 (or int4: Keras packs two codes per
+    byte). Returns (WriteResult, summary)."""
     from .predict import KerasPredictor, load_data, load_keras_model
 
     if store.format not in ("keras", "keras-h5"):
@@ -26,7 +28,8 @@ def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_obj
     model = load_keras_model(store.path, unsafe, custom_objects)
     kernels = {id(layer.kernel): layer for layer in _layers(model) if type(layer).__name__ == "Dense"}
     hessians = {}
-    if data is not None:
+    mode = {8: "int8", 4: "int4"}[bits]
+    if data is not None and bits == 8:  # Keras's int4 layout (packed, its own scales) is left as Keras rounds it
         predictor = KerasPredictor(model=model)
         examples = load_data(data) if isinstance(data, str) else data
         for index, hessian in predictor.kernel_input_hessians(examples, show_progress=show_progress).items():
@@ -44,10 +47,10 @@ def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_obj
 
     with warnings.catch_warnings():  # Keras warns about each layer it cannot quantize: we say it once, below
         warnings.simplefilter("ignore")
-        model.quantize("int8")
+        model.quantize(mode)
     quantized, calibrated = [], []
     for layer in _layers(model):
-        if getattr(layer, "quantization_mode", None) != "int8":
+        if getattr(layer, "quantization_mode", None) != mode:
             continue
         quantized.append(layer.path)
         if id(layer) in hessians:
@@ -59,7 +62,7 @@ def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_obj
                 layer.kernel_scale.assign(1.0 / scale)
                 calibrated.append(layer.path)
     if not quantized:
-        raise WcompressError("no layer of this model has a Keras int8 form (Keras quantizes Dense, EinsumDense and "
+        raise WcompressError(f"no layer of this model has a Keras {mode} form (Keras quantizes Dense, EinsumDense and "
                              "Embedding): use `wcompress pack --values int8`", store.path)
     total = sum(float_bytes.values())
     kept = {name: size for name, size in float_bytes.items() if name not in quantized and size}
@@ -74,9 +77,9 @@ def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_obj
         stem = os.path.basename(store.path)
         for suffix in (".keras", ".hdf5", ".h5"):
             stem = stem[:-len(suffix)] if stem.endswith(suffix) else stem
-        dest = os.path.join(os.path.dirname(os.path.abspath(store.path)), stem + ".int8.keras")
-    written = write_safely(store, dest, None, force=force, writer=save, container=False, tag="int8")
-    summary = {"bits": 8, "format": "keras", "quantized_layers": quantized, "calibrated_layers": calibrated,
+        dest = os.path.join(os.path.dirname(os.path.abspath(store.path)), f"{stem}.{mode}.keras")
+    written = write_safely(store, dest, None, force=force, writer=save, container=False, tag=mode)
+    summary = {"bits": bits, "format": "keras", "quantized_layers": quantized, "calibrated_layers": calibrated,
                "float_layers": sorted(kept), "float_share": sum(kept.values()) / total if total else 0.0}
     return written, summary
 

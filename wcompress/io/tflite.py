@@ -5,7 +5,6 @@ zeros a user paid for in quality are kept in the file they ship to a device."""
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 
 from ..errors import WcompressError
@@ -105,7 +104,7 @@ def _run(converter, int8, path):
         converter.optimizations = ([tf.lite.Optimize.DEFAULT] if int8 else []) + (
             [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else [])
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # Keras prints its export's signature: keep --json clean
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # Keras prints its export
                 outputs.append(converter.convert())
         except Exception as exc:  # noqa: BLE001 - the converter's own reason, in one line
             from ..errors import root_cause
