@@ -53,3 +53,28 @@ def test_export_refusals(real, tmp_path):
     assert (tmp_path / "x.tflite").read_bytes() == b"mine"
     assert "no model to convert" in run_error("export", real["mhcnuggets"], "-o", tmp_path / "w.tflite")
     assert sorted(os.listdir(tmp_path)) == ["x.tflite"]
+
+
+def test_evaluate_and_autotune_speak_tflite(real, faces, tmp_path):
+    exported = tmp_path / "fer.tflite"
+    run_cli("export", real["fer"], "-o", exported)
+    assert oct(os.stat(exported).st_mode & 0o777) == oct(0o666 & ~_umask())
+    results = {r["metric"]: r["value"] for r in run_json("evaluate", exported, "--data", faces["data"], "--reference",
+                                                         real["fer"])["results"]}
+    assert results["fidelity"] >= 0.97 and results["maxdiff"] < 0.06
+    out = tmp_path / "tuned.tflite"
+    result = run_json("autotune", real["fer"], "--data", faces["data"], "--max-drop", "0.2", "--holdout", "0",
+                      "--methods", "relative", "--max-layers", "0", "-o", out)
+    assert result["output"] == str(out) and result["output_bytes"] == os.path.getsize(out)
+    # The figures are re-measured from the .tflite itself.
+    again = {r["metric"]: r["value"] for r in run_json("evaluate", out, "--data", faces["data"], "--reference",
+                                                       real["fer"], "--metric", "fidelity")["results"]}
+    assert again["fidelity"] == result["tuned"]["held_out_value"]
+    assert "leave out --pack" in run_error("autotune", real["fer"], "--data", faces["data"], "--max-drop", "0.2",
+                                           "--pack", "-o", tmp_path / "x.tflite")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -13,10 +13,14 @@ examples the search never saw.
 Every state is a set of exact thresholds, so the written plan replays bit for bit with `sparsify --plan`.
 """
 
+import os
+import tempfile
+
 import numpy as np
 
 from ..errors import WcompressError, warn
 from ..io import TRAINING_STATE, open_model
+from ..io.outputs import native_suffix
 from ..io.predict import custom_object_scope
 from ..metrics import within_budget
 from ..progress import evaluation_progress
@@ -292,6 +296,9 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     value_options = [values] if isinstance(values, str) else list(values)
     if not pack and value_options != ["float32"]:
         raise WcompressError("storing values in fewer bits needs the container: add --pack")
+    if pack and str(dest).endswith(".tflite"):
+        raise WcompressError("--pack writes the container; a .tflite output is the TFLite converter's file: "
+                             "leave out --pack", dest)
     open_model(model)  # a wrong path is the first thing to say
     tune, held, note = _parts(spec, holdout, validation)
     selection = selection or {}
@@ -344,14 +351,24 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     hessians = calibration_hessians(candidate, tune)
     writer = ContainerWriter(store, values=candidate.values, hessians=hessians,
                              value_plan=dict(candidate.value_plan)) if pack else None
-    with custom_object_scope(spec.custom_objects):  # an output suffix of another Keras format loads the model
-        # A container holds the model without its training state, as the bytes the search minimised.
-        passes = ([get_pass("strip").new()] if pack else []) + [sparsifier]
-        result = run_passes(store, passes, dest, force=force, show_progress=False, writer=writer, tag="tuned",
+    tflite = str(dest).endswith(".tflite")
+    with custom_object_scope(spec.custom_objects), tempfile.TemporaryDirectory() as work:
+        # A container holds the model without its training state, as the bytes the search minimised; a
+        # .tflite is the tuned model in the input's format, converted (int8 weights), then measured itself.
+        passes = ([get_pass("strip").new()] if pack or tflite else []) + [sparsifier]
+        native = os.path.join(work, "tuned" + (native_suffix(store.format) or os.sep)) if tflite else dest
+        result = run_passes(store, passes, native, force=force, show_progress=False, writer=writer, tag="tuned",
                             unsafe=spec.unsafe)
+        if tflite:
+            from ..io.tflite import export_tflite
+
+            export_tflite(result.output.path, dest, force=force, unsafe=spec.unsafe,
+                          custom_objects=spec.custom_objects, input_names=spec.input_names or None,
+                          output_name=spec.output_name, feeds=spec.feeds)
     plan = sparsifier.plan_document()
     write_plan(plan_path, plan, force=force)
-    written = result.output.path
+    written = dest if tflite else result.output.path
+    written_bytes = os.path.getsize(dest) if tflite else result.output_bytes
     model_tensors = [t for t in result.tensors if t.role not in TRAINING_STATE and not t.dropped]
     sparsity = sum(t.zeros for t in model_tensors) / max(1, sum(t.size for t in model_tensors))
     # Both figures re-measured from the file written (a container is restored by the predictor).
@@ -386,7 +403,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
                   "within_budget": within_budget(search.metric, held_value, held_base, max_drop, relative),
                   "layers": {k: layers[k] / sizes[k] for k in layers}},
         "uniform_held_out": uniform_judged,
-        "gain": sparsity - (uniform_judged["sparsity"] if uniform_judged else 0.0), "output": written, "output_bytes": result.output_bytes,
+        "gain": sparsity - (uniform_judged["sparsity"] if uniform_judged else 0.0), "output": written, "output_bytes": written_bytes,
         "plan": plan_path, "evaluations": search.evaluations + 2,
         "compare": _comparisons(store, spec, hessians) if pack and target == "bytes" else None,
     }

@@ -455,12 +455,47 @@ def _gram(rows):
     return tf.matmul(rows, rows, transpose_a=True), tf.shape(rows)[0]
 
 
+class TFLitePredictor(Predictor):
+    """A .tflite file in TensorFlow's own interpreter (single input, first output; weights read-only)."""
+
+    def __init__(self, path):
+        import warnings
+
+        load_tensorflow()
+        with warnings.catch_warnings():  # tf.lite.Interpreter announces its successor package
+            warnings.simplefilter("ignore")
+            try:
+                self.interpreter = tf.lite.Interpreter(model_path=path)
+                self.interpreter.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                raise WcompressError(f"not a TFLite model TensorFlow can run ({str(exc).splitlines()[0]})",
+                                     path) from exc
+        details = self.interpreter.get_input_details()
+        if len(details) != 1:
+            raise WcompressError(f"TFLite models with {len(details)} inputs are not supported", path)
+        self._input, self._output = details[0], self.interpreter.get_output_details()[0]
+        self.inputs = {self._input["name"]: (tuple(self._input["shape"][1:]), np.dtype(self._input["dtype"]))}
+
+    def run(self, batch):
+        (values,) = batch.values()
+        if self._input["shape"][0] != len(values):  # the converter fixes the batch at 1: resize to this batch
+            self.interpreter.resize_tensor_input(self._input["index"], (len(values), *self._input["shape"][1:]))
+            self.interpreter.allocate_tensors()
+            self._input = self.interpreter.get_input_details()[0]
+            self._output = self.interpreter.get_output_details()[0]
+        self.interpreter.set_tensor(self._input["index"], np.asarray(values, dtype=self._input["dtype"]))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output["index"]).copy()
+
+
 def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=False, custom_objects=None,
                    model_code=None):
     """A runnable model from any format that holds one (weights-only files do not)."""
     from . import open_model
     from .container import ContainerStore, restore
 
+    if str(path).endswith(".tflite") and os.path.isfile(path):
+        return TFLitePredictor(path)
     store = open_model(path)
     if isinstance(store, ContainerStore):
         work = tempfile.mkdtemp(prefix="wcompress-eval-")

@@ -42,6 +42,9 @@ def export_tflite(path, dest, force=False, int8=True, unsafe=False, custom_objec
     try:
         with os.fdopen(handle, "wb") as fh:
             fh.write(content)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o666 & ~umask)  # as any file the user writes, not mkstemp's private mode
         os.replace(staged, dest)
     except BaseException:
         if os.path.exists(staged):
