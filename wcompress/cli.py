@@ -347,8 +347,8 @@ def calibration(model, data, show_progress):
 @cli.command()
 @click.argument("model", type=click.Path())
 @output_options
-@click.option("--bits", type=int, default=8, show_default=True, help="Bits per weight code (8; 4 needs the "
-              "container: pack --values int4).")
+@click.option("--bits", type=int, default=8, show_default=True, help="Bits per weight code: 8, or 4 for Keras "
+              "models (TF1 variables hold whole bytes: pack --values int4 stores 4-bit codes of any model).")
 @click.option("--data", help="Calibration inputs (DATA.npz or module:function): each kernel's rounding error is "
               "compensated through its layer's input statistics (GPTQ-style); without, round to nearest.")
 @click.option("--unsafe", is_flag=True, help="Load Keras models without safe_mode (Lambda layers, custom code).")
