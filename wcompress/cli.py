@@ -210,11 +210,15 @@ def container_options(f):
               "(with --dry-run: write the plan there).")
 @click.option("--dry-run", is_flag=True, help="Print thresholds and sparsity per tensor; write nothing but --plan.")
 @click.option("--pack", is_flag=True, help="Write the sparse container instead of the input's format.")
+@click.option("--data", help="wanda: calibration inputs (DATA.npz or module:function); each weight is scored by |w| "
+              "x the norm of its input over them.")
+@click.option("--groups", type=click.Choice(["row", "layer"]), help="wanda: compare weights within each output "
+              "channel (row, default) or over the whole kernel (layer).")
 @container_options
 @model_options
 @json_option
 def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include, exclude, layers, min_size,
-             plan_path, dry_run, pack, codec, values_dtype, order_file, as_json):
+             plan_path, dry_run, pack, data, groups, codec, values_dtype, order_file, as_json):
     """Zero small weights per layer, no retraining: every |w| at or under its layer's threshold, set by a
     flat (δ × the smallest layer span), triangular (--dconv on the first layer to --dfc on the last,
     linear in between) or relative (the δ quantile of the layer's |w|) rule. See docs/methods.md.
@@ -237,8 +241,19 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
     template = get_pass(method)
     if getattr(template, "family", None) != "sparsify":
         raise WcompressError(f"{method!r} is not a sparsification method")
+    calibrated = getattr(template, "needs_calibration", False)
+    if (data or groups) and not calibrated:
+        raise WcompressError(f"--data and --groups are for methods scored by calibration inputs (wanda), not {method}")
+    extra = {}
+    if calibrated:
+        extra = {"groups": groups or "row"}
+        template.new(delta=delta, dconv=dconv, dfc=dfc, sparsity=sparsity, include=include, exclude=exclude,
+                     layers=layers, plan=plan, min_size=min_size, **extra)  # options refused before calibrating
+        if not data:
+            raise WcompressError(f"{method} scores weights by their inputs: give calibration inputs with --data CALIB.npz")
+        extra["hessians"] = calibration(model, data, not as_json)
     sparsifier = template.new(delta=delta, dconv=dconv, dfc=dfc, sparsity=sparsity, include=include,
-                              exclude=exclude, layers=layers, plan=plan, min_size=min_size)
+                              exclude=exclude, layers=layers, plan=plan, min_size=min_size, **extra)
     store = open_model(model, order_file=order_file)
     if dry_run:
         outcomes = simulate(store, [sparsifier], show_progress=not as_json)

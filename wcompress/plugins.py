@@ -18,6 +18,7 @@ BUILTIN_PLUGINS = {
     "threshold": "wcompress_plugins.threshold",
     "fp16": "wcompress_plugins.fp16",
     "quantize": "wcompress_plugins.quantize",
+    "wanda": "wcompress_plugins.wanda",
 }
 
 pm = pluggy.PluginManager("wcompress")

@@ -41,7 +41,9 @@ def sparsifier_methods():
     """Every registered sparsification method (flat, triangular, relative, and plugins' ones)."""
     from ..plugins import get_passes
 
-    return [name for name, p in get_passes().items() if getattr(p, "family", None) == "sparsify"]
+    # Methods that score weights by calibration inputs (wanda) need data the search does not pass them.
+    return [name for name, p in get_passes().items() if getattr(p, "family", None) == "sparsify"
+            and not getattr(p, "needs_calibration", False)]
 
 
 class Search:

@@ -1,0 +1,98 @@
+"""wanda: zero the weights with the lowest |w| x ||x_j|| in each output channel (Sun, Liu, Bair & Kolter,
+"A Simple and Effective Pruning Approach for Large Language Models", ICLR 2024), no retraining.
+
+||x_j|| is the norm of input j of the kernel's layer over calibration inputs (`sparsify --data`), taken
+from the statistics wcompress/io/capture.py collects (sqrt of the diagonal of X^T X / n: the common
+1/n does not change the order within a layer). A kernel is read as (inputs, outputs) like the capture
+reads it (a convolution's rows are im2col patch positions); in every output channel (`groups="row"`,
+Wanda's default) or over the whole tensor (`groups="layer"`), the floor(δ · n) lowest scores are
+zeroed. Selection and the size floor are those of the threshold methods; kernels the capture does not
+cover (recurrent, depthwise, embeddings) stay dense and are listed.
+"""
+
+import numpy as np
+
+from wcompress.errors import WcompressError
+from wcompress.hookspecs import hookimpl
+from wcompress.quantization import channel_axis
+
+from .threshold import ThresholdPass, _check_fraction
+
+
+class WandaPass(ThresholdPass):
+    needs_calibration = True
+
+    def __init__(self):
+        self.name = self.rule = "wanda"
+        self.help = "Per output channel, zero the lowest |w| x ||input||, from calibration inputs (--data)."
+        self.configure()
+
+    def configure(self, delta=None, sparsity=None, include=(), exclude=(), min_size=None, hessians=None, groups="row",
+                  dconv=None, dfc=None, layers=(), plan=None):
+        """`hessians`: the capture's X^T X / n per kernel (wcompress/io/capture.py)."""
+        if dconv is not None or dfc is not None or layers or plan is not None:
+            raise WcompressError("wanda takes --sparsity (or --delta), --include/--exclude and --min-size; not "
+                                 "--dconv/--dfc, --layer or --plan")
+        if groups not in ("row", "layer"):
+            raise WcompressError(f"--groups takes row or layer, not {groups!r}")
+        super().configure(delta=delta, sparsity=sparsity, include=include, exclude=exclude, min_size=min_size)
+        self.norms, self.groups = _norms(hessians or {}), groups
+        self.uncalibrated = []
+
+    def _validate(self):
+        _check_fraction("--sparsity", self.delta)
+        if self.delta is None:
+            raise WcompressError("wanda needs --sparsity (the fraction of each kernel to zero)")
+        if not self.norms:
+            raise WcompressError("wanda scores weights by their inputs: give calibration inputs with --data CALIB.npz")
+
+    def prepare(self, source):
+        self.rule = "relative"  # the parent's selection and size floor, with no thresholds to precompute
+        try:
+            super().prepare(source)
+        finally:
+            self.rule = "wanda"
+        self.uncalibrated = []
+
+    def apply(self, info, array):
+        if info.name not in self.eligible_names:
+            return array
+        norms = self.norms.get(info.name)
+        if norms is None or channel_axis(array.shape) != array.ndim - 1 \
+                or norms.shape != (array.size // array.shape[-1],):
+            self.uncalibrated.append(info.name)
+            return array
+        weights = array.reshape(-1, array.shape[-1])
+        scores = np.abs(weights).astype(np.float64) * norms[:, None]
+        out = weights.copy()
+        if self.groups == "row":
+            k = int(np.floor(self.delta * weights.shape[0]))
+            if k:
+                lowest = np.argpartition(scores, k - 1, axis=0)[:k]  # per output channel
+                np.put_along_axis(out, lowest, 0, axis=0)
+                self.thresholds[info.name] = float(np.mean(np.take_along_axis(scores, lowest, 0).max(axis=0)))
+        else:
+            k = int(np.floor(self.delta * weights.size))
+            if k:
+                lowest = np.argpartition(scores.reshape(-1), k - 1)[:k]
+                out.reshape(-1)[lowest] = 0
+                self.thresholds[info.name] = float(scores.reshape(-1)[lowest].max())
+        self.thresholds.setdefault(info.name, 0.0)
+        self.counts[info.name] = (int(out.size - np.count_nonzero(out)), int(out.size))
+        return out.reshape(array.shape)
+
+    def summary(self):
+        return {**super().summary(), "method": "wanda", "groups": self.groups, "uncalibrated": sorted(self.uncalibrated)}
+
+    def plan_document(self):
+        raise WcompressError("wanda's choice depends on calibration inputs, not thresholds: it writes no plan")
+
+
+def _norms(hessians):
+    """Per-input norms (up to one factor per layer) from the capture's X^T X / n of each 2-D kernel input."""
+    return {name: np.sqrt(np.clip(np.diag(h), 0, None)) for name, h in hessians.items() if h.ndim == 2}
+
+
+@hookimpl
+def register_passes(register):
+    register(WandaPass())
