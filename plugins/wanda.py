@@ -7,13 +7,15 @@ from the statistics wcompress/io/capture.py collects (sqrt of the diagonal of X^
 reads it (a convolution's rows are im2col patch positions); in every output channel (`groups="row"`,
 Wanda's default) or over the whole tensor (`groups="layer"`), the floor(δ · n) lowest scores are
 zeroed. Selection and the size floor are those of the threshold methods; kernels the capture does not
-cover (recurrent, depthwise, embeddings) stay dense and are listed.
+cover (recurrent, depthwise, embeddings) stay dense and are listed. `sparsegpt` (below) zeroes by the
+same statistics and updates the weights it keeps.
 """
 
 import numpy as np
 
 from wcompress.errors import WcompressError
 from wcompress.hookspecs import hookimpl
+from wcompress.pruning import sparsegpt
 from wcompress.quantization import channel_axis
 
 from .threshold import ThresholdPass, _check_fraction
@@ -31,27 +33,28 @@ class WandaPass(ThresholdPass):
                   dconv=None, dfc=None, layers=(), plan=None):
         """`hessians`: the capture's X^T X / n per kernel (wcompress/io/capture.py)."""
         if dconv is not None or dfc is not None or layers or plan is not None:
-            raise WcompressError("wanda takes --sparsity (or --delta), --include/--exclude and --min-size; not "
-                                 "--dconv/--dfc, --layer or --plan")
+            raise WcompressError(f"{self.name} takes --sparsity (or --delta), --include/--exclude and --min-size; "
+                                 "not --dconv/--dfc, --layer or --plan")
         if groups not in ("row", "layer"):
             raise WcompressError(f"--groups takes row or layer, not {groups!r}")
         super().configure(delta=delta, sparsity=sparsity, include=include, exclude=exclude, min_size=min_size)
-        self.norms, self.groups = _norms(hessians or {}), groups
+        self.hessians, self.norms, self.groups = dict(hessians or {}), _norms(hessians or {}), groups
         self.uncalibrated = []
 
     def _validate(self):
         _check_fraction("--sparsity", self.delta)
         if self.delta is None:
-            raise WcompressError("wanda needs --sparsity (the fraction of each kernel to zero)")
+            raise WcompressError(f"{self.name} needs --sparsity (the fraction of each kernel to zero)")
         if not self.norms:
-            raise WcompressError("wanda scores weights by their inputs: give calibration inputs with --data CALIB.npz")
+            raise WcompressError(f"{self.name} scores weights by their inputs: give calibration inputs with --data "
+                                 "CALIB.npz")
 
     def prepare(self, source):
         self.rule = "relative"  # the parent's selection and size floor, with no thresholds to precompute
         try:
             super().prepare(source)
         finally:
-            self.rule = "wanda"
+            self.rule = self.name
         self.uncalibrated = []
 
     def apply(self, info, array):
@@ -82,10 +85,11 @@ class WandaPass(ThresholdPass):
         return out.reshape(array.shape)
 
     def summary(self):
-        return {**super().summary(), "method": "wanda", "groups": self.groups, "uncalibrated": sorted(self.uncalibrated)}
+        return {**super().summary(), "method": self.name, "groups": self.groups,
+                "uncalibrated": sorted(self.uncalibrated)}
 
     def plan_document(self):
-        raise WcompressError("wanda's choice depends on calibration inputs, not thresholds: it writes no plan")
+        raise WcompressError(f"{self.name}'s choice depends on calibration inputs, not thresholds: it writes no plan")
 
 
 def _norms(hessians):
@@ -93,6 +97,37 @@ def _norms(hessians):
     return {name: np.sqrt(np.clip(np.diag(h), 0, None)) for name, h in hessians.items() if h.ndim == 2}
 
 
+class SparseGPTPass(WandaPass):
+    """sparsegpt: SparseGPT's prune-and-update (wcompress/pruning.py): in each block of 128 input rows the
+    weights with the lowest OBS saliency are zeroed and the rest updated to make up for them on the
+    calibration inputs. The kept weights change (a plan cannot replay it; the output is the result)."""
+
+    def __init__(self):
+        self.name = self.rule = "sparsegpt"
+        self.help = "Zero and update weights from their layer's input Hessian (SparseGPT), from calibration inputs."
+        self.configure()
+
+    def configure(self, **options):
+        if options.get("groups", "row") != "row":
+            raise WcompressError("sparsegpt chooses its zeros per block of inputs: --groups is for wanda")
+        super().configure(**options)
+
+    def apply(self, info, array):
+        if info.name not in self.eligible_names:
+            return array
+        hessian = self.hessians.get(info.name)
+        rows = array.size // array.shape[-1]
+        if hessian is None or hessian.ndim != 2 or channel_axis(array.shape) != array.ndim - 1 \
+                or hessian.shape != (rows, rows):
+            self.uncalibrated.append(info.name)
+            return array
+        out = sparsegpt(array, hessian, self.delta)
+        self.thresholds[info.name] = 0.0
+        self.counts[info.name] = (int(out.size - np.count_nonzero(out)), int(out.size))
+        return out
+
+
 @hookimpl
 def register_passes(register):
     register(WandaPass())
+    register(SparseGPTPass())

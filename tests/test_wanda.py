@@ -61,3 +61,31 @@ def test_wanda_refusals(real, calibration, tmp_path):
     assert "not --dconv" in run_error("sparsify", real["fer"], "--method", "wanda", "--dconv", "0.1", "--data",
                                       calibration, "-o", tmp_path / "c.hdf5")
     assert not list(tmp_path.iterdir())
+
+
+def test_sparsegpt_reconstructs_a_dense_layer_better_than_magnitude(mhc, tmp_path):
+    import keras
+
+    calibration = tmp_path / "calib.npz"
+    with np.load(mhc["data"]) as data:
+        np.savez(calibration, x=data["x"][:300])
+    outputs = {}
+    for method, extra in (("sparsegpt", ["--data", calibration]), ("relative", [])):
+        outputs[method] = tmp_path / f"{method}.keras"
+        result = run_json("sparsify", mhc["ba"], "--method", method, "--sparsity", "0.5", "--min-size", "0", "-o",
+                          outputs[method], *extra)
+    assert result["sparsify"]["method"] == "relative"
+    model = keras.models.load_model(mhc["ba"])
+    dense_layer = next(layer for layer in model.layers if type(layer).__name__ == "Dense"
+                       and tuple(layer.kernel.shape) == (64, 64))
+    x = keras.Model(model.inputs, dense_layer.input).predict(np.load(calibration)["x"], verbose=0).astype(np.float64)
+    w = dense_layer.kernel.numpy().astype(np.float64)
+
+    def pruned(method):
+        return next(layer for layer in keras.models.load_model(outputs[method]).layers
+                    if layer.name == dense_layer.name).kernel.numpy().astype(np.float64)
+
+    sparse, magnitude = pruned("sparsegpt"), pruned("relative")
+    assert (sparse == 0).mean() >= 0.5 and (magnitude == 0).mean() >= 0.5
+    error = np.linalg.norm(x @ w - x @ sparse)
+    assert error < 0.8 * np.linalg.norm(x @ w - x @ magnitude)

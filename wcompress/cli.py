@@ -210,8 +210,8 @@ def container_options(f):
               "(with --dry-run: write the plan there).")
 @click.option("--dry-run", is_flag=True, help="Print thresholds and sparsity per tensor; write nothing but --plan.")
 @click.option("--pack", is_flag=True, help="Write the sparse container instead of the input's format.")
-@click.option("--data", help="wanda: calibration inputs (DATA.npz or module:function); each weight is scored by |w| "
-              "x the norm of its input over them.")
+@click.option("--data", help="wanda, sparsegpt: calibration inputs (DATA.npz or module:function); weights are scored by "
+              "their inputs over them (wanda: |w| x input norm; sparsegpt: the input Hessian, kept weights updated).")
 @click.option("--groups", type=click.Choice(["row", "layer"]), help="wanda: compare weights within each output "
               "channel (row, default) or over the whole kernel (layer).")
 @container_options
@@ -243,7 +243,8 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
         raise WcompressError(f"{method!r} is not a sparsification method")
     calibrated = getattr(template, "needs_calibration", False)
     if (data or groups) and not calibrated:
-        raise WcompressError(f"--data and --groups are for methods scored by calibration inputs (wanda), not {method}")
+        raise WcompressError(f"--data and --groups are for methods scored by calibration inputs (wanda, sparsegpt), "
+                             f"not {method}")
     extra = {}
     if calibrated:
         extra = {"groups": groups or "row"}
