@@ -89,3 +89,20 @@ def test_sparsegpt_reconstructs_a_dense_layer_better_than_magnitude(mhc, tmp_pat
     assert (sparse == 0).mean() >= 0.5 and (magnitude == 0).mean() >= 0.5
     error = np.linalg.norm(x @ w - x @ sparse)
     assert error < 0.8 * np.linalg.norm(x @ w - x @ magnitude)
+
+
+def test_sweep_and_autotune_take_calibrated_methods(real, faces, calibration, tmp_path):
+    held = tmp_path / "held.npz"
+    np.savez(held, x=np.load(faces["data"])["x"][40:])
+    result = run_json("sweep", real["fer"], "--data", held, "--methods", "wanda,sparsegpt", "--deltas", "0.3",
+                      "--calibration", calibration)
+    rows = {r["method"]: r for r in result["rows"]}
+    out = tmp_path / "w.hdf5"
+    run_cli("sparsify", real["fer"], "--method", "wanda", "--sparsity", "0.3", "--data", calibration, "-o", out)
+    written = {r["metric"]: r["value"] for r in run_json("evaluate", out, "--data", held, "--reference", real["fer"],
+                                                         "--metric", "fidelity")["results"]}
+    assert rows["wanda"]["value"] == written["fidelity"]  # in memory = the file sparsify writes
+    tuned = run_json("autotune", real["fer"], "--data", held, "--max-drop", "0.2", "--holdout", "0", "--methods",
+                     "sparsegpt", "--calibration", calibration, "-o", tmp_path / "t.hdf5")
+    assert tuned["tuned"]["method"] == "sparsegpt" and tuned["plan"] is None and tuned["tuned"]["sparsity"] > 0.1
+    assert "--calibration" in run_error("sweep", real["fer"], "--data", held, "--methods", "wanda")

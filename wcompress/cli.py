@@ -590,8 +590,8 @@ def _parse_bits(ctx, param, text):
 def values_options(f):
     """How the container stores values, as variants are evaluated and packed."""
     f = click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
-                     help="With --bits 8 or 4: calibration inputs (.npz) for GPTQ rounding (keep them apart from "
-                          "--data).")(f)
+                     help="Calibration inputs (.npz): GPTQ rounding for --bits 8/4, and the statistics wanda and "
+                          "sparsegpt score weights by (keep them apart from --data).")(f)
     f = click.option("--bits", callback=_parse_bits, help="Comma list of value widths to cross with sparsity: 32 "
                      "(float32), 16 (float16), 8 (int8 codes), 4 (int4 codes); variants are evaluated as the "
                      "container restores them and packed bytes are that container's (default: 32).")(f)
@@ -697,7 +697,8 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 @eval_options
 @click.option("--metric", help="The metric to plot against sparsity (see evaluate; default with unlabelled data: "
               "fidelity to MODEL itself).")
-@click.option("--methods", default="flat,triangular,relative", show_default=True)
+@click.option("--methods", default="flat,triangular,relative", show_default=True,
+              help="Comma list; wanda and sparsegpt (δ: the fraction zeroed) need --calibration.")
 @click.option("--deltas", help="START:STOP:STEP or a comma list for every method, or per method "
               "'flat=0:1:0.1,triangular=0:0.02:0.002,relative=0:0.9:0.05' (triangular uses δ for both --dconv and "
               "--dfc). Default: flat=0:1:0.1, triangular=0:0.1:0.01, relative=0:0.9:0.1.")
@@ -758,7 +759,8 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 @click.option("--validation", type=click.Path(), help="Judge on this DATA.npz instead of a held-out part.")
 @click.option("--target", type=click.Choice(["sparsity", "bytes"]), default="sparsity", show_default=True,
               help="Maximise model sparsity, or minimise the packed container's bytes.")
-@click.option("--methods", help="Methods for the uniform start (default: every sparsification method).")
+@click.option("--methods", help="Methods for the uniform start (default: every sparsification method not "
+              "scored by calibration inputs; wanda and sparsegpt join with --calibration, uniform only).")
 @selection_options
 @click.option("-o", "--output", "destination", required=True, type=click.Path(),
               help="Where to write the model (its suffix picks the format).")

@@ -301,8 +301,11 @@ def autotune_report(result):
             widths.setdefault(chosen, []).append(name)
         others = "".join(f", {len(names)} tensors {chosen}" for chosen, names in widths.items())
         console.print(f"values {t.get('values', 'float32')}{others}: {ours:,} B against " + ", ".join(shown))
-    console.print(f"{result['evaluations']} evaluations; plan: {result['plan']}  "
-                  f"(wcompress sparsify MODEL --plan {result['plan']})")
+    if result["plan"]:
+        console.print(f"{result['evaluations']} evaluations; plan: {result['plan']}  "
+                      f"(wcompress sparsify MODEL --plan {result['plan']})")
+    else:
+        console.print(f"{result['evaluations']} evaluations; no plan ({t['method']} follows the calibration inputs)")
 
 
 def ensemble_table(result):

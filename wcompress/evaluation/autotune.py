@@ -26,7 +26,8 @@ from ..metrics import within_budget
 from ..progress import evaluation_progress
 from ..runner import run_in_memory
 from .scoring import split_examples
-from .variants import Pool, Variant, calibration_hessians, dense_score, evaluator_for, packed_bytes, score_variant
+from .variants import (Pool, Variant, calibration_hessians, dense_score, evaluator_for, needs_calibration,
+                       packed_bytes, score_variant)
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]  # fractions of the eligible weights
 # Per-layer levels, around each layer's sparsity in the uniform start (points of the layer's weights): the
@@ -130,7 +131,7 @@ class Search:
 
     def _eligible_sparsity(self, method, delta):
         variant = self._uniform_variant(method, delta)
-        sparsifier = variant.sparsifier()
+        sparsifier = variant.sparsifier(self.tune)
         run_in_memory(self.store, [sparsifier])
         return sparsifier.summary().get("eligible_sparsity", 0.0)
 
@@ -162,7 +163,9 @@ class Search:
     def per_layer(self, start_row, start_variant, max_layers=None):
         """Per-layer levels from measured sensitivity, then refined one raise at a time (every state is
         recorded in `seen`)."""
-        sparsifier = start_variant.sparsifier()
+        if needs_calibration(start_variant.method):  # chosen by calibration inputs, not thresholds: uniform only
+            return
+        sparsifier = start_variant.sparsifier(self.tune)
         run_in_memory(self.store, [sparsifier])
         document = getattr(sparsifier, "plan_document", lambda: {})()
         if "thresholds" not in document:  # a plugin sparsifier without thresholds: uniform only
@@ -348,9 +351,9 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
         uniform_state = next((state for state in candidates if "plan" not in dict(state[0].options)
                               and holds_out(state)), None)
     candidate, tuned_row = chosen
-    sparsifier = candidate.sparsifier()
+    sparsifier = candidate.sparsifier(tune)
     store = open_model(model)
-    hessians = calibration_hessians(candidate, tune)
+    hessians = calibration_hessians(candidate, tune) if candidate.quantized else None
     writer = ContainerWriter(store, values=candidate.values, hessians=hessians,
                              value_plan=dict(candidate.value_plan)) if pack else None
     tflite = str(dest).endswith(".tflite")
@@ -367,8 +370,11 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
             export_tflite(result.output.path, dest, force=force, unsafe=spec.unsafe,
                           custom_objects=spec.custom_objects, input_names=spec.input_names or None,
                           output_name=spec.output_name, feeds=spec.feeds)
-    plan = sparsifier.plan_document()
-    write_plan(plan_path, plan, force=force)
+    if needs_calibration(candidate.method):  # its zeros follow from the calibration inputs: no plan replays them
+        plan, plan_path = {}, None
+    else:
+        plan = sparsifier.plan_document()
+        write_plan(plan_path, plan, force=force)
     written = dest if tflite else result.output.path
     written_bytes = os.path.getsize(dest) if tflite else result.output_bytes
     model_tensors = [t for t in result.tensors if t.role not in TRAINING_STATE and not t.dropped]

@@ -42,16 +42,34 @@ class Variant:
         shown = options.get("delta", options.get("dconv"))
         value_plan = tuple(sorted((value_plan or {}).items()))
         quantized = {values, *(v for _, v in value_plan)} & {"int8", "int4"}
+        if needs_calibration(method) and calibration is None:
+            raise WcompressError(f"{method} scores weights by calibration inputs: give them with --calibration "
+                                 "CALIB.npz")
         return cls(model, method, tuple(sorted((k, v) for k, v in options.items() if v not in (None, ()))),
-                   pack, shown, values, calibration if quantized else None, value_plan)
+                   pack, shown, values, calibration if quantized or needs_calibration(method) else None,
+                   value_plan)
 
-    def sparsifier(self):
+    @property
+    def quantized(self):
+        """Whether int8/int4 codes are stored (calibration then also rounds them)."""
+        return bool({self.values, *(v for _, v in self.value_plan)} & {"int8", "int4"})
+
+    def sparsifier(self, spec=None):
+        """The configured pass; a method scored by calibration inputs gets this process's statistics."""
         from ..plugins import get_pass
 
         options = dict(self.options)
         if "plan" in options:
             options["plan"] = dict(options["plan"])
+        if needs_calibration(self.method):
+            options["hessians"] = calibration_hessians(self, spec)
         return get_pass(self.method).new(**options)
+
+
+def needs_calibration(method):
+    from ..plugins import get_pass
+
+    return bool(getattr(get_pass(method), "needs_calibration", False))
 
 
 def sparsity_of(outcomes):
@@ -64,9 +82,9 @@ def score_variant(variant, spec):
     """Apply the variant to this process's loaded model, run the data, measure; packed bytes if asked."""
     evaluator = evaluator_for(spec)
     loaded = evaluator.loaded(variant.model)
-    sparsifier = variant.sparsifier()
+    sparsifier = variant.sparsifier(spec)
     outcomes, changed = run_in_memory(loaded.store, [sparsifier])
-    hessians = calibration_hessians(variant, spec)
+    hessians = calibration_hessians(variant, spec) if variant.quantized else None
     stored = with_values(loaded.store, changed, variant.values, hessians, dict(variant.value_plan))
     if loaded.supports(stored):
         predictions = loaded.predict(stored, evaluator.data, spec.batch_size)
@@ -137,10 +155,11 @@ def calibration_hessians(variant, spec):
     if key not in _hessians:
         from ..io.capture import input_hessians
 
+        options = {} if spec is None else dict(
+            input_names=spec.input_names or None, output_name=spec.output_name, feeds=spec.feeds,
+            unsafe=spec.unsafe, custom_objects=spec.custom_objects, model_code=spec.model_code)
         _hessians.clear()
-        _hessians[key] = input_hessians(variant.model, variant.calibration, input_names=spec.input_names or None,
-                                        output_name=spec.output_name, feeds=spec.feeds, unsafe=spec.unsafe,
-                                        custom_objects=spec.custom_objects, model_code=spec.model_code)
+        _hessians[key] = input_hessians(variant.model, variant.calibration, **options)
     return _hessians[key]
 
 
