@@ -70,6 +70,7 @@ class ThresholdPass(Pass):
     def __init__(self, rule):
         self.name = rule
         self.rule = rule
+        self.per_tensor = rule == "relative"  # thresholds from each tensor alone, not from the whole model
         self.help = {
             "flat": "One threshold for all layers: δ × the smallest layer span.",
             "triangular": "Thresholds rising from the first layer (δ_conv × its span) to the last (δ_fc × its span).",
@@ -169,7 +170,7 @@ class ThresholdPass(Pass):
             self.eligible_names = set(self.plan)
             self.thresholds = dict(self.plan)
             return
-        if self.rule == "relative":
+        if self.per_tensor:
             return  # per tensor, computed in apply(): the tensor is loaded once
         spans = {}
         for info in chosen:

@@ -26,6 +26,7 @@ class WandaPass(ThresholdPass):
 
     def __init__(self):
         self.name = self.rule = "wanda"
+        self.per_tensor = True
         self.help = "Per output channel, zero the lowest |w| x ||input||, from calibration inputs (--data)."
         self.configure()
 
@@ -50,11 +51,7 @@ class WandaPass(ThresholdPass):
                                  "CALIB.npz")
 
     def prepare(self, source):
-        self.rule = "relative"  # the parent's selection and size floor, with no thresholds to precompute
-        try:
-            super().prepare(source)
-        finally:
-            self.rule = self.name
+        super().prepare(source)  # selection and size floor; scores are per tensor (per_tensor)
         self.uncalibrated = []
 
     def apply(self, info, array):
@@ -104,6 +101,7 @@ class SparseGPTPass(WandaPass):
 
     def __init__(self):
         self.name = self.rule = "sparsegpt"
+        self.per_tensor = True
         self.help = "Zero and update weights from their layer's input Hessian (SparseGPT), from calibration inputs."
         self.configure()
 

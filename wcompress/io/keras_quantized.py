@@ -85,4 +85,4 @@ def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_obj
 
 
 def _layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False)]
+    return list(model._flatten_layers(include_self=False))
