@@ -78,3 +78,12 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_damaged_tflite_file_is_an_error_not_a_crash(real, faces, tmp_path):
+    exported = tmp_path / "fer.tflite"
+    run_cli("export", real["fer"], "-o", exported)
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(exported.read_bytes()[:40000])  # truncated: TensorFlow Lite segfaults on it
+    line = run_error("evaluate", damaged, "--data", faces["data"], "--reference", real["fer"])
+    assert "damaged TFLite file" in line and "SIGSEGV" in line

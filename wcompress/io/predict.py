@@ -461,6 +461,9 @@ class TFLitePredictor(Predictor):
     def __init__(self, path):
         import warnings
 
+        from .tflite import check_tflite
+
+        check_tflite(path)
         load_tensorflow()
         with warnings.catch_warnings():  # tf.lite.Interpreter announces its successor package
             warnings.simplefilter("ignore")

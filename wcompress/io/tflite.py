@@ -5,6 +5,7 @@ zeros a user paid for in quality are kept in the file they ship to a device."""
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 
 from ..errors import WcompressError
@@ -115,3 +116,42 @@ def _run(converter, int8, path):
             raise WcompressError(f"the TFLite converter failed ({type(exc).__name__}: {root_cause(exc)})",
                                  path) from exc
     return min(outputs, key=len)
+
+
+# TensorFlow Lite's interpreter trusts the file: a truncated or crafted flatbuffer can crash the process
+# (a truncated fer model segfaults it). It is first loaded and run once on zeros in a child interpreter.
+_PROBE = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np, tensorflow as tf
+interpreter = tf.lite.Interpreter(model_path=sys.argv[1])
+interpreter.allocate_tensors()
+for detail in interpreter.get_input_details():
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+interpreter.invoke()
+"""
+_PROBED = set()
+
+
+def check_tflite(path, limit=300):
+    """Raise a one-line error if loading and running `path` crashes, hangs or fails in TensorFlow Lite."""
+    import signal
+    import subprocess
+
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _PROBED:
+        return
+    try:
+        child = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, text=True, timeout=limit,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore"))
+    except subprocess.TimeoutExpired as exc:
+        raise WcompressError(f"damaged TFLite file: loading it did not finish in {limit} s", path) from exc
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        raise WcompressError(f"damaged TFLite file: loading it crashed TensorFlow Lite ({name})", path)
+    if child.returncode:
+        lines = [line for line in child.stderr.strip().splitlines() if line.strip()]
+        raise WcompressError(f"not a TFLite model TensorFlow can run ({lines[-1] if lines else 'no reason given'})",
+                             path)
+    _PROBED.add(key)
