@@ -61,7 +61,11 @@ def _convert(store, int8, unsafe, custom_objects, input_names, output_name, feed
         converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(store.path, unsafe, custom_objects))
         return _run(converter, int8, store.path)
     if store.format == "savedmodel":
-        return _run(tf.lite.TFLiteConverter.from_saved_model(store.path), int8, store.path)
+        try:
+            converter = tf.lite.TFLiteConverter.from_saved_model(store.path)
+        except Exception as exc:  # noqa: BLE001 - the converter's own reason, in one line
+            raise _converter_error(exc, store.path) from exc
+        return _run(converter, int8, store.path)
     if store.format == "tf1-checkpoint" and store.meta:
         return _convert_graph(store, int8, input_names, output_name, feeds)
     raise WcompressError(f"a {store.format} holds no model to convert (a Keras model, SavedModel or TF1 graph with "
@@ -111,11 +115,14 @@ def _run(converter, int8, path):
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # Keras prints its export
                 outputs.append(converter.convert())
         except Exception as exc:  # noqa: BLE001 - the converter's own reason, in one line
-            from ..errors import root_cause
-
-            raise WcompressError(f"the TFLite converter failed ({type(exc).__name__}: {root_cause(exc)})",
-                                 path) from exc
+            raise _converter_error(exc, path) from exc
     return min(outputs, key=len)
+
+
+def _converter_error(exc, path):
+    from ..errors import root_cause
+
+    return WcompressError(f"the TFLite converter failed ({type(exc).__name__}: {root_cause(exc)})", path)
 
 
 # TensorFlow Lite's interpreter trusts the file: a truncated or crafted flatbuffer can crash the process
