@@ -5,6 +5,7 @@ S(w, τ) = 0 where |w| <= τ, per tensor. The rules differ only in how τ is cho
 - triangular: τ rises linearly, by position in layer order, from σ_first·δ_conv to σ_last·δ_fc;
 - relative:   τ = the δ-quantile of |w| in each tensor, so about δ of it becomes zero.
 Tensors below a size floor (default: DEFAULT_MIN_SIZE weights, capped by FLOOR_MAX_SHARE) stay dense.
+relative with --pattern N:M keeps the N largest |w| in every group of M along each kernel's inputs instead.
 See docs/methods.md for where this departs from the paper's printed formulas, and why.
 """
 
@@ -16,6 +17,7 @@ from wcompress.errors import WcompressError, warn
 from wcompress.hookspecs import hookimpl
 from wcompress.io.tensors import EMBEDDING, KERNEL, RECURRENT
 from wcompress.passes import Pass
+from wcompress.pruning import keep_n_of_m, parse_pattern, pattern_fits
 
 ELIGIBLE_ROLES = (KERNEL, RECURRENT, EMBEDDING)
 _CHUNK = 1 << 20
@@ -79,11 +81,20 @@ class ThresholdPass(Pass):
         self.configure()
 
     def configure(self, delta=None, dconv=None, dfc=None, sparsity=None, include=(), exclude=(), layers=(),
-                  plan=None, min_size=None):
+                  plan=None, min_size=None, pattern=None):
         """min_size: None for the default floor (see default_floor), N to keep tensors with fewer than
-        N weights dense (0: no floor)."""
+        N weights dense (0: no floor). pattern: 'N:M' (relative, wanda, sparsegpt), which fixes the sparsity."""
         if sparsity is not None and delta is not None:
             raise WcompressError("give --delta or --sparsity, not both")
+        self.pattern = parse_pattern(pattern)
+        if self.pattern is not None:
+            if self.rule in ("flat", "triangular"):
+                raise WcompressError(f"--pattern keeps the largest weights of each group: use relative (or wanda, "
+                                     f"sparsegpt), not {self.rule}")
+            if delta is not None or sparsity is not None or layers or plan is not None:
+                raise WcompressError(f"--pattern {pattern} fixes the sparsity at {1 - self.pattern[0] / self.pattern[1]:g}:"
+                                     " leave out --sparsity/--delta, --layer and --plan")
+        self.pattern_skipped = []
         self.delta = _check_fraction("--delta", delta if delta is not None else sparsity)
         self.dconv = _check_fraction("--dconv", dconv)
         self.dfc = _check_fraction("--dfc", dfc)
@@ -108,7 +119,7 @@ class ThresholdPass(Pass):
         self.counts = {}
 
     def _validate(self):
-        if self.plan is not None:
+        if self.plan is not None or self.pattern is not None:
             return
         if self.rule == "triangular":
             if (self.dconv is None) != (self.dfc is None):
@@ -215,6 +226,8 @@ class ThresholdPass(Pass):
     def apply(self, info, array):
         if info.name not in self.eligible_names:
             return array
+        if self.pattern is not None:
+            return self.apply_pattern(info, array, np.abs)
         tau = self.threshold_for(info, array)
         out = array if array.flags.writeable else array.copy()  # the runner hands us a fresh copy
         flat, zeros = out.reshape(-1), 0
@@ -224,6 +237,22 @@ class ThresholdPass(Pass):
             zeros += int(np.count_nonzero(chunk == 0))
         self.counts[info.name] = (zeros, int(out.size))
         return out
+
+    def apply_pattern(self, info, array, score):
+        """Keep the N highest score(weights) of every group of M input rows; a kernel whose inputs are not
+        a multiple of M stays dense (listed as pattern_skipped). score maps the (inputs x outputs) view."""
+        if not pattern_fits(array.shape, self.pattern):
+            self.pattern_skipped.append(info.name)
+            return array
+        weights = array.reshape(-1, array.shape[-1])
+        keep = keep_n_of_m(score(weights), self.pattern)
+        out = np.where(keep, weights, 0).astype(array.dtype)
+        self.record(info, out, float(np.max(score(weights)[~keep])) if (~keep).any() else 0.0)
+        return out.reshape(array.shape)
+
+    def record(self, info, out, threshold):
+        self.thresholds[info.name] = threshold
+        self.counts[info.name] = (int(out.size - np.count_nonzero(out)), int(out.size))
 
     def summary(self):
         zeros = sum(z for z, _ in self.counts.values())
@@ -237,10 +266,14 @@ class ThresholdPass(Pass):
             "eligible_params": total,
             "min_size": self.floor,
             "skipped_small": dict(self.skipped_small),
+            **({"pattern": "%d:%d" % self.pattern, "pattern_skipped": sorted(self.pattern_skipped)}
+               if self.pattern else {}),
         }
 
     def plan_document(self):
         """What --dry-run writes and --plan reads back: exact thresholds per tensor."""
+        if self.pattern is not None:
+            raise WcompressError("--pattern chooses within each group, not by threshold: it writes no plan")
         return {"method": self.rule, "thresholds": {k: float(v) for k, v in self.thresholds.items()}}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from wcompress.errors import WcompressError
 from wcompress.hookspecs import hookimpl
-from wcompress.pruning import sparsegpt
+from wcompress.pruning import pattern_fits, sparsegpt
 from wcompress.quantization import channel_axis
 
 from .threshold import ThresholdPass, _check_fraction
@@ -31,21 +31,24 @@ class WandaPass(ThresholdPass):
         self.configure()
 
     def configure(self, delta=None, sparsity=None, include=(), exclude=(), min_size=None, hessians=None, groups="row",
-                  dconv=None, dfc=None, layers=(), plan=None):
+                  dconv=None, dfc=None, layers=(), plan=None, pattern=None):
         """`hessians`: the capture's X^T X / n per kernel (wcompress/io/capture.py)."""
         if dconv is not None or dfc is not None or layers or plan is not None:
             raise WcompressError(f"{self.name} takes --sparsity (or --delta), --include/--exclude and --min-size; "
                                  "not --dconv/--dfc, --layer or --plan")
         if groups not in ("row", "layer"):
             raise WcompressError(f"--groups takes row or layer, not {groups!r}")
-        super().configure(delta=delta, sparsity=sparsity, include=include, exclude=exclude, min_size=min_size)
+        if pattern is not None and groups != "row":
+            raise WcompressError("--pattern chooses within groups of inputs: --groups layer does not apply")
+        super().configure(delta=delta, sparsity=sparsity, include=include, exclude=exclude, min_size=min_size,
+                          pattern=pattern)
         self.hessians, self.norms, self.groups = dict(hessians or {}), _norms(hessians or {}), groups
         self.uncalibrated = []
 
     def _validate(self):
         _check_fraction("--sparsity", self.delta)
-        if self.delta is None:
-            raise WcompressError(f"{self.name} needs --sparsity (the fraction of each kernel to zero)")
+        if self.delta is None and self.pattern is None:
+            raise WcompressError(f"{self.name} needs --sparsity (the fraction of each kernel to zero) or --pattern N:M")
         if not self.norms:
             raise WcompressError(f"{self.name} scores weights by their inputs: give calibration inputs with --data "
                                  "CALIB.npz")
@@ -54,14 +57,22 @@ class WandaPass(ThresholdPass):
         super().prepare(source)  # selection and size floor; scores are per tensor (per_tensor)
         self.uncalibrated = []
 
+    def _outside_pattern(self, info, array):
+        if self.pattern is not None and not pattern_fits(array.shape, self.pattern):
+            self.pattern_skipped.append(info.name)
+            return True
+        return False
+
     def apply(self, info, array):
-        if info.name not in self.eligible_names:
+        if info.name not in self.eligible_names or self._outside_pattern(info, array):
             return array
         norms = self.norms.get(info.name)
         if norms is None or channel_axis(array.shape) != array.ndim - 1 \
                 or norms.shape != (array.size // array.shape[-1],):
             self.uncalibrated.append(info.name)
             return array
+        if self.pattern is not None:
+            return self.apply_pattern(info, array, lambda w: np.abs(w).astype(np.float64) * norms[:, None])
         weights = array.reshape(-1, array.shape[-1])
         scores = np.abs(weights).astype(np.float64) * norms[:, None]
         out = weights.copy()
@@ -111,7 +122,7 @@ class SparseGPTPass(WandaPass):
         super().configure(**options)
 
     def apply(self, info, array):
-        if info.name not in self.eligible_names:
+        if info.name not in self.eligible_names or self._outside_pattern(info, array):
             return array
         hessian = self.hessians.get(info.name)
         rows = array.size // array.shape[-1]
@@ -119,9 +130,8 @@ class SparseGPTPass(WandaPass):
                 or hessian.shape != (rows, rows):
             self.uncalibrated.append(info.name)
             return array
-        out = sparsegpt(array, hessian, self.delta)
-        self.thresholds[info.name] = 0.0
-        self.counts[info.name] = (int(out.size - np.count_nonzero(out)), int(out.size))
+        out = sparsegpt(array, hessian, self.delta, pattern=self.pattern)
+        self.record(info, out, 0.0)
         return out
 
 

@@ -66,7 +66,11 @@ def build_corpus(folder):
 
     from wcompress.cli import cli
 
-    for name in ("keras", "legacy_weights"):
+    # A 2:4 model, so that the container below holds the N:M encoding too.
+    corpus["pattern_h5"] = os.path.join(folder, "tiny-2of4.h5")
+    CliRunner().invoke(cli, ["sparsify", corpus["legacy_h5"], "--method", "relative", "--pattern", "2:4",
+                             "--min-size", "0", "-o", corpus["pattern_h5"]], catch_exceptions=False)
+    for name in ("keras", "legacy_weights", "pattern_h5"):
         container = os.path.join(folder, f"{name}.container.h5")
         CliRunner().invoke(cli, ["pack", corpus[name], "-o", container], catch_exceptions=False)
         corpus[f"container_{name}"] = container
@@ -135,7 +139,8 @@ def _craft_index(h5, rng):
     index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
     entry = rng.choice(index["tensors"])
     field = rng.choice(["dtype", "value_dtype", "stream_dtype", "shape", "nnz", "entries", "count", "offset", "name",
-                        "duplicate", "encoding", "stream_name", "drop_stream", "checksum", "coder", "coded_bytes"])
+                        "duplicate", "encoding", "stream_name", "drop_stream", "checksum", "coder", "coded_bytes",
+                        "pattern"])
     streams = entry["streams"]
     ref = streams[rng.choice(sorted(streams))]
     if field in ("dtype", "value_dtype"):
@@ -157,7 +162,9 @@ def _craft_index(h5, rng):
     elif field == "duplicate":
         index["tensors"].append(dict(entry))
     elif field == "encoding":
-        entry["encoding"] = rng.choice(["dense", "bitmask", "coo", "csr", "delta8", "zip"])
+        entry["encoding"] = rng.choice(["dense", "bitmask", "coo", "csr", "delta8", "nm", "zip"])
+    elif field == "pattern":
+        entry["pattern"] = rng.choice([[2, 4], [1, 4], [4, 4], [0, 4], [2, 3], [2, 32], [2], "2:4", None, [2.0, 4]])
     elif field == "stream_name":
         key = "pool" if "pool" in ref else "dataset"
         ref[key] = rng.choice(["../index", "index", "/skeleton/0", "nope", "0.values"])

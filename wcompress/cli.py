@@ -214,11 +214,14 @@ def container_options(f):
               "their inputs over them (wanda: |w| x input norm; sparsegpt: the input Hessian, kept weights updated).")
 @click.option("--groups", type=click.Choice(["row", "layer"]), help="wanda: compare weights within each output "
               "channel (row, default) or over the whole kernel (layer).")
+@click.option("--pattern", help="N:M (e.g. 2:4) with relative, wanda or sparsegpt: keep the N best-scored weights in "
+              "every group of M consecutive inputs of each kernel (the sparsity is then 1 - N/M); kernels whose "
+              "input channels are not a multiple of M stay dense.")
 @container_options
 @model_options
 @json_option
 def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include, exclude, layers, min_size,
-             plan_path, dry_run, pack, data, groups, codec, values_dtype, order_file, as_json):
+             plan_path, dry_run, pack, data, groups, pattern, codec, values_dtype, order_file, as_json):
     """Zero small weights per layer, no retraining: every |w| at or under its layer's threshold, set by a
     flat (δ × the smallest layer span), triangular (--dconv on the first layer to --dfc on the last,
     linear in between) or relative (the δ quantile of the layer's |w|) rule. See docs/methods.md.
@@ -245,9 +248,9 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
     if (data or groups) and not calibrated:
         raise WcompressError(f"--data and --groups are for methods scored by calibration inputs (wanda, sparsegpt), "
                              f"not {method}")
-    extra = {}
+    extra = {"pattern": pattern} if pattern else {}  # only then: a plugin's method need not know patterns
     if calibrated:
-        extra = {"groups": groups or "row"}
+        extra["groups"] = groups or "row"
         template.new(delta=delta, dconv=dconv, dfc=dfc, sparsity=sparsity, include=include, exclude=exclude,
                      layers=layers, plan=plan, min_size=min_size, **extra)  # options refused before calibrating
         if not data:
@@ -263,7 +266,8 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
             write_plan(plan_path, sparsifier.plan_document(), force=force)
         _print_sparsity(summary, outcomes, None, as_json)
         return
-    writer = ContainerWriter(store, values=values_dtype, codec=codec) if pack else None
+    group_sizes = (sparsifier.pattern[1],) if getattr(sparsifier, "pattern", None) else ()
+    writer = ContainerWriter(store, values=values_dtype, codec=codec, group_sizes=group_sizes) if pack else None
     result = run_passes(store, [sparsifier], output, force=force, show_progress=not as_json, writer=writer,
                         tag="sparse")
     _print_sparsity(result.summaries[sparsifier.name], result.tensors, result, as_json)

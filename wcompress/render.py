@@ -187,7 +187,8 @@ def plugins_table(rows):
 
 
 def sparsity_table(summary, outcomes):
-    table = Table(title=f"sparsify: {summary['method']}", header_style="bold")
+    pattern = f" {summary['pattern']}" if summary.get("pattern") else ""
+    table = Table(title=f"sparsify: {summary['method']}{pattern}", header_style="bold")
     for col, justify in (("tensor", "left"), ("role", "left"), ("threshold", "right"), ("zeros", "right"),
                          ("elements", "right"), ("sparsity", "right")):
         table.add_column(col, justify=justify)
@@ -206,6 +207,13 @@ def sparsity_table(summary, outcomes):
     floor_line = size_floor_line(summary, total)
     if floor_line:
         console.print(floor_line, markup=False, highlight=False, soft_wrap=True)
+    group = summary.get("pattern", "").partition(":")[2]
+    for key, why in (("pattern_skipped", f"input channels not a multiple of {group}"),
+                     ("uncalibrated", "not reached by the calibration capture")):
+        if summary.get(key):
+            names = summary[key]
+            console.print(f"kept dense ({why}): {len(names)} tensors: {', '.join(names[:4])}"
+                          + (" …" if len(names) > 4 else ""), markup=False, highlight=False, soft_wrap=True)
 
 
 def size_floor_line(summary, model_weights, names_shown=3):

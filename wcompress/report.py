@@ -4,7 +4,9 @@
   perfect position code with uncoded values needs);
 - the order-0 entropy bound: the mask's entropy plus the non-zero values' empirical entropy, each
   value's bit pattern a symbol (what any coder that sees one symbol at a time needs, tables aside).
-  Coders that use context (runs, layer structure) can go below it."""
+  Coders that use context (runs, layer structure) can go below it.
+For a tensor stored N:M the mask part of both bounds is log2 C(M, N) bits per group of M: the pattern
+is known, so only the choice within each group is information."""
 
 import math
 import os
@@ -23,9 +25,17 @@ def binary_entropy(p):
     return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
-def information_bound(n, nnz, value_bits):
+def mask_bits(n, nnz, pattern=None):
+    """Bits of the zero mask's entropy: i.i.d. positions, or the choice of N in each group of M."""
+    if pattern:
+        kept, group = pattern
+        return n // group * math.log2(math.comb(group, kept))
+    return n * binary_entropy(nnz / n if n else 0)
+
+
+def information_bound(n, nnz, value_bits, pattern=None):
     """Bytes needed at least: the zero mask's entropy plus the non-zero values at `value_bits` each."""
-    return (n * binary_entropy(nnz / n if n else 0) + nnz * value_bits) / 8
+    return (mask_bits(n, nnz, pattern) + nnz * value_bits) / 8
 
 
 def value_entropy_bits(values):
@@ -38,12 +48,11 @@ def value_entropy_bits(values):
     return float(-(counts * np.log2(counts / values.size)).sum())
 
 
-def entropy_bound(array, value_dtype):
+def entropy_bound(array, value_dtype, pattern=None):
     """Bytes of the order-0 entropy bound of one tensor with its non-zeros stored as `value_dtype`."""
     flat = array.reshape(-1)
     values = flat[flat != 0].astype(value_dtype, copy=False)
-    return (flat.size * binary_entropy(values.size / flat.size if flat.size else 0)
-            + value_entropy_bits(values)) / 8
+    return (mask_bits(flat.size, values.size, pattern) + value_entropy_bits(values)) / 8
 
 
 def gzip_bytes(paths, level=6):
@@ -66,10 +75,12 @@ def report(path, against=None, gzip=True):
             e = store.entries[info.name]
             as_stored = store.load_stored(info.name)  # float16 values or integer codes, as stored
             bits = e["quantized"]["bits"] if e.get("quantized") else np.dtype(e["value_dtype"]).itemsize * 8
-            rows.append(_row(info, e["nnz"], store.stored_bytes(info.name), e["encoding"], bits,
+            pattern = tuple(e["pattern"]) if e["encoding"] == "nm" else None
+            encoding = "nm %d:%d" % pattern if pattern else e["encoding"]
+            rows.append(_row(info, e["nnz"], store.stored_bytes(info.name), encoding, bits,
                              f"int{bits}" if e.get("quantized") else e["value_dtype"],
-                             _entropy_bound(as_stored, as_stored.dtype),
-                             sorted({str(r.get("coder", "raw")) for r in e["streams"].values()})))
+                             _entropy_bound(as_stored, as_stored.dtype, pattern),
+                             sorted({str(r.get("coder", "raw")) for r in e["streams"].values()}), pattern))
         if gzip:
             # A private folder in the system temp dir: nothing named inside the file decides where we write.
             with tempfile.TemporaryDirectory(prefix="wcompress-report-") as work:
@@ -117,15 +128,15 @@ def report(path, against=None, gzip=True):
             "format": kind, "tensors": rows, "totals": totals}
 
 
-def _entropy_bound(array, value_dtype):
+def _entropy_bound(array, value_dtype, pattern=None):
     if array.dtype == object:
         return float(array.nbytes)
     return entropy_bound(array, np.dtype(value_dtype) if np.dtype(value_dtype).kind == array.dtype.kind
-                         else array.dtype)
+                         else array.dtype, pattern)
 
 
-def _row(info, nnz, stored, encoding, value_bits, value_dtype, entropy, coders):
-    bound = information_bound(info.size, nnz, value_bits)
+def _row(info, nnz, stored, encoding, value_bits, value_dtype, entropy, coders, pattern=None):
+    bound = information_bound(info.size, nnz, value_bits, pattern)
     return {
         "name": info.name, "layer": info.layer, "role": info.role, "dtype": str(np.dtype(info.dtype)),
         "shape": list(info.shape), "elements": info.size, "nonzeros": nnz,

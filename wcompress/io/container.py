@@ -24,8 +24,9 @@ from .tensors import TensorInfo
 MAGIC = "wcompress-sparse-container"
 # Version 2 adds a CRC-32 of every stored dataset (streams, pools, metadata blobs) and of the index;
 # version 3 entropy-codes each stream with the smallest of our coders (codec "auto", io/coders.py).
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# version 4 adds the N:M encoding ("nm", with the entry's "pattern": [N, M]).
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 # A crafted file may declare any shape: refuse a tensor that would decode to more than this many
 # times the bytes its own streams hold (above a floor), so memory is never allocated on its word.
 MAX_EXPANSION = 4096
@@ -129,11 +130,11 @@ def _memory_bytes():
 class ContainerWriter:
     """Writes tensors one at a time, each in its smallest encoding; the index and skeleton at the end."""
 
-    def __init__(self, store, values="float32", codec="auto", hessians=None, value_plan=None):
+    def __init__(self, store, values="float32", codec="auto", hessians=None, value_plan=None, group_sizes=()):
         """`hessians` ({tensor name: X^T X / n of its layer's inputs}, io/capture.py) make int8/int4 codes
         compensate their rounding error GPTQ-style; other tensors are rounded to nearest. `value_plan`
         ({tensor name: values}) stores those tensors' values otherwise than `values` (autotune's per-layer
-        widths)."""
+        widths). `group_sizes`: N:M group sizes M to try besides encodings.GROUP_SIZES (sparsify --pattern's)."""
         if codec not in CODECS:
             raise WcompressError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
         self.value_plan = dict(value_plan or {})
@@ -143,6 +144,7 @@ class ContainerWriter:
         if hessians and not {values, *self.value_plan.values()} & set(QUANT_LEVELS):
             raise WcompressError("calibration data is for --values int8 or int4")
         self.store, self.values, self.codec, self.hessians = store, values, codec, hessians or {}
+        self.group_sizes = tuple(sorted(set(encodings.GROUP_SIZES) | set(group_sizes)))
 
     def __call__(self, target, produce):
         entries, kept, retyped = [], [], {}
@@ -218,27 +220,30 @@ class ContainerWriter:
             array, scale = calibrated or quantize(array, QUANT_LEVELS[values])
         value_dtype, overflow = self._value_dtype(array, values)
         if array.dtype == object or array.ndim == 0:
-            candidates, nnz = {"dense": array.nbytes}, int(np.count_nonzero(array))
+            candidates, nnz, pattern = {"dense": array.nbytes}, int(np.count_nonzero(array)), None
         else:
-            candidates, nnz = encodings.sizes(array, value_dtype)
+            candidates, nnz, pattern = encodings.sizes(array, value_dtype, self.group_sizes)
         # Only encodings a reader accepts (see _fits): an all-zero tensor would otherwise store nothing.
         fitting = {k: v for k, v in candidates.items() if _fits(array.nbytes, v)} or candidates
         encoding = min(fitting, key=lambda k: (fitting[k], encodings.ENCODINGS.index(k)))
-        options = {encoding: encodings.encode(array, encoding, value_dtype)}
+        options = {encoding: encodings.encode(array, encoding, value_dtype, pattern)}
         if self.codec == "auto" and array.dtype != object:
             # A mask and position gaps carry the same information: only bitmask (any density) and delta8
             # (sparse: its coded gaps then beat a coded mask) compete with dense; coo and csr spend more
             # bits per position than either once coded.
             flat_size = array.size
+            # An N:M pattern's choice words compete too: denser than a coded mask when the groups are full.
             for other in ({"dense"} if nnz == flat_size or array.ndim == 0 else {"bitmask"}) | \
-                    ({"delta8"} if 0 < nnz < flat_size // 8 else set()):
+                    ({"delta8"} if 0 < nnz < flat_size // 8 else set()) | ({"nm"} if pattern else set()):
                 if other not in options:
-                    options[other] = encodings.encode(array, other, value_dtype)
+                    options[other] = encodings.encode(array, other, value_dtype, pattern)
         entry = {
             "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
             "role": info.role, "order": info.order, "nnz": nnz, "value_dtype": str(np.dtype(value_dtype)),
             "fp16_overflow": overflow,
         }
+        if pattern:
+            entry["pattern"] = list(pattern)  # kept only when nm is the encoding stored (see _store)
         decoded = array.nbytes
         if quantized is not None:
             entry.update(dtype=str(original.dtype), quantized=quantized)
@@ -290,6 +295,8 @@ class ContainerWriter:
                 group.create_dataset(name, data=data, **options, **NO_TIMES)
                 self._checksums[f"streams/{name}"] = _crc(data)
                 names[stream] = {"dataset": name, **ref}
+        if encoding != "nm":
+            entry = {k: v for k, v in entry.items() if k != "pattern"}
         return {**entry, "encoding": encoding, "streams": names, "entries": int(streams["values"].size)}
 
 
@@ -386,7 +393,7 @@ class ContainerStore(ModelStore):
             nnz, entries = int(e["nnz"]), int(e["entries"])
             if not 0 <= nnz <= n or entries < nnz:
                 raise ValueError(f"non-zero count {nnz} impossible for {n} elements")
-            expected = encodings.stream_lengths(e["encoding"], shape, nnz, entries)
+            expected = encodings.stream_lengths(e["encoding"], shape, nnz, entries, e.get("pattern"))
             quantized = e.get("quantized")
             if quantized is not None:
                 if not isinstance(quantized, dict) or quantized.get("bits") not in (4, 8) or len(shape) < 2 \
@@ -443,7 +450,8 @@ class ContainerStore(ModelStore):
                 raise ValueError(f"declared shape {shape} would decode to {decoded:,} bytes, more than this "
                                  "machine's memory")
             return decoded
-        except (KeyError, ValueError, TypeError, OverflowError, RuntimeError, OSError, AttributeError) as exc:
+        except (KeyError, ValueError, TypeError, OverflowError, RuntimeError, OSError, AttributeError,
+                WcompressError) as exc:
             raise WcompressError(f"tensor {e.get('name', '?')!r}: {exc}", self.path) from exc
 
     def load(self, name):
@@ -465,7 +473,8 @@ class ContainerStore(ModelStore):
             raise WcompressError(f"cannot read tensor {name!r} ({str(exc).splitlines()[0]})", self.path) from exc
         scales = streams.pop("scales", None) if e.get("quantized") else None
         dtype = e["value_dtype"] if stored or scales is not None else e["dtype"]
-        codes = encodings.decode(e["encoding"], streams, tuple(e["shape"]), dtype, what=f"{self.path}: {name!r}")
+        codes = encodings.decode(e["encoding"], streams, tuple(e["shape"]), dtype, what=f"{self.path}: {name!r}",
+                                 pattern=e.get("pattern"))
         return codes, scales
 
     def _read_stream(self, ref):
