@@ -73,6 +73,7 @@ class ThresholdPass(Pass):
         self.name = rule
         self.rule = rule
         self.per_tensor = rule == "relative"  # thresholds from each tensor alone, not from the whole model
+        self.takes_pattern = rule == "relative"  # --pattern N:M keeps the largest |w| of each group
         self.help = {
             "flat": "One threshold for all layers: δ × the smallest layer span.",
             "triangular": "Thresholds rising from the first layer (δ_conv × its span) to the last (δ_fc × its span).",
@@ -271,9 +272,10 @@ class ThresholdPass(Pass):
         }
 
     def plan_document(self):
-        """What --dry-run writes and --plan reads back: exact thresholds per tensor."""
+        """What --dry-run writes and --plan reads back: exact thresholds per tensor (with a pattern: the
+        pattern and the tensors it applies to)."""
         if self.pattern is not None:
-            raise WcompressError("--pattern chooses within each group, not by threshold: it writes no plan")
+            return {"method": self.rule, "pattern": "%d:%d" % self.pattern, "tensors": sorted(self.counts)}
         return {"method": self.rule, "thresholds": {k: float(v) for k, v in self.thresholds.items()}}
 
 

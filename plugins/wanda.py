@@ -26,7 +26,7 @@ class WandaPass(ThresholdPass):
 
     def __init__(self):
         self.name = self.rule = "wanda"
-        self.per_tensor = True
+        self.per_tensor = self.takes_pattern = True
         self.help = "Per output channel, zero the lowest |w| x ||input||, from calibration inputs (--data)."
         self.configure()
 
@@ -112,7 +112,7 @@ class SparseGPTPass(WandaPass):
 
     def __init__(self):
         self.name = self.rule = "sparsegpt"
-        self.per_tensor = True
+        self.per_tensor = self.takes_pattern = True
         self.help = "Zero and update weights from their layer's input Hessian (SparseGPT), from calibration inputs."
         self.configure()
 

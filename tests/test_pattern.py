@@ -2,6 +2,7 @@
 container's nm encoding stores the choice in log2 C(M, N) bits per group, below a bitmask."""
 
 import itertools
+import json
 import numpy as np
 import pytest
 from helpers import run_cli, run_error, run_json, stock_tensors
@@ -159,8 +160,6 @@ def test_pattern_refusals(real, calibration, tmp_path):
     assert "use relative" in run_error("sparsify", fer, "--method", "flat", "--pattern", "2:4", "-o", tmp_path / "c.h5")
     assert "--groups layer" in run_error("sparsify", fer, "--method", "wanda", "--pattern", "2:4", "--groups", "layer",
                                          "--data", calibration, "-o", tmp_path / "d.h5")
-    assert "no plan" in run_error("sparsify", fer, "--method", "relative", "--pattern", "2:4", "--dry-run",
-                                  "--plan", tmp_path / "plan.json")
     assert not list(tmp_path.iterdir())
 
 
@@ -172,3 +171,45 @@ def test_pattern_tables_cover_every_combination():
         masks = (1 << combos).sum(axis=1)
         assert len(set(masks.tolist())) == len(combos) and np.array_equal(rank[masks], np.arange(len(combos)))
         assert (rank >= 0).sum() == len(combos)
+
+
+def test_sweep_rows_for_patterns_equal_the_files_sparsify_writes(real, faces, calibration, tmp_path):
+    held = tmp_path / "held.npz"
+    np.savez(held, x=np.load(faces["data"])["x"][40:])
+    result = run_json("sweep", real["fer"], "--data", held, "--methods", "flat,relative,wanda", "--deltas", "0.1",
+                      "--pattern", "2:4,1:8", "--calibration", calibration)
+    settings = [(r["method"], r["pattern"] or r["delta"]) for r in result["rows"]]
+    assert settings == [("flat", 0.1), ("relative", 0.1), ("relative", "2:4"), ("relative", "1:8"),
+                        ("wanda", 0.1), ("wanda", "2:4"), ("wanda", "1:8")]
+    row = next(r for r in result["rows"] if r["method"] == "wanda" and r["pattern"] == "1:8")
+    out = tmp_path / "w.hdf5"
+    run_cli("sparsify", real["fer"], "--method", "wanda", "--pattern", "1:8", "--data", calibration, "-o", out)
+    written = {r["metric"]: r["value"] for r in run_json("evaluate", out, "--data", held, "--reference", real["fer"],
+                                                         "--metric", "fidelity")["results"]}
+    assert row["value"] == written["fidelity"]
+    assert "keeps N of M" in run_error("sweep", real["fer"], "--data", held, "--methods", "flat", "--pattern", "2:4")
+
+
+def test_autotune_chooses_the_layers_that_take_the_pattern_and_its_plan_replays(mhc, tmp_path):
+    import keras
+
+    out = tmp_path / "t.keras"
+    # A tight budget (1% of AUC): 2:4 on every layer costs mhcnuggets more, so some layers stay dense.
+    result = run_json("autotune", mhc["ba"], "--data", mhc["data"], "--metric", "auc", "--max-drop", "0.01",
+                      "--pattern", "2:4", "-o", out)
+    tuned = result["tuned"]
+    assert tuned["pattern"] == "2:4" and tuned["within_budget"]
+    plan = json.load(open(result["plan"]))
+    assert plan["pattern"] == "2:4" and plan["tensors"]
+    everywhere = result["uniform"]
+    assert 0 < tuned["sparsity"] < everywhere["sparsity"]
+    model, dense = keras.models.load_model(out), keras.models.load_model(mhc["ba"])
+    for stored, original in zip(model.weights, dense.weights):
+        array, before = stored.numpy(), original.numpy()
+        if np.array_equal(array, before):
+            continue
+        assert np.all(np.count_nonzero(groups_along_inputs(array, 4), axis=1) == 2), stored.path
+    replay = tmp_path / "replay.keras"
+    run_cli("sparsify", mhc["ba"], "--plan", result["plan"], "-o", replay)
+    a, b = stock_tensors(out), stock_tensors(replay)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)

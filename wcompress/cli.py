@@ -230,7 +230,7 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
     """
     from .io import open_model
     from .io.container import ContainerWriter
-    from .plan import read_plan, write_plan
+    from .plan import pattern_selection, read_plan, write_plan
     from .plugins import get_pass
     from .runner import dry_run as simulate
     from .runner import run_passes
@@ -239,6 +239,12 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
     if plan_path and not dry_run:
         plan_method, plan = read_plan(plan_path)
         method = method or plan_method
+        if "pattern" in plan:  # N:M on the plan's tensors, nothing else
+            if pattern or include or exclude or min_size is not None:
+                raise WcompressError("a pattern plan names its pattern and tensors: leave out --pattern, --include, "
+                                     "--exclude and --min-size")
+            selected = pattern_selection(plan)
+            pattern, include, min_size, plan = selected["pattern"], selected["include"], selected["min_size"], None
     if not method:
         raise WcompressError("--method is required (flat, triangular or relative)")
     template = get_pass(method)
@@ -708,6 +714,8 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
               "--dfc). Default: flat=0:1:0.1, triangular=0:0.1:0.01, relative=0:0.9:0.1.")
 @selection_options
 @click.option("--layer", "layers", multiple=True, help="Per-layer override 'GLOB=DELTA' (repeatable).")
+@click.option("--pattern", "patterns", help="Comma list of N:M patterns (e.g. 2:4,4:8): one more row each for every "
+              "method that keeps N of every M inputs (relative, wanda, sparsegpt).")
 @click.option("--acceptable", type=float, default=0.95, show_default=True,
               help="Acceptability line as a fraction of the dense score (0.95: at most a 5% drop).")
 @click.option("--csv", "csv_path", type=click.Path(), help="Also write the table as CSV.")
@@ -716,8 +724,8 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 @values_options
 @json_option
 def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
-          metric, methods, deltas, include, exclude, min_size, layers, acceptable, csv_path, plot_path, jobs, bits,
-          calibration, as_json):
+          metric, methods, deltas, include, exclude, min_size, layers, patterns, acceptable, csv_path, plot_path, jobs,
+          bits, calibration, as_json):
     """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
     against sparsity curve of each method, to pick the sparsity a model allows). Variants are applied to
     the model in memory, loaded once; packed bytes are those of the container without training state."""
@@ -728,17 +736,24 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
                         custom_objects, model_code)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     selection = {"include": include, "exclude": exclude, "layers": layers, "min_size": min_size}
+    from .pruning import parse_pattern
+
+    patterns = [p.strip() for p in (patterns or "").split(",") if p.strip()]
+    for p in patterns:
+        parse_pattern(p)  # refused before any evaluation
     result = run_sweep(model, names, parse_grids(deltas, names), spec, jobs, acceptable, selection,
-                       show_progress=not as_json, values=bits or ("float32",), calibration=calibration)
+                       show_progress=not as_json, values=bits or ("float32",), calibration=calibration,
+                       patterns=patterns)
     if csv_path:
         import csv
 
         with open(csv_path, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["method", "values", "delta", "sparsity", spec.metric, "packed_bytes", "acceptable"])
+            writer.writerow(["method", "values", "delta", "pattern", "sparsity", spec.metric, "packed_bytes",
+                             "acceptable"])
             for r in result["rows"]:
-                writer.writerow([r["method"], r["values"], r["delta"], f"{r['sparsity']:.6f}", f"{r['value']:.6f}",
-                                 r["packed_bytes"], r["acceptable"]])
+                writer.writerow([r["method"], r["values"], "" if r["delta"] is None else r["delta"], r["pattern"] or "",
+                                 f"{r['sparsity']:.6f}", f"{r['value']:.6f}", r["packed_bytes"], r["acceptable"]])
     if plot_path:
         plot_sweep(result, plot_path)
     if as_json:
@@ -778,11 +793,13 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
               "evaluations.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--pattern", help="N:M (e.g. 2:4): choose which layers keep N of every M inputs (the others stay "
+              "dense), with relative (default) or --methods wanda / sparsegpt.")
 @values_options
 @json_option
 def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
              metric, max_drop, relative, holdout, validation, target, methods, include, exclude, min_size,
-             destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, bits, calibration,
+             destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, pattern, bits, calibration,
              as_json):
     """The sparsest model (or smallest container) within --max-drop, judged on examples the search never saw:
     the best uniform setting of every method, then per-layer levels from each layer's measured sensitivity.
@@ -801,7 +818,7 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
                           methods=[m.strip() for m in methods.split(",")] if methods else None, holdout=holdout,
                           validation=validation, target=target, selection=selection, max_layers=max_layers,
                           max_evals=max_evals, pack=pack, values=bits or values_dtype, calibration=calibration,
-                          show_progress=not as_json)
+                          show_progress=not as_json, pattern=pattern)
     if as_json:
         emit_json(result)
         return

@@ -1,4 +1,5 @@
-"""Plan files: exact per-tensor thresholds, written by `sparsify --dry-run` and read by `--plan`."""
+"""Plan files: exact per-tensor thresholds, written by `sparsify --dry-run` and read by `--plan`; or an N:M
+pattern and the tensors it applies to ({"pattern": "2:4", "tensors": [...]})."""
 
 import json
 import os
@@ -15,6 +16,12 @@ def read_plan(path):
         doc = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise WcompressError(f"unreadable plan ({str(exc).splitlines()[0]})", path) from exc
+    if isinstance(doc, dict) and "pattern" in doc:
+        tensors = doc.get("tensors")
+        if not isinstance(doc["pattern"], str) or not isinstance(tensors, list) \
+                or not all(isinstance(t, str) for t in tensors):
+            raise WcompressError("a pattern plan needs 'pattern' (N:M) and 'tensors' (a list of tensor names)", path)
+        return doc.get("method"), {"pattern": doc["pattern"], "tensors": tensors}
     if not isinstance(doc, dict) or not isinstance(doc.get("thresholds"), dict):
         raise WcompressError("plan needs a 'thresholds' mapping of tensor name to threshold", path)
     try:
@@ -33,3 +40,13 @@ def write_plan(path, document, force=False):
     with open(tmp, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+def literal_glob(name):
+    """A glob (fnmatch) matching exactly this tensor name: its wildcard characters bracketed."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def pattern_selection(plan):
+    """sparsify's options replaying a pattern plan: the pattern, on exactly its tensors."""
+    return {"pattern": plan["pattern"], "include": tuple(literal_glob(n) for n in plan["tensors"]), "min_size": 0}

@@ -262,10 +262,13 @@ def sweep_table(result):
                         f"dense {result['baseline']:.4f}, acceptable {'≥' if result['higher_is_better'] else '≤'} "
                         f"{result['threshold']:.4f})", header_style="bold")
     several = len({r.get("values", "float32") for r in result["rows"]}) > 1
-    for col in ("method",) + (("values",) if several else ()) + ("δ", "sparsity", result["metric"], "packed B", "ok"):
+    setting = "δ or N:M" if any(r.get("pattern") for r in result["rows"]) else "δ"
+    for col in ("method",) + (("values",) if several else ()) + (setting, "sparsity", result["metric"], "packed B",
+                                                                  "ok"):
         table.add_column(col, justify="left" if col in ("method", "values") else "right")
     for r in result["rows"]:
-        table.add_row(r["method"], *((r["values"],) if several else ()), f"{r['delta']:g}",
+        table.add_row(r["method"], *((r["values"],) if several else ()),
+                      r["pattern"] if r.get("pattern") else f"{r['delta']:g}",
                       f"{100 * r['sparsity']:.2f}%", f"{r['value']:.4f}", f"{r['packed_bytes']:,}",
                       "yes" if r["acceptable"] else "no")
     console.print(table)
@@ -276,22 +279,25 @@ def autotune_report(result):
     console.print(f"{result['examples']}")
     console.print(f"dense {metric}: {result['baseline']:.4f} (tuning part), {result['held_out_baseline']:.4f} "
                   "(held out)")
+    from .evaluation.sweep import setting
+
     for method, m in result["methods"].items():
-        console.print(f"  uniform {method}: δ={m['delta']:g}, sparsity {100 * m['sparsity']:.2f}%, {metric} "
+        console.print(f"  uniform {method}: {setting(m)}, sparsity {100 * m['sparsity']:.2f}%, {metric} "
                       f"{m['value']:.4f}")
-    console.print(f"best uniform: {u['method']} δ={u['delta']:g}, sparsity {100 * u['sparsity']:.2f}%, {metric} "
+    console.print(f"best uniform: {u['method']} {setting(u)}, sparsity {100 * u['sparsity']:.2f}%, {metric} "
                   f"{u['value']:.4f} tuning / {u['held_out_value']:.4f} held out")
     judged = result["uniform_held_out"]
     if judged is None:
         console.print("no uniform setting meets the budget on both parts")
     elif judged != u:
-        console.print(f"best uniform within the budget on both parts: {judged['method']} δ={judged['delta']:g}, "
+        console.print(f"best uniform within the budget on both parts: {judged['method']} {setting(judged)}, "
                       f"sparsity {100 * judged['sparsity']:.2f}%, {metric} {judged['value']:.4f} tuning / "
                       f"{judged['held_out_value']:.4f} held out")
     raised = {k: v for k, v in t["layers"].items()}
     if raised:
         shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(raised.items())[:8])
-        console.print(f"  per-layer sparsity: {shown}" + (f", … ({len(raised)} layers)" if len(raised) > 8 else ""))
+        what = f"layers taking {t['pattern']}" if t.get("pattern") else "per-layer sparsity"
+        console.print(f"  {what}: {shown}" + (f", … ({len(raised)} layers)" if len(raised) > 8 else ""))
     verdict = "within" if t["within_budget"] else "OUTSIDE"
     console.print(f"tuned: sparsity {100 * t['sparsity']:.2f}% ({100 * result['gain']:+.2f} points over that uniform), "
                   f"{metric} "

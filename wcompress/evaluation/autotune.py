@@ -11,6 +11,11 @@ examples the search never saw.
    drop, from cautious to aggressive, are bisected for the most aggressive that holds, then single
    raises are tried one at a time, most weights per unit of drop first.
 Every state is a set of exact thresholds, so the written plan replays bit for bit with `sparsify --plan`.
+
+With --pattern N:M the states are which layers take the pattern (the others stay dense): every eligible
+layer first; if that fails the budget, each layer alone is measured, and the layers are added most weights
+per unit of drop first (the longest run that holds, bisected, then every other layer tried one at a time).
+The plan names the pattern and its tensors.
 """
 
 import os
@@ -23,6 +28,7 @@ from ..io import TRAINING_STATE, open_model
 from ..io.outputs import native_suffix
 from ..io.predict import custom_object_scope
 from ..metrics import within_budget
+from ..plan import pattern_selection
 from ..progress import evaluation_progress
 from ..runner import run_in_memory
 from .scoring import split_examples
@@ -62,6 +68,7 @@ class Search:
         self.evaluations = 1
         self.best = None
         self.seen = {}
+        self.uniform_variants = set()  # the same setting on every layer: what the tuned state is compared with
 
     # --- scoring ---
     def ok(self, row):
@@ -126,8 +133,69 @@ class Search:
 
     def _uniform_variant(self, method, delta):
         options = {"dconv": delta, "dfc": delta} if method == "triangular" else {"delta": delta}
-        return Variant.of(self.model, method, pack=self.target == "bytes", values=self.values,
-                          calibration=self.calibration, **options, **self.selection)
+        variant = Variant.of(self.model, method, pack=self.target == "bytes", values=self.values,
+                             calibration=self.calibration, **options, **self.selection)
+        self.uniform_variants.add(variant)
+        return variant
+
+    # --- phases 2-3 with an N:M pattern: which layers take it ---
+    def pattern_variant(self, method, pattern, tensors=None):
+        """The pattern on every eligible tensor, or on `tensors` only (named exactly, whatever their size)."""
+        selection = dict(self.selection)
+        if tensors is not None:
+            selection = pattern_selection({"pattern": pattern, "tensors": sorted(tensors)})
+            del selection["pattern"]
+        variant = Variant.of(self.model, method, pack=self.target == "bytes", values=self.values,
+                             calibration=self.calibration, pattern=pattern, **selection)
+        if tensors is None:
+            self.uniform_variants.add(variant)
+        return variant
+
+    def patterned(self, method, pattern, max_layers=None):
+        """The pattern on every layer's row (None: the method does not apply); when that fails the budget,
+        states with fewer layers patterned are searched (recorded in `seen`)."""
+        full = self.pattern_variant(method, pattern)
+        try:
+            sparsifier = full.sparsifier(self.tune)
+            run_in_memory(self.store, [sparsifier])
+        except WcompressError as exc:
+            warn(f"autotune skips method {method}: {exc}")
+            return None
+        (row,) = self.score([full]) or [None]
+        if row is None or self.ok(row) or max_layers == 0:
+            return row
+        infos = {t.name: t for t in self.store.tensors}
+        layers = {}
+        for name in sparsifier.counts:  # the tensors the pattern reached
+            layers.setdefault(infos[name].layer, []).append(name)
+        size = {layer: sum(infos[n].size for n in names) for layer, names in layers.items()}
+        tuned = sorted(layers, key=lambda layer: -size[layer])[:max_layers] if max_layers else list(layers)
+        alone = self.score([self.pattern_variant(method, pattern, layers[layer]) for layer in tuned])
+        tuned = tuned[:len(alone)]
+        drop = {layer: max(self._loss(r), 0.0) for layer, r in zip(tuned, alone)}
+        order = sorted(tuned, key=lambda layer: (drop[layer] / size[layer], -size[layer]))
+
+        def state(chosen):
+            (row,) = self.score([self.pattern_variant(method, pattern, [n for l in chosen for n in layers[l]])]) \
+                or [None]
+            return row
+
+        low, high = 0, len(order)  # the longest run of the order that holds (none patterned always does)
+        while low < high and self.evaluations < self.max_evals:
+            middle = (low + high + 1) // 2
+            trial = state(order[:middle])
+            if trial is not None and self.ok(trial):
+                low = middle
+            else:
+                high = middle - 1
+        chosen = order[:low]
+        for layer in order[low + 1:]:  # the first after the run failed with it; later ones may still fit
+            if self.evaluations >= self.max_evals:
+                break
+            trial = state(chosen + [layer])
+            if trial is not None and self.ok(trial):
+                chosen = chosen + [layer]
+        return row
 
     def _eligible_sparsity(self, method, delta):
         variant = self._uniform_variant(method, delta)
@@ -286,10 +354,11 @@ class Search:
 
 def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, force=False, methods=None,
              holdout=0.3, validation=None, target="sparsity", selection=None, max_layers=None, max_evals=500,
-             pack=False, values="float32", calibration=None, show_progress=False):
+             pack=False, values="float32", calibration=None, show_progress=False, pattern=None):
     """Tune on one part of the data, judge on the other; write the model and its plan. `values`, one or
     several of float32/float16/int8/int4: how the written container stores values; with several, each
-    is a start of the search and the best state of any of them is written."""
+    is a start of the search and the best state of any of them is written. `pattern` ('2:4'): the states
+    are which layers take that N:M pattern, for the methods that keep N of M (relative by default)."""
     from ..io.container import ContainerWriter
     from ..plan import write_plan
     from ..plugins import get_pass
@@ -297,6 +366,14 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
 
     if target not in ("sparsity", "bytes"):
         raise WcompressError(f"--target takes sparsity or bytes, not {target!r}")
+    if pattern is not None:
+        from ..pruning import parse_pattern
+        from .sweep import takes_pattern
+
+        parse_pattern(pattern)
+        methods = [m for m in (methods or ["relative"]) if takes_pattern(m)]
+        if not methods:
+            raise WcompressError("--pattern needs a method that keeps N of M: relative, wanda or sparsegpt")
     methods = list(methods or sparsifier_methods())
     value_options = [values] if isinstance(values, str) else list(values)
     if not pack and value_options != ["float32"]:
@@ -315,16 +392,22 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
         for stored in value_options:
             search.values = stored
             for method in methods:
-                row = search.uniform(method)
-                if row is not None:
+                row = search.patterned(method, pattern, max_layers) if pattern else search.uniform(method)
+                if row is not None and (pattern or search.ok(row)):
                     starts.append(row)
-        if not starts:
+        if not starts or not any(search.ok(r) for v, r in search.seen.items()):
+            if pattern:
+                raise WcompressError(f"no layer takes {pattern} within the budget, not even alone ({spec.metric} "
+                                     f"against {search.base:.4f})")
             raise WcompressError(f"every method at its lowest level loses more than the budget allows "
                                  f"({spec.metric} against {search.base:.4f})")
-        start = max(starts, key=search.objective)
+        start = max(starts, key=lambda r: (search.ok(r), search.objective(r)))
         search.values = start["values"]
-        start_variant = search._uniform_variant(start["method"], start["delta"])
-        if max_layers != 0:
+        if pattern:
+            start_variant = search.pattern_variant(start["method"], pattern)
+        else:
+            start_variant = search._uniform_variant(start["method"], start["delta"])
+        if max_layers != 0 and not pattern:
             search.per_layer(start, start_variant, max_layers)
         if target == "bytes" and len(value_options) > 1:
             search.per_layer_values(value_options)
@@ -348,7 +431,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
             raise WcompressError(f"no setting the search found meets the budget on the held-out examples "
                                  f"({note}); try a larger --max-drop or more data")
         # The fair comparison: the best uniform setting judged the same way (both parts).
-        uniform_state = next((state for state in candidates if "plan" not in dict(state[0].options)
+        uniform_state = next((state for state in candidates if state[0] in search.uniform_variants
                               and holds_out(state)), None)
     candidate, tuned_row = chosen
     sparsifier = candidate.sparsifier(tune)
@@ -385,7 +468,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     layers = {}
     sizes = {}
     for t in result.tensors:
-        if t.name in plan.get("thresholds", {}):
+        if t.name in plan.get("thresholds", plan.get("tensors", {})):
             layers[t.layer] = layers.get(t.layer, 0) + t.zeros
             sizes[t.layer] = sizes.get(t.layer, 0) + t.size
     if start_variant not in held_rows:
@@ -393,19 +476,22 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     uniform_judged = None
     if uniform_state is not None:
         variant, row = uniform_state
-        uniform_judged = {"method": row["method"], "delta": row["delta"], "sparsity": row["sparsity"],
+        uniform_judged = {"method": row["method"], "delta": row["delta"], "pattern": row["pattern"],
+                          "sparsity": row["sparsity"],
                           "value": row["value"], "held_out_value": held_rows[variant]["value"],
                           "packed_bytes": row.get("packed_bytes")}
     return {
         "model": model, "metric": spec.metric, "max_drop": max_drop, "budget": "relative" if relative else "absolute",
         "target": target, "examples": note,
         "baseline": search.base, "held_out_baseline": held_base,
-        "uniform": {"method": start["method"], "delta": start["delta"], "sparsity": start["sparsity"],
+        "uniform": {"method": start["method"], "delta": start["delta"], "pattern": start["pattern"],
+                    "sparsity": start["sparsity"],
                     "value": start["value"], "held_out_value": held_rows[start_variant]["value"],
                     "packed_bytes": start.get("packed_bytes")},
-        "methods": {r["method"]: {"delta": r["delta"], "sparsity": r["sparsity"], "value": r["value"]}
-                    for r in starts},
-        "tuned": {"method": candidate.method, "values": candidate.values, "value_plan": dict(candidate.value_plan),
+        "methods": {r["method"]: {"delta": r["delta"], "pattern": r["pattern"], "sparsity": r["sparsity"],
+                                  "value": r["value"]} for r in starts},
+        "tuned": {"method": candidate.method, "pattern": pattern, "values": candidate.values,
+                  "value_plan": dict(candidate.value_plan),
                   "sparsity": sparsity, "value": tuned_value,
                   "held_out_value": held_value,
                   "within_budget": within_budget(search.metric, held_value, held_base, max_drop, relative),

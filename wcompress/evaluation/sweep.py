@@ -57,23 +57,45 @@ def parse_grids(text, methods):
 
 
 def sweep(model, methods, grids, spec, jobs=1, acceptable=0.95, selection=None, show_progress=False,
-          values=("float32",), calibration=None):
+          values=("float32",), calibration=None, patterns=()):
     """Rows of method, δ, model sparsity, metric and packed bytes for every method and δ of its grid, and
     every way of storing the values (`values`: float32, float16, int8, int4; int8/int4 GPTQ-rounded on
-    `calibration` inputs when given). `selection`: include / exclude / layers / min_size, as sparsify takes them."""
+    `calibration` inputs when given). `patterns` ('2:4', …) add a row per N:M pattern for every method that
+    takes one (relative, wanda, sparsegpt). `selection`: include / exclude / layers / min_size, as sparsify
+    takes them."""
     selection = selection or {}
-    variants = [Variant.of(model, m, pack=True, values=v, calibration=calibration, **_delta_options(m, d),
-                           **selection)
-                for v in values for m in methods for d in grids[m]]
+    patterned = [m for m in methods if takes_pattern(m)]
+    if patterns and not patterned:
+        raise WcompressError(f"--pattern needs a method that keeps N of M (relative, wanda, sparsegpt) among "
+                             f"--methods ({', '.join(methods)})")
+    variants = []
+    for v in values:
+        for m in methods:
+            variants += [Variant.of(model, m, pack=True, values=v, calibration=calibration, **_delta_options(m, d),
+                                    **selection) for d in grids[m]]
+            if m in patterned:
+                variants += [Variant.of(model, m, pack=True, values=v, calibration=calibration, pattern=p,
+                                        **selection) for p in patterns]
     with Pool(spec, jobs) as pool, evaluation_progress(len(variants) + 1, "sweep", show_progress) as advance:
         base, metric = dense_score(model, spec)
         advance("dense")
-        rows = pool.score(variants, lambda row: advance(f"{row['method']} δ={row['delta']:g}"))
+        rows = pool.score(variants, lambda row: advance(f"{row['method']} {setting(row)}"))
     threshold = base * acceptable if metric.higher_is_better else base / acceptable
     for row in rows:
         row["acceptable"] = row["value"] >= threshold if metric.higher_is_better else row["value"] <= threshold
     return {"model": model, "metric": spec.metric, "reference": spec.reference, "examples": _examples(spec),
             "baseline": base, "threshold": threshold, "higher_is_better": metric.higher_is_better, "rows": rows}
+
+
+def takes_pattern(method):
+    from ..plugins import get_pass
+
+    return bool(getattr(get_pass(method), "takes_pattern", False))
+
+
+def setting(row):
+    """How a row was sparsified, for display: δ=0.5, or the N:M pattern."""
+    return row["pattern"] if row.get("pattern") else f"δ={row['delta']:g}"
 
 
 def _delta_options(method, delta):

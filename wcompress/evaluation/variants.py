@@ -91,7 +91,8 @@ def score_variant(variant, spec):
     else:
         predictions = _predict_from_file(evaluator, loaded.store, stored)
     summary = sparsifier.summary()
-    return {"method": variant.method, "delta": variant.delta, "values": variant.values,
+    return {"method": variant.method, "delta": variant.delta, "pattern": dict(variant.options).get("pattern"),
+            "values": variant.values,
             "sparsity": sparsity_of(outcomes), "value": evaluator.score(predictions),
             "packed_bytes": packed_bytes(loaded.store, changed, variant.values, hessians, dict(variant.value_plan))
             if variant.pack else None,
