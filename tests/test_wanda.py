@@ -106,3 +106,42 @@ def test_sweep_and_autotune_take_calibrated_methods(real, faces, calibration, tm
                      "sparsegpt", "--calibration", calibration, "-o", tmp_path / "t.hdf5")
     assert tuned["tuned"]["method"] == "sparsegpt" and tuned["plan"] is None and tuned["tuned"]["sparsity"] > 0.1
     assert "--calibration" in run_error("sweep", real["fer"], "--data", held, "--methods", "wanda")
+
+
+def test_recurrent_capture_matches_an_lstm_run_from_its_equations(mhc, tmp_path):
+    """The LSTM's kernel sees x_t and its recurrent kernel h_(t-1), on the steps the Masking layer lets through
+    (mhcnuggets pads peptides with -4.2e6): H from a numpy LSTM written from Keras's equations."""
+    import keras
+    from conftest import MHC_MASK
+
+    from wcompress.io.capture import input_hessians
+
+    x = np.load(mhc["data"])["x"][:37]
+    data = tmp_path / "x.npz"
+    np.savez(data, x=x)
+    hessians = input_hessians(mhc["ba"], str(data), batch_size=8)
+    lstm = next(layer for layer in keras.models.load_model(mhc["ba"]).layers if type(layer).__name__ == "LSTM")
+    kernel, recurrent, bias = (w.astype(np.float64) for w in lstm.get_weights())
+    units = recurrent.shape[0]
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    h, c = np.zeros((len(x), units)), np.zeros((len(x), units))
+    inputs, states = [], []
+    np.seterr(over="ignore")  # padded steps overflow exp; their results are discarded
+    for t in range(x.shape[1]):
+        step = x[:, t].astype(np.float64)
+        active = np.any(step != MHC_MASK, axis=1)
+        inputs.append(step[active])
+        states.append(h[active])
+        i, f, g, o = np.split(step @ kernel + h @ recurrent + bias, 4, axis=1)
+        c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h_new = sigmoid(o) * np.tanh(c_new)
+        h, c = np.where(active[:, None], h_new, h), np.where(active[:, None], c_new, c)
+    rows_x, rows_h = np.concatenate(inputs), np.concatenate(states)
+    assert 0 < len(rows_x) < x.shape[0] * x.shape[1]  # some steps are padding
+    np.testing.assert_allclose(hessians["layers/lstm/cell/vars/0"], rows_x.T @ rows_x / len(rows_x), rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(hessians["layers/lstm/cell/vars/1"], rows_h.T @ rows_h / len(rows_h), rtol=1e-4,
+                               atol=1e-6)

@@ -249,23 +249,32 @@ class KerasPredictor(Predictor):
         index = {id(v): i for i, v in enumerate(self.model.weights)}
         targets = []
         for layer in self.model.layers:  # nested models' layers have no input in this model's graph
-            kernels = [index.get(id(getattr(layer, a, None))) for a in _KERNEL_ATTRS.get(type(layer).__name__, ())]
+            owner = layer.cell if _recurrent(layer) else layer
+            kernels = [index.get(id(getattr(owner, a, None))) for a in _KERNEL_ATTRS.get(type(layer).__name__, ())]
             shape = _kernel_patch(layer)
             if shape is None or None in kernels or not kernels:
                 continue
             try:
-                targets.append((layer, kernels, shape, layer.input))
+                inputs = _layer_inputs(layer, shape)
             except (AttributeError, ValueError):  # a layer called more than once has no single input
                 continue
+            if inputs:
+                targets.append((layer, kernels, shape, inputs))
         if not targets:
             return {}
-        probe = keras.Model(self.model.inputs, [t[3] for t in targets])
+        probe = keras.Model(self.model.inputs, [t for *_, inputs in targets for t in inputs])
+        sequences = {id(layer): _sequence_copy(layer) for layer, _, shape, _ in targets if shape[0] == "recurrent"}
 
         @tf.function(reduce_retracing=True)
         def grams(x):
             outs = probe(x, training=False)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            return [_layer_grams(layer, shape, out) for (layer, _, shape, _), out in zip(targets, outs)]
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            result = []
+            for layer, _, shape, inputs in targets:
+                seen, outs = outs[:len(inputs)], outs[len(inputs):]
+                result.append(_recurrent_grams(layer, sequences[id(layer)], *seen) if shape[0] == "recurrent"
+                              else _layer_grams(layer, shape, seen[0]))
+            return result
 
         def step(batch):
             values = [batch[t.name] for t in self.model.inputs]
@@ -380,7 +389,14 @@ class GraphPredictor(Predictor):
 
 # The kernels of each Keras layer kind whose inputs are captured, in the order _layer_grams returns them.
 _KERNEL_ATTRS = {"Dense": ("kernel",), "Conv1D": ("kernel",), "Conv2D": ("kernel",),
-                 "DepthwiseConv2D": ("kernel",), "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel")}
+                 "DepthwiseConv2D": ("kernel",), "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
+                 # Recurrent layers: attributes of their cell; the kernel reads x_t, the recurrent kernel h_(t-1).
+                 "LSTM": ("kernel", "recurrent_kernel"), "GRU": ("kernel", "recurrent_kernel"),
+                 "SimpleRNN": ("kernel", "recurrent_kernel")}
+
+
+def _recurrent(layer):
+    return type(layer).__name__ in ("LSTM", "GRU", "SimpleRNN") and hasattr(layer, "cell")
 
 
 def _kernel_patch(layer):
@@ -388,6 +404,11 @@ def _kernel_patch(layer):
     kind = type(layer).__name__
     if kind == "Dense":
         return ("dense",)
+    if _recurrent(layer):
+        # A GRU with reset_after=False multiplies r * h_(t-1), not h_(t-1), by part of its recurrent kernel.
+        if getattr(layer, "stateful", False) or (kind == "GRU" and not getattr(layer.cell, "reset_after", True)):
+            return None
+        return ("recurrent",)
     if kind not in _KERNEL_ATTRS or getattr(layer, "groups", 1) != 1 or getattr(layer, "depth_multiplier", 1) != 1:
         return None
     if getattr(layer, "data_format", "channels_last") != "channels_last" or layer.padding not in ("valid", "same"):
@@ -415,6 +436,44 @@ def _layer_grams(layer, shape, x):
                                        dilations=rate)
         grams.append(_gram(tf.reshape(inner, (-1, channels))))
     return grams
+
+
+def _layer_inputs(layer, shape):
+    """The tensors a layer's capture needs: its input, and a recurrent layer's mask when it was given one
+    (Keras records it as a second input); None for a layer called on anything else (initial states)."""
+    given = layer.input
+    if not isinstance(given, (list, tuple)):
+        return [given]
+    if shape[0] == "recurrent" and len(given) == 2 and len(given[1].shape) == 2 and str(given[1].dtype) == "bool":
+        return list(given)
+    return None
+
+
+def _sequence_copy(layer):
+    """The recurrent layer again, returning every step's output in time order, with the same weights."""
+    config = {**layer.get_config(), "return_sequences": True, "return_state": False, "go_backwards": False,
+              "name": layer.name + "_wcompress_capture"}
+    copy = type(layer).from_config(config)
+    copy.build(tuple(_layer_inputs(layer, ("recurrent",))[0].shape))
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+def _recurrent_grams(layer, sequence, x, mask=None):
+    """[(X^T X, rows)] for the kernel (rows: the inputs x_t) and the recurrent kernel (rows: the state
+    h_(t-1) each step starts from, zeros at the first), over the steps the layer's mask lets through (a
+    masked step leaves the state as it was, and is not a row)."""
+    mask = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else tf.cast(mask, tf.bool)
+    if layer.go_backwards:
+        x, mask = tf.reverse(x, [1]), tf.reverse(mask, [1])
+    outputs = sequence(x, mask=mask, training=False)
+    # The state after each step: the step's output where it ran, the state before where it was masked.
+    carried = tf.scan(lambda state, step: tf.where(step[1][:, None], step[0], state),
+                      (tf.transpose(outputs, (1, 0, 2)), tf.transpose(mask)),
+                      initializer=tf.zeros_like(outputs[:, 0]))
+    before = tf.concat([tf.zeros_like(carried[:1]), carried[:-1]], axis=0)  # (steps, batch, units)
+    before = tf.transpose(before, (1, 0, 2))
+    return [_gram(tf.boolean_mask(x, mask)), _gram(tf.boolean_mask(before, mask))]
 
 
 def _op_patch(op):
