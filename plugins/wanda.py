@@ -33,15 +33,15 @@ class WandaPass(ThresholdPass):
     def configure(self, delta=None, sparsity=None, include=(), exclude=(), min_size=None, hessians=None, groups="row",
                   dconv=None, dfc=None, layers=(), plan=None, pattern=None):
         """`hessians`: the capture's X^T X / n per kernel (wcompress/io/capture.py)."""
-        if dconv is not None or dfc is not None or layers or plan is not None:
-            raise WcompressError(f"{self.name} takes --sparsity (or --delta), --include/--exclude and --min-size; "
-                                 "not --dconv/--dfc, --layer or --plan")
+        if dconv is not None or dfc is not None or plan is not None:
+            raise WcompressError(f"{self.name} takes --sparsity (or --delta), --layer, --include/--exclude and "
+                                 "--min-size; not --dconv/--dfc or --plan")
         if groups not in ("row", "layer"):
             raise WcompressError(f"--groups takes row or layer, not {groups!r}")
         if pattern is not None and groups != "row":
             raise WcompressError("--pattern chooses within groups of inputs: --groups layer does not apply")
         super().configure(delta=delta, sparsity=sparsity, include=include, exclude=exclude, min_size=min_size,
-                          pattern=pattern)
+                          layers=layers, pattern=pattern)
         self.hessians, self.norms, self.groups = dict(hessians or {}), _norms(hessians or {}), groups
         self.uncalibrated = []
 
@@ -76,14 +76,15 @@ class WandaPass(ThresholdPass):
         weights = array.reshape(-1, array.shape[-1])
         scores = np.abs(weights).astype(np.float64) * norms[:, None]
         out = weights.copy()
+        delta = self.sparsity_for(info)
         if self.groups == "row":
-            k = int(np.floor(self.delta * weights.shape[0]))
+            k = int(np.floor(delta * weights.shape[0]))
             if k:
                 lowest = np.argpartition(scores, k - 1, axis=0)[:k]  # per output channel
                 np.put_along_axis(out, lowest, 0, axis=0)
                 self.thresholds[info.name] = float(np.mean(np.take_along_axis(scores, lowest, 0).max(axis=0)))
         else:
-            k = int(np.floor(self.delta * weights.size))
+            k = int(np.floor(delta * weights.size))
             if k:
                 lowest = np.argpartition(scores.reshape(-1), k - 1)[:k]
                 out.reshape(-1)[lowest] = 0
@@ -91,6 +92,11 @@ class WandaPass(ThresholdPass):
         self.thresholds.setdefault(info.name, 0.0)
         self.counts[info.name] = (int(out.size - np.count_nonzero(out)), int(out.size))
         return out.reshape(array.shape)
+
+    def sparsity_for(self, info):
+        """δ for this tensor: its --layer override, or --sparsity."""
+        override = self._override(info)
+        return self.delta if override is None else override
 
     def summary(self):
         return {**super().summary(), "method": self.name, "groups": self.groups,
@@ -130,7 +136,7 @@ class SparseGPTPass(WandaPass):
                 or hessian.shape != (rows, rows):
             self.uncalibrated.append(info.name)
             return array
-        out = sparsegpt(array, hessian, self.delta, pattern=self.pattern)
+        out = sparsegpt(array, hessian, self.sparsity_for(info), pattern=self.pattern)
         self.record(info, out, 0.0)
         return out
 

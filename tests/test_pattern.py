@@ -12,10 +12,9 @@ from wcompress.pruning import keep_n_of_m
 
 
 def groups_along_inputs(kernel, m):
-    """(groups, M) view: every group of M consecutive input channels of one output channel, per kernel
-    window position, read from the definition (axis -2 inputs, axis -1 outputs)."""
-    moved = np.moveaxis(kernel, -2, -1)  # (..., outputs, inputs)
-    return moved.reshape(-1, kernel.shape[-2] // m, m).reshape(-1, m)
+    """(groups, M): every M consecutive inputs of one output channel, the inputs being the kernel's rows
+    read as a product reads them (all axes but the last, row-major: input channels fastest)."""
+    return kernel.reshape(-1, kernel.shape[-1]).T.reshape(-1, m)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +86,8 @@ def test_every_eligible_kernel_keeps_exactly_n_of_m_in_the_stock_loaded_output(r
         for kernel, original in zip(layer.get_weights(), dense.get_layer(layer.name).get_weights()):
             if kernel.ndim < 2:
                 continue
-            if kernel.shape[-2] % 4 or kernel.shape[-1] == 1 or kernel.size < summary["min_size"]:
-                # input channels not a multiple of 4, a depthwise kernel, or below the size floor
+            if (kernel.size // kernel.shape[-1]) % 4 or kernel.shape[-1] == 1 or kernel.size < summary["min_size"]:
+                # inputs not a multiple of 4, a depthwise kernel, or below the size floor
                 assert np.array_equal(kernel, original), layer.name
                 continue
             counts = np.count_nonzero(groups_along_inputs(kernel, 4), axis=1)

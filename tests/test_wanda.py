@@ -53,6 +53,14 @@ def test_wanda_keeps_more_than_magnitude_at_equal_sparsity(real, faces, calibrat
     assert figures["wanda"]["cosine"] > figures["relative"]["cosine"] + 0.03
 
 
+def test_wanda_takes_per_layer_sparsities(real, calibration, tmp_path):
+    summary = run_json("sparsify", real["fer"], "--method", "wanda", "--sparsity", "0.25", "--layer", "conv2d_6=0.75",
+                       "--data", calibration, "-o", tmp_path / "w.hdf5")["sparsify"]
+    by_layer = {name.split("/")[1]: value for name, value in summary["sparsity"].items()}
+    assert by_layer["conv2d_6"] == 0.75  # 48 of the 64 inputs of each output channel
+    assert {v for k, v in by_layer.items() if k != "conv2d_6"} <= {0.25, 2 / 9, 0.1875}  # ⌊δ·rows⌋ / rows
+
+
 def test_wanda_refusals(real, calibration, tmp_path):
     assert "--data CALIB.npz" in run_error("sparsify", real["fer"], "--method", "wanda", "--sparsity", "0.5",
                                            "-o", tmp_path / "a.hdf5")
@@ -105,6 +113,8 @@ def test_sweep_and_autotune_take_calibrated_methods(real, faces, calibration, tm
     tuned = run_json("autotune", real["fer"], "--data", held, "--max-drop", "0.2", "--holdout", "0", "--methods",
                      "sparsegpt", "--calibration", calibration, "-o", tmp_path / "t.hdf5")
     assert tuned["tuned"]["method"] == "sparsegpt" and tuned["plan"] is None and tuned["tuned"]["sparsity"] > 0.1
+    layers = tuned["tuned"]["layers"]  # per-layer δ searched too (--layer overrides of the uniform start)
+    assert len(layers) >= 8 and len({round(v, 2) for v in layers.values()}) > 1
     assert "--calibration" in run_error("sweep", real["fer"], "--data", held, "--methods", "wanda")
 
 

@@ -216,7 +216,7 @@ def container_options(f):
               "channel (row, default) or over the whole kernel (layer).")
 @click.option("--pattern", help="N:M (e.g. 2:4) with relative, wanda or sparsegpt: keep the N best-scored weights in "
               "every group of M consecutive inputs of each kernel (the sparsity is then 1 - N/M); kernels whose "
-              "input channels are not a multiple of M stay dense.")
+              "inputs (the kernel's rows: window positions x input channels) are not a multiple of M stay dense.")
 @container_options
 @model_options
 @json_option

@@ -8,7 +8,9 @@ fraction `sparsity`), and as each input row is pruned its error, divided by the 
 is subtracted from the rows not yet visited, so the kept weights absorb what the zeroed ones did.
 With an N:M pattern the choice is made per group of M input rows instead (the paper's section 3.4).
 
-N:M patterns: in every group of M consecutive input rows of each output column, N weights are kept.
+N:M patterns: in every group of M consecutive input rows of each output column, N weights are kept (rows:
+the kernel's axes but the last, flattened; where the input channels are a multiple of M the groups lie
+along them, at each window position).
 """
 
 import numpy as np
@@ -33,9 +35,10 @@ def parse_pattern(text):
 
 
 def pattern_fits(shape, pattern):
-    """Whether a kernel takes the pattern: groups of M lie along its input channels (the axis before the
-    output channels), so those must be a multiple of M; a depthwise kernel (last axis 1) has none."""
-    return len(shape) >= 2 and shape[-1] > 1 and shape[-2] % pattern[1] == 0
+    """Whether a kernel takes the pattern: its inputs (every axis but the output axis, flattened in order,
+    as a convolution's im2col rows: input channels fastest) must split into groups of M. A depthwise
+    kernel (output axis 1) has no inputs to group."""
+    return len(shape) >= 2 and shape[-1] > 1 and int(np.prod(shape[:-1])) % pattern[1] == 0
 
 
 def keep_n_of_m(scores, pattern):

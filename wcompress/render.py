@@ -208,7 +208,7 @@ def sparsity_table(summary, outcomes):
     if floor_line:
         console.print(floor_line, markup=False, highlight=False, soft_wrap=True)
     group = summary.get("pattern", "").partition(":")[2]
-    for key, why in (("pattern_skipped", f"input channels not a multiple of {group}"),
+    for key, why in (("pattern_skipped", f"inputs not a multiple of {group}"),
                      ("uncalibrated", "not reached by the calibration capture")):
         if summary.get(key):
             names = summary[key]

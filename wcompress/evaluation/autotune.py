@@ -28,7 +28,7 @@ from ..io import TRAINING_STATE, open_model
 from ..io.outputs import native_suffix
 from ..io.predict import custom_object_scope
 from ..metrics import within_budget
-from ..plan import pattern_selection
+from ..plan import literal_glob, pattern_selection
 from ..progress import evaluation_progress
 from ..runner import run_in_memory
 from .scoring import split_examples
@@ -231,40 +231,57 @@ class Search:
     def per_layer(self, start_row, start_variant, max_layers=None):
         """Per-layer levels from measured sensitivity, then refined one raise at a time (every state is
         recorded in `seen`)."""
-        if needs_calibration(start_variant.method):  # chosen by calibration inputs, not thresholds: uniform only
-            return
         sparsifier = start_variant.sparsifier(self.tune)
         run_in_memory(self.store, [sparsifier])
-        document = getattr(sparsifier, "plan_document", lambda: {})()
-        if "thresholds" not in document:  # a plugin sparsifier without thresholds: uniform only
-            return
         method = start_variant.method
+        calibrated = needs_calibration(method)
+        if calibrated:  # chosen by calibration inputs: a state is a δ per layer (--layer overrides)
+            names, document = list(sparsifier.counts), None
+        else:
+            document = getattr(sparsifier, "plan_document", lambda: {})()
+            if "thresholds" not in document:  # a plugin sparsifier without thresholds: uniform only
+                return
+            names = list(document["thresholds"])
         infos = {t.name: t for t in self.store.tensors}
         layers = {}
-        for name in document["thresholds"]:
+        for name in names:
             layers.setdefault(infos[name].layer, []).append(name)
-        magnitudes = {n: np.sort(np.abs(self.store.load(n)).reshape(-1)) for names in layers.values() for n in names}
-        size = {layer: sum(magnitudes[n].size for n in names) for layer, names in layers.items()}
+        if not layers:
+            return
+        size = {layer: sum(infos[n].size for n in names) for layer, names in layers.items()}
         tuned = sorted(layers, key=lambda layer: -size[layer])[:max_layers] if max_layers else list(layers)
 
-        def thresholds(levels):
-            """Exact thresholds for {layer: level}: the level-quantile of |w| in each of its tensors."""
-            out = dict(document["thresholds"])  # layers not tuned (--max-layers) keep the start's
-            for layer in tuned:
-                level, names = levels.get(layer, 0.0), layers[layer]
-                for name in names:
-                    k = int(np.floor(level * magnitudes[name].size))
-                    out[name] = float(magnitudes[name][k - 1]) if k > 0 else -1.0
-            return out
+        if calibrated:
+            delta = dict(start_variant.options)["delta"]
+            start_levels = {layer: delta for layer in tuned}
 
-        start_levels = {layer: sum(int(np.count_nonzero(np.abs(self.store.load(n)) <= document["thresholds"][n]))
-                                   for n in layers[layer]) / size[layer] for layer in tuned}
+            def state(levels):
+                options = dict(start_variant.options)
+                options["layers"] = tuple(f"{literal_glob(n)}={levels[layer]}" for layer in tuned
+                                          for n in layers[layer] if levels[layer] != delta)
+                return Variant.of(self.model, method, pack=self.target == "bytes", values=self.values,
+                                  calibration=self.calibration, **options)
+        else:
+            magnitudes = {n: np.sort(np.abs(self.store.load(n)).reshape(-1)) for n in names}
+
+            def state(levels):
+                """Exact thresholds for {layer: level}: the level-quantile of |w| in each of its tensors."""
+                out = dict(document["thresholds"])  # layers not tuned (--max-layers) keep the start's
+                for layer in tuned:
+                    level = levels.get(layer, 0.0)
+                    for name in layers[layer]:
+                        k = int(np.floor(level * magnitudes[name].size))
+                        out[name] = float(magnitudes[name][k - 1]) if k > 0 else -1.0
+                return self.variant(method, out)
+
+            start_levels = {layer: sum(int(np.count_nonzero(np.abs(self.store.load(n)) <= document["thresholds"][n]))
+                                       for n in layers[layer]) / size[layer] for layer in tuned}
         options = {layer: sorted({round(min(0.99, max(0.0, start_levels[layer] + step)), 4) for step in LAYER_STEPS}
                                  | {start_levels[layer]}) for layer in tuned}
 
         # Sensitivity: each layer moved alone to each of its levels, every other layer as in the start.
         probes = [(layer, level) for layer in tuned for level in options[layer] if level != start_levels[layer]]
-        rows = self.score([self.variant(method, thresholds({**start_levels, layer: level})) for layer, level in probes])
+        rows = self.score([state({**start_levels, layer: level}) for layer, level in probes])
         if len(rows) < len(probes):
             return
         base_loss = self._loss(start_row)
@@ -287,7 +304,7 @@ class Search:
         low, high = -1, len(family) - 1
         while low < high and self.evaluations < self.max_evals:  # the most aggressive allocation that holds
             middle = (low + high + 1) // 2
-            variant = self.variant(method, thresholds(family[middle]))
+            variant = state(family[middle])
             (row,) = self.score([variant]) or [None]
             if row is None:
                 break
@@ -313,7 +330,7 @@ class Search:
                 if self.evaluations >= self.max_evals:
                     break
                 levels = {**best_levels, layer: lv}
-                variant = self.variant(method, thresholds(levels))
+                variant = state(levels)
                 (row,) = self.score([variant]) or [None]
                 if row is not None and self.ok(row) and self.objective(row) > self.objective(best_row):
                     best_levels, best_row, improved = levels, row, True
@@ -467,8 +484,9 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     held_value = evaluator_for(held).score(evaluator_for(held).predict(written))
     layers = {}
     sizes = {}
+    touched = set(plan.get("thresholds") or plan.get("tensors") or getattr(sparsifier, "counts", {}))
     for t in result.tensors:
-        if t.name in plan.get("thresholds", plan.get("tensors", {})):
+        if t.name in touched:
             layers[t.layer] = layers.get(t.layer, 0) + t.zeros
             sizes[t.layer] = sizes.get(t.layer, 0) + t.size
     if start_variant not in held_rows:
