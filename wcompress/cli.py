@@ -597,6 +597,26 @@ def _parse_bits(ctx, param, text):
     return tuple(dict.fromkeys(chosen)) or None
 
 
+def ray_options(f):
+    """Where evaluations run: --ray [ADDRESS] instead of --jobs."""
+    f = click.option("--ray-cpus-per-worker", "ray_cpus", type=click.FloatRange(min=0.01), default=1.0,
+                     show_default=True, help="With --ray: CPUs each worker takes (one worker per this many CPUs "
+                     "of the cluster; each loads the model once).")(f)
+    f = click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Evaluate on a Ray cluster: alone, a new local Ray instance; 'auto' or ray://HOST:PORT joins "
+                     "a running one. Models and data reach the workers through Ray (pip install 'wcompress[ray]'). "
+                     "See docs/scale.md.")(f)
+    return f
+
+
+def _cluster(ray_address, ray_cpus):
+    if ray_address is None:
+        return None
+    from .evaluation.cluster import Cluster
+
+    return Cluster(address=None if ray_address == "local" else ray_address, cpus_per_worker=ray_cpus)
+
+
 def values_options(f):
     """How the container stores values, as variants are evaluated and packed."""
     f = click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
@@ -721,11 +741,12 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("--csv", "csv_path", type=click.Path(), help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(), help="Draw metric against sparsity to a PNG.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
+@ray_options
 @values_options
 @json_option
 def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
           metric, methods, deltas, include, exclude, min_size, layers, patterns, acceptable, csv_path, plot_path, jobs,
-          bits, calibration, as_json):
+          ray_address, ray_cpus, bits, calibration, as_json):
     """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
     against sparsity curve of each method, to pick the sparsity a model allows). Variants are applied to
     the model in memory, loaded once; packed bytes are those of the container without training state."""
@@ -743,7 +764,7 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
         parse_pattern(p)  # refused before any evaluation
     result = run_sweep(model, names, parse_grids(deltas, names), spec, jobs, acceptable, selection,
                        show_progress=not as_json, values=bits or ("float32",), calibration=calibration,
-                       patterns=patterns)
+                       patterns=patterns, cluster=_cluster(ray_address, ray_cpus))
     if csv_path:
         import csv
 
@@ -795,12 +816,13 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--pattern", help="N:M (e.g. 2:4): choose which layers keep N of every M inputs (the others stay "
               "dense), with relative (default) or --methods wanda / sparsegpt.")
+@ray_options
 @values_options
 @json_option
 def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
              metric, max_drop, relative, holdout, validation, target, methods, include, exclude, min_size,
-             destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, pattern, bits, calibration,
-             as_json):
+             destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, pattern, ray_address,
+             ray_cpus, bits, calibration, as_json):
     """The sparsest model (or smallest container) within --max-drop, judged on examples the search never saw:
     the best uniform setting of every method, then per-layer levels from each layer's measured sensitivity.
     With --pack --target bytes --bits 16,8,4 it also chooses how values are stored: the smallest container
@@ -818,7 +840,7 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
                           methods=[m.strip() for m in methods.split(",")] if methods else None, holdout=holdout,
                           validation=validation, target=target, selection=selection, max_layers=max_layers,
                           max_evals=max_evals, pack=pack, values=bits or values_dtype, calibration=calibration,
-                          show_progress=not as_json, pattern=pattern)
+                          show_progress=not as_json, pattern=pattern, cluster=_cluster(ray_address, ray_cpus))
     if as_json:
         emit_json(result)
         return
@@ -836,9 +858,10 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("--top", type=int, default=10, show_default=True, help="How many combinations to show.")
 @click.option("--min-members", type=int, default=1, show_default=True, help="Consider only ensembles this large.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate candidates in this many processes.")
+@ray_options
 @json_option
 def ensemble_search(models, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
-                    model_code, metric, budget, dtype, top, min_members, jobs, as_json):
+                    model_code, metric, budget, dtype, top, min_members, jobs, ray_address, ray_cpus, as_json):
     """Pick ensemble members and weights that maximise the metric under a size budget (the combinations
     tried, best first, with the `wcompress merge` command that builds the best)."""
     from .evaluation import ensemble_search as run_search
@@ -847,7 +870,8 @@ def ensemble_search(models, data, reference, input_names, output_name, feeds, ba
 
     spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
                  model_code)
-    result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top, min_members=min_members)
+    result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top, min_members=min_members,
+                        cluster=_cluster(ray_address, ray_cpus))
     best = result["combinations"][0]
     keras_output = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
     result["merge_command"] = merge_command(best, dtype, spec, "ensemble.keras" if keras_output else "ensemble/")

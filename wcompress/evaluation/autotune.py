@@ -32,7 +32,7 @@ from ..plan import literal_glob, pattern_selection
 from ..progress import evaluation_progress
 from ..runner import run_in_memory
 from .scoring import split_examples
-from .variants import (Pool, Variant, calibration_hessians, dense_score, evaluator_for, needs_calibration,
+from .variants import (Variant, calibration_hessians, dense_score, evaluator_for, needs_calibration, open_pool,
                        packed_bytes, score_variant)
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]  # fractions of the eligible weights
@@ -371,11 +371,12 @@ class Search:
 
 def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, force=False, methods=None,
              holdout=0.3, validation=None, target="sparsity", selection=None, max_layers=None, max_evals=500,
-             pack=False, values="float32", calibration=None, show_progress=False, pattern=None):
+             pack=False, values="float32", calibration=None, show_progress=False, pattern=None, cluster=None):
     """Tune on one part of the data, judge on the other; write the model and its plan. `values`, one or
     several of float32/float16/int8/int4: how the written container stores values; with several, each
     is a start of the search and the best state of any of them is written. `pattern` ('2:4'): the states
-    are which layers take that N:M pattern, for the methods that keep N of M (relative by default)."""
+    are which layers take that N:M pattern, for the methods that keep N of M (relative by default).
+    `cluster`: a cluster.Cluster to evaluate on Ray instead of `jobs` local processes."""
     from ..io.container import ContainerWriter
     from ..plan import write_plan
     from ..plugins import get_pass
@@ -401,7 +402,8 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     open_model(model)  # a wrong path is the first thing to say
     tune, held, note = _parts(spec, holdout, validation)
     selection = selection or {}
-    with Pool(tune, jobs) as pool, evaluation_progress(1 + 40 * len(methods), "autotune", show_progress) as advance:
+    with open_pool(tune, jobs, cluster, [model, calibration, held.data]) as pool, \
+            evaluation_progress(1 + 40 * len(methods), "autotune", show_progress) as advance:
         search = Search(model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals,
                         calibration=calibration)
         advance("dense")
@@ -450,6 +452,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
         # The fair comparison: the best uniform setting judged the same way (both parts).
         uniform_state = next((state for state in candidates if state[0] in search.uniform_variants
                               and holds_out(state)), None)
+        evaluated_by = pool.describe()
     candidate, tuned_row = chosen
     sparsifier = candidate.sparsifier(tune)
     store = open_model(model)
@@ -516,7 +519,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
                   "layers": {k: layers[k] / sizes[k] for k in layers}},
         "uniform_held_out": uniform_judged,
         "gain": sparsity - (uniform_judged["sparsity"] if uniform_judged else 0.0), "output": written, "output_bytes": written_bytes,
-        "plan": plan_path, "evaluations": search.evaluations + 2,
+        "plan": plan_path, "evaluations": search.evaluations + 2, "evaluated_by": evaluated_by,
         "compare": _comparisons(store, spec, hessians) if pack and target == "bytes" else None,
     }
 

@@ -41,11 +41,17 @@ def _candidate(path_and_dtype):
         return written.output_bytes, predictions
 
 
-def ensemble_search(models, spec, budget, dtype="float32", jobs=1, top=10, step=0.05, min_members=1):
-    """Score each candidate once, then pick members and weights maximising the metric under the budget."""
+def ensemble_search(models, spec, budget, dtype="float32", jobs=1, top=10, step=0.05, min_members=1, cluster=None):
+    """Score each candidate once, then pick members and weights maximising the metric under the budget
+    (`cluster`: a cluster.Cluster scores them on Ray)."""
     if len(models) > 12:
         raise WcompressError("ensemble-search takes at most 12 candidates")
-    if jobs <= 1:
+    if cluster is not None:
+        from .variants import open_pool
+
+        with open_pool(spec, jobs, cluster, models) as pool:
+            measured = pool.candidates(models, dtype)
+    elif jobs <= 1:
         measured = [_candidate((m, dtype, spec)) for m in models]
     else:
         context = multiprocessing.get_context("spawn")

@@ -4,7 +4,7 @@ import os
 
 from ..errors import WcompressError
 from ..progress import evaluation_progress
-from .variants import Pool, Variant, dense_score
+from .variants import Variant, dense_score, open_pool
 
 # δ means something else to each method: flat and triangular scale a layer span (|w| up to about half the
 # span, so useful δ are far below 1 for triangular's own-span thresholds), relative is the fraction zeroed.
@@ -57,12 +57,12 @@ def parse_grids(text, methods):
 
 
 def sweep(model, methods, grids, spec, jobs=1, acceptable=0.95, selection=None, show_progress=False,
-          values=("float32",), calibration=None, patterns=()):
+          values=("float32",), calibration=None, patterns=(), cluster=None):
     """Rows of method, δ, model sparsity, metric and packed bytes for every method and δ of its grid, and
     every way of storing the values (`values`: float32, float16, int8, int4; int8/int4 GPTQ-rounded on
     `calibration` inputs when given). `patterns` ('2:4', …) add a row per N:M pattern for every method that
     takes one (relative, wanda, sparsegpt). `selection`: include / exclude / layers / min_size, as sparsify
-    takes them."""
+    takes them. `cluster`: a cluster.Cluster to evaluate on Ray instead of `jobs` local processes."""
     selection = selection or {}
     patterned = [m for m in methods if takes_pattern(m)]
     if patterns and not patterned:
@@ -76,15 +76,18 @@ def sweep(model, methods, grids, spec, jobs=1, acceptable=0.95, selection=None, 
             if m in patterned:
                 variants += [Variant.of(model, m, pack=True, values=v, calibration=calibration, pattern=p,
                                         **selection) for p in patterns]
-    with Pool(spec, jobs) as pool, evaluation_progress(len(variants) + 1, "sweep", show_progress) as advance:
+    with open_pool(spec, jobs, cluster, [model, calibration]) as pool, \
+            evaluation_progress(len(variants) + 1, "sweep", show_progress) as advance:
         base, metric = dense_score(model, spec)
         advance("dense")
         rows = pool.score(variants, lambda row: advance(f"{row['method']} {setting(row)}"))
+        where = pool.describe()
     threshold = base * acceptable if metric.higher_is_better else base / acceptable
     for row in rows:
         row["acceptable"] = row["value"] >= threshold if metric.higher_is_better else row["value"] <= threshold
     return {"model": model, "metric": spec.metric, "reference": spec.reference, "examples": _examples(spec),
-            "baseline": base, "threshold": threshold, "higher_is_better": metric.higher_is_better, "rows": rows}
+            "baseline": base, "threshold": threshold, "higher_is_better": metric.higher_is_better, "rows": rows,
+            "evaluated_by": where}
 
 
 def takes_pattern(method):

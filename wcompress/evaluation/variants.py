@@ -190,6 +190,19 @@ def _score_in_worker(job):
     return score_variant(variant, spec)
 
 
+def open_pool(spec, jobs=1, cluster=None, paths=()):
+    """Where variants are scored: this process or `jobs` local processes (Pool), or a Ray cluster
+    (cluster.RayPool, given a cluster.Cluster; `paths` are the files its workers need besides the spec's)."""
+    if cluster is None:
+        return Pool(spec, jobs)
+    if jobs != 1:
+        raise WcompressError("--jobs and --ray both say where to evaluate: give one (--ray-cpus-per-worker sets "
+                             "how many workers a Ray node runs)")
+    from .cluster import RayPool
+
+    return RayPool(spec, cluster, paths)
+
+
 class Pool:
     """Scores variants in order, in this process or in `jobs` spawned workers kept for the whole run."""
 
@@ -207,6 +220,9 @@ class Pool:
     def __exit__(self, *exc):
         if self._executor is not None:
             self._executor.shutdown(cancel_futures=True)
+
+    def describe(self):
+        return {"backend": "processes", "workers": self.jobs}
 
     def score(self, variants, advance=None, spec=None):
         """Rows for `variants`, in their order; advance(row) after each."""
