@@ -1,10 +1,12 @@
 """--ray: sweep, autotune and ensemble-search on a real two-node Ray cluster started on this machine give
 the answers of --jobs 1, also when a worker process is killed mid-run."""
 
+import glob
 import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -76,6 +78,7 @@ def test_a_worker_killed_mid_sweep_is_restarted_and_the_rows_are_the_same(real, 
     spread = json.loads(result.stdout)
     assert killed is not None and spread["evaluated_by"]["restarted_workers"] == 1
     assert spread["rows"] == run_json(*sweep_args(real, held))["rows"]
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), f"wcompress-ray-{os.getpid()}-*"))  # the lost one's too
 
 
 def test_autotune_on_the_cluster_equals_one_process(mhc, cluster, tmp_path):
@@ -104,7 +107,7 @@ def test_workers_read_their_own_copies_shipped_through_ray(tiny, cluster):
     ray.init(address=cluster)
     try:
         worker = ray.remote(_Worker).remote()
-        shipped = {prefix: ray.put(files)}
+        shipped = {"run": "test", "files": {prefix: ray.put(files)}}
         local = ray.get(worker.localized.remote(shipped, prefix))
         assert local != prefix and os.path.basename(local) == os.path.basename(prefix)
         for name, data in files.items():
@@ -112,6 +115,7 @@ def test_workers_read_their_own_copies_shipped_through_ray(tiny, cluster):
                 assert fh.read() == data
         ray.get(worker.close.remote())
         assert not os.path.exists(os.path.dirname(local))
+        assert not os.path.exists(os.path.join(tempfile.gettempdir(), "wcompress-ray-test"))
     finally:
         ray.shutdown()
 

@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, fields, replace
 
 from ..errors import WcompressError
@@ -124,17 +125,22 @@ class _Worker:
 
     def __init__(self):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        self.root, self.local = None, None
+        self.root, self.run_folder, self.local = None, None, None
 
     def _fetch(self, shipped):
+        """Write the run's files into this worker's folder, inside the run's folder on this node (so that
+        a surviving worker's close() also removes what a lost one left)."""
         import ray
 
         if self.local is not None:
             return
-        self.root = tempfile.mkdtemp(prefix="wcompress-ray-")
+        self.run_folder = os.path.join(tempfile.gettempdir(), f"wcompress-ray-{shipped['run']}")
+        os.makedirs(self.run_folder, mode=0o700, exist_ok=True)
+        self.root = tempfile.mkdtemp(prefix="worker-", dir=self.run_folder)
         self.local = {}
-        originals = list(shipped)
-        contents = ray.get([shipped[p] for p in originals])
+        files = shipped["files"]
+        originals = list(files)
+        contents = ray.get([files[p] for p in originals])
         for number, (original, files) in enumerate(zip(originals, contents)):
             base = os.path.join(self.root, str(number))
             for relative, data in files.items():
@@ -177,7 +183,7 @@ class _Worker:
 
     def close(self):
         if self.root:
-            shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(self.run_folder, ignore_errors=True)
 
 
 def worker_name(number, pid=None):
@@ -204,7 +210,7 @@ class RayPool:
                 files = files_of(path)
                 if files is not None:
                     shipped[path] = ray.put(files)
-            self._shipped = shipped
+            self._shipped = {"run": f"{os.getpid()}-{uuid.uuid4().hex[:12]}", "files": shipped}
             cpus = float(ray.cluster_resources().get("CPU", 1))
             count = self.cluster.workers or max(1, int(cpus // self.cluster.cpus_per_worker))
             remote = ray.remote(num_cpus=self.cluster.cpus_per_worker, max_restarts=RESTARTS,
