@@ -106,7 +106,7 @@ def test_workers_read_their_own_copies_shipped_through_ray(tiny, cluster):
     assert {n.split(".")[-1] for n in files} >= {"index", "meta", "checkpoint"}
     ray.init(address=cluster)
     try:
-        worker = ray.remote(_Worker).remote()
+        worker = ray.remote(_Worker).remote(1)
         shipped = {"run": "test", "files": {prefix: ray.put(files)}}
         local = ray.get(worker.localized.remote(shipped, prefix))
         assert local != prefix and os.path.basename(local) == os.path.basename(prefix)
