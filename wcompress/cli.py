@@ -599,6 +599,8 @@ def _parse_bits(ctx, param, text):
 
 def ray_options(f):
     """Where evaluations run: --ray [ADDRESS] instead of --jobs."""
+    f = click.option("--ray-workers", type=click.IntRange(min=1), help="With --ray: at most this many workers "
+                     "(default: the cluster's CPUs / --ray-cpus-per-worker).")(f)
     f = click.option("--ray-cpus-per-worker", "ray_cpus", type=click.FloatRange(min=0.01), default=1.0,
                      show_default=True, help="With --ray: CPUs each worker takes (one worker per this many CPUs "
                      "of the cluster; each loads the model once).")(f)
@@ -609,12 +611,15 @@ def ray_options(f):
     return f
 
 
-def _cluster(ray_address, ray_cpus):
+def _cluster(ray_address, ray_cpus, ray_workers):
     if ray_address is None:
+        if ray_workers is not None or ray_cpus != 1.0:
+            raise WcompressError("--ray-workers and --ray-cpus-per-worker go with --ray")
         return None
     from .evaluation.cluster import Cluster
 
-    return Cluster(address=None if ray_address == "local" else ray_address, cpus_per_worker=ray_cpus)
+    return Cluster(address=None if ray_address == "local" else ray_address, cpus_per_worker=ray_cpus,
+                   workers=ray_workers)
 
 
 def values_options(f):
@@ -746,7 +751,7 @@ def evaluate(model, data, reference, input_names, output_name, feeds, batch_size
 @json_option
 def sweep(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
           metric, methods, deltas, include, exclude, min_size, layers, patterns, acceptable, csv_path, plot_path, jobs,
-          ray_address, ray_cpus, bits, calibration, as_json):
+          ray_address, ray_cpus, ray_workers, bits, calibration, as_json):
     """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
     against sparsity curve of each method, to pick the sparsity a model allows). Variants are applied to
     the model in memory, loaded once; packed bytes are those of the container without training state."""
@@ -764,7 +769,7 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
         parse_pattern(p)  # refused before any evaluation
     result = run_sweep(model, names, parse_grids(deltas, names), spec, jobs, acceptable, selection,
                        show_progress=not as_json, values=bits or ("float32",), calibration=calibration,
-                       patterns=patterns, cluster=_cluster(ray_address, ray_cpus))
+                       patterns=patterns, cluster=_cluster(ray_address, ray_cpus, ray_workers))
     if csv_path:
         import csv
 
@@ -822,7 +827,7 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
              metric, max_drop, relative, holdout, validation, target, methods, include, exclude, min_size,
              destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, pattern, ray_address,
-             ray_cpus, bits, calibration, as_json):
+             ray_cpus, ray_workers, bits, calibration, as_json):
     """The sparsest model (or smallest container) within --max-drop, judged on examples the search never saw:
     the best uniform setting of every method, then per-layer levels from each layer's measured sensitivity.
     With --pack --target bytes --bits 16,8,4 it also chooses how values are stored: the smallest container
@@ -840,7 +845,8 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
                           methods=[m.strip() for m in methods.split(",")] if methods else None, holdout=holdout,
                           validation=validation, target=target, selection=selection, max_layers=max_layers,
                           max_evals=max_evals, pack=pack, values=bits or values_dtype, calibration=calibration,
-                          show_progress=not as_json, pattern=pattern, cluster=_cluster(ray_address, ray_cpus))
+                          show_progress=not as_json, pattern=pattern,
+                          cluster=_cluster(ray_address, ray_cpus, ray_workers))
     if as_json:
         emit_json(result)
         return
@@ -861,7 +867,8 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @ray_options
 @json_option
 def ensemble_search(models, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
-                    model_code, metric, budget, dtype, top, min_members, jobs, ray_address, ray_cpus, as_json):
+                    model_code, metric, budget, dtype, top, min_members, jobs, ray_address, ray_cpus, ray_workers,
+                    as_json):
     """Pick ensemble members and weights that maximise the metric under a size budget (the combinations
     tried, best first, with the `wcompress merge` command that builds the best)."""
     from .evaluation import ensemble_search as run_search
@@ -871,7 +878,7 @@ def ensemble_search(models, data, reference, input_names, output_name, feeds, ba
     spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
                  model_code)
     result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top, min_members=min_members,
-                        cluster=_cluster(ray_address, ray_cpus))
+                        cluster=_cluster(ray_address, ray_cpus, ray_workers))
     best = result["combinations"][0]
     keras_output = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
     result["merge_command"] = merge_command(best, dtype, spec, "ensemble.keras" if keras_output else "ensemble/")

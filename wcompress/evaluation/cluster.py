@@ -180,6 +180,12 @@ class _Worker:
         self._fetch(shipped)
         return index, score_variant(self._here(variant), self._here(spec))
 
+    def dense(self, shipped, index, model, spec):
+        from .variants import dense_score
+
+        self._fetch(shipped)
+        return index, dense_score(self.local.get(model, model), self._here(spec))[0]
+
     def candidate(self, shipped, index, path, dtype, spec):
         from .ensemble import _candidate
 
@@ -222,7 +228,8 @@ class RayPool:
                     shipped[path] = ray.put(files)
             self._shipped = {"run": f"{os.getpid()}-{uuid.uuid4().hex[:12]}", "files": shipped}
             cpus = float(ray.cluster_resources().get("CPU", 1))
-            count = self.cluster.workers or max(1, int(cpus // self.cluster.cpus_per_worker))
+            fits = max(1, int(cpus // self.cluster.cpus_per_worker))  # more would wait for CPUs forever
+            count = min(self.cluster.workers or fits, fits)
             remote = ray.remote(num_cpus=self.cluster.cpus_per_worker, max_restarts=RESTARTS,
                                 max_task_retries=RESTARTS)(_Worker)
             # Named by this process: a caller (or a test) can find a run's workers with ray.get_actor.
@@ -278,6 +285,10 @@ class RayPool:
         """Rows for `variants`, in their order; advance(row) after each."""
         spec = spec or self.spec
         return self._run("score", [(v, spec) for v in variants], advance)
+
+    def dense(self, model, spec=None):
+        """The unchanged model's score, computed by a worker (the driver need not load the model)."""
+        return self._run("dense", [(model, spec or self.spec)], None)[0]
 
     def candidates(self, models, dtype, spec=None):
         spec = spec or self.spec

@@ -4,7 +4,7 @@ import os
 
 from ..errors import WcompressError
 from ..progress import evaluation_progress
-from .variants import Variant, dense_score, open_pool
+from .variants import Variant, evaluator_for, open_pool
 
 # δ means something else to each method: flat and triangular scale a layer span (|w| up to about half the
 # span, so useful δ are far below 1 for triangular's own-span thresholds), relative is the fraction zeroed.
@@ -78,7 +78,7 @@ def sweep(model, methods, grids, spec, jobs=1, acceptable=0.95, selection=None, 
                                         **selection) for p in patterns]
     with open_pool(spec, jobs, cluster, [model, calibration]) as pool, \
             evaluation_progress(len(variants) + 1, "sweep", show_progress) as advance:
-        base, metric = dense_score(model, spec)
+        base, metric = pool.dense(model, spec), evaluator_for(spec).metric
         advance("dense")
         rows = pool.score(variants, lambda row: advance(f"{row['method']} {setting(row)}"))
         where = pool.describe()
@@ -106,8 +106,6 @@ def _delta_options(method, delta):
 
 
 def _examples(spec):
-    from .variants import evaluator_for
-
     return evaluator_for(spec).examples
 
 
