@@ -265,20 +265,26 @@ class RayPool:
         now = self._ray.get([w.pid.remote() for w in self.workers])
         return sum(1 for i, pid in enumerate(now) if pid != self._started[i])
 
-    def worker_pids(self):
-        return self._ray.get([w.pid.remote() for w in self.workers])
-
     def _run(self, method, jobs, advance):
         """[result] of worker.method(index, *job) for every job, in order; advance(result) as each ends."""
         from ray.util import ActorPool
 
+        from ray import exceptions
+
         pool = ActorPool(self.workers)
         results = [None] * len(jobs)
         calls = ((self._shipped, i, *job) for i, job in enumerate(jobs))
-        for index, result in pool.map_unordered(lambda w, args: getattr(w, method).remote(*args), calls):
-            results[index] = result
-            if advance:
-                advance(result)
+        try:
+            for index, result in pool.map_unordered(lambda w, args: getattr(w, method).remote(*args), calls):
+                results[index] = result
+                if advance:
+                    advance(result)
+        except exceptions.RayTaskError as exc:  # the worker's own error, as it would be raised here
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else WcompressError(str(exc).splitlines()[0])) from exc
+        except exceptions.RayActorError as exc:
+            raise WcompressError(f"a Ray worker was lost more than {RESTARTS} times; its evaluations could not "
+                                 "finish") from exc
         return results
 
     def score(self, variants, advance=None, spec=None):
