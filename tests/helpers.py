@@ -33,6 +33,12 @@ def run_error(*args):
     return lines[0]
 
 
+def sparsified_figures(model, data, out, *sparsify_args):
+    """sparsify MODEL -o OUT with these arguments, then evaluate OUT against MODEL on DATA: {metric: value}."""
+    run_cli("sparsify", model, *sparsify_args, "-o", out)
+    return {r["metric"]: r["value"] for r in run_json("evaluate", out, "--data", data, "--reference", model)["results"]}
+
+
 def stock_tensors(path):
     """Every stored tensor of a model file, read with stock readers (name -> array)."""
     import tensorflow as tf

@@ -5,7 +5,7 @@ import itertools
 import json
 import numpy as np
 import pytest
-from helpers import run_cli, run_error, run_json, stock_tensors
+from helpers import run_cli, run_error, run_json, sparsified_figures, stock_tensors
 
 from wcompress.io import coders, encodings
 from wcompress.pruning import keep_n_of_m
@@ -101,12 +101,9 @@ def test_every_eligible_kernel_keeps_exactly_n_of_m_in_the_stock_loaded_output(r
 
 
 def test_a_pattern_with_wanda_keeps_more_than_magnitude(real, faces, calibration, tmp_path):
-    cosine = {}
-    for method, extra in (("wanda", ["--data", calibration]), ("relative", [])):
-        out = tmp_path / f"{method}.hdf5"
-        run_cli("sparsify", real["fer"], "--method", method, "--pattern", "2:4", "-o", out, *extra)
-        cosine[method] = {r["metric"]: r["value"] for r in run_json(
-            "evaluate", out, "--data", faces["data"], "--reference", real["fer"])["results"]}["cosine"]
+    cosine = {method: sparsified_figures(real["fer"], faces["data"], tmp_path / f"{method}.hdf5", "--method", method,
+                                         "--pattern", "2:4", *extra)["cosine"]
+              for method, extra in (("wanda", ["--data", calibration]), ("relative", []))}
     assert cosine["wanda"] > cosine["relative"]
 
 
