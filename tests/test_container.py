@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import (
     MUSICNN_OUT,
+    as_version_1,
     assert_same_tensors,
     musicnn_feed,
     run_cli,
@@ -228,8 +229,10 @@ def _edit_index(container, edit):
 def test_source_name_is_data_not_a_path(tmp_path):
     container = _coo_container(tmp_path)
     for hostile in ("../../escaped", "/tmp/absolute-escape", ".."):
-        with h5py.File(container, "r+") as h5:
-            h5.attrs["source_name"] = hostile
+        def rename(h5, index):  # a crafted file: the attribute and its checksummed copy agree
+            h5.attrs["source_name"] = index["attributes"]["source_name"] = hostile
+
+        _edit_index(container, rename)
         out = tmp_path / "out"
         shutil.rmtree(out, ignore_errors=True)
         written = run_json("restore", container, "-o", str(out) + "/")["output"]
@@ -298,11 +301,10 @@ def test_metadata_bomb_is_refused(tmp_path):
 def test_version_1_containers_still_restore(tmp_path):
     """Version 1 had no checksums: a file written that way (checksums removed) restores bit-exact."""
     container = _coo_container(tmp_path)
-    with h5py.File(container, "r+") as h5:
-        index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
-        del index["checksums"]
-        _replace_index(h5, index)
-        del h5.attrs["index_crc32"]
-        h5.attrs["version"] = 1
-    restored = run_json("restore", container, "-o", str(tmp_path / "r") + "/")["output"]
-    assert_same_tensors(stock_tensors(str(tmp_path / "ck" / "model.ckpt")), stock_tensors(restored))
+    as_version_1(container)
+    result = run_json("restore", container, "-o", str(tmp_path / "r") + "/")
+    assert_same_tensors(stock_tensors(str(tmp_path / "ck" / "model.ckpt")), stock_tensors(result["output"]))
+    warning = f"{container}: container version 1 carries no checksums: damage to it cannot be detected"
+    assert result["warnings"] == [warning]
+    assert run_cli("restore", container, "-o", str(tmp_path / "r2") + "/").stderr == f"wcompress: warning: {warning}\n"
+    assert run_json("report", container)["container_version"] == 1

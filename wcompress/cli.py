@@ -31,6 +31,7 @@ class Cli(click.Group):
     def invoke(self, ctx):
         try:
             with warnings.catch_warnings(), _terminate_cleanly():
+                _SHOWN.clear()
                 warnings.simplefilter("always", WcompressWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)  # numpy on garbage values: the error says why
                 warnings.showwarning = _show_warning
@@ -50,8 +51,12 @@ class Cli(click.Group):
             ctx.exit(2 if _is_user_error(exc) else 1)
 
 
+_SHOWN = []  # this command's warnings, once each: on stderr as they come, and in --json
+
+
 def _show_warning(message, category, *args, **kwargs):
-    if issubclass(category, WcompressWarning):
+    if issubclass(category, WcompressWarning) and str(message) not in _SHOWN:
+        _SHOWN.append(str(message))
         click.echo(f"wcompress: warning: {message}", err=True)
 
 
@@ -123,6 +128,9 @@ def json_option(f):
 
 
 def emit_json(data):
+    """Print a command's --json document; the warnings it showed on stderr are in it too."""
+    if isinstance(data, dict) and _SHOWN and "warnings" not in data:  # some commands list their own findings
+        data = {**data, "warnings": list(_SHOWN)}
     click.echo(json.dumps(data, indent=2, default=str))
 
 

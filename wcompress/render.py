@@ -232,7 +232,8 @@ def size_floor_line(summary, model_weights, names_shown=3):
 
 def report_table(result):
     t = result["totals"]
-    table = Table(title=f"{result['path']} ({result['kind']}, {result['format']})", header_style="bold")
+    kind = f"container version {result['container_version']}" if result.get("container_version") else result["kind"]
+    table = Table(title=f"{result['path']} ({kind}, {result['format']})", header_style="bold")
     for col in ("tensor", "sparsity", "encoding", "coders", "values", "original B", "stored B", "raw bound B",
                 "stored/raw", "entropy bound B", "stored/entropy"):
         table.add_column(col, justify="left" if col in ("tensor", "encoding", "coders", "values") else "right")

@@ -125,6 +125,7 @@ def report(path, against=None, gzip=True):
         totals["against_bytes"] = original.bytes
         totals["file_over_against"] = store.bytes / original.bytes
     return {"path": path, "kind": "container" if isinstance(store, ContainerStore) else "model",
+            "container_version": store.version if isinstance(store, ContainerStore) else None,
             "format": kind, "tensors": rows, "totals": totals}
 
 

@@ -16,7 +16,7 @@ from ..errors import WcompressError, warn
 from ..quantization import channel_axis, dequantize, quantizable, quantize, quantize_calibrated
 from . import coders, encodings
 from .coders import CODECS
-from .h5check import check_structure, foreign_storage, refuse_external_links
+from .h5check import check_structure, foreign_storage
 from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import TensorInfo
@@ -24,9 +24,13 @@ from .tensors import TensorInfo
 MAGIC = "wcompress-sparse-container"
 # Version 2 adds a CRC-32 of every stored dataset (streams, pools, metadata blobs) and of the index;
 # version 3 entropy-codes each stream with the smallest of our coders (codec "auto", io/coders.py).
-# version 4 adds the N:M encoding ("nm", with the entry's "pattern": [N, M]).
-VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# version 4 adds the N:M encoding ("nm", with the entry's "pattern": [N, M]); version 5 copies the root
+# attributes into the index and names skeleton and raw blobs there, so every byte a reader uses is
+# covered by a checksum (see docs/format.md).
+VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+# Root attributes a version-5 index repeats under its checksum (index_crc32 covers the index itself).
+COVERED_ATTRIBUTES = ("format", "version", "source_format", "source_name", "codec", "values")
 # A crafted file may declare any shape: refuse a tensor that would decode to more than this many
 # times the bytes its own streams hold (above a floor), so memory is never allocated on its word.
 MAX_EXPANSION = 4096
@@ -151,8 +155,9 @@ class ContainerWriter:
         with create_file(target) as h5:
             name = os.path.basename(getattr(self.store, "prefix", "") if self.store.format.endswith("checkpoint")
                                     else os.path.normpath(self.store.path))
-            h5.attrs.update(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
-                            codec=self.codec, values=self.values)
+            attributes = dict(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
+                              codec=self.codec, values=self.values)
+            h5.attrs.update(attributes)
             streams = create_group(h5, "streams")
             self._pool, self._pool_bytes, self._pools, self._checksums = [], 0, 0, {}
             # Coding a tensor's streams (pcodec, zstd: both release the GIL) runs in a worker while the next
@@ -176,17 +181,22 @@ class ContainerWriter:
             self._flush_pool(streams)
             with tempfile.TemporaryDirectory() as work:
                 files, raw = self.store.skeleton(kept, retyped, work)
+            # What each blob is (a skeleton file's path, a raw entry's key) is recorded in the index only.
+            blob_names = {}
             skeleton = create_group(h5, "skeleton") if files else None
             for n, (rel, data) in enumerate(sorted(files.items())):
                 packed = _zipped(data)
-                skeleton.create_dataset(str(n), data=packed, **NO_TIMES).attrs["path"] = rel
+                skeleton.create_dataset(str(n), data=packed, **NO_TIMES)
                 self._checksums[f"skeleton/{n}"] = _crc(packed)
+                blob_names[f"skeleton/{n}"] = rel
             blobs = create_group(h5, "raw") if raw else None
-            for key, data in raw.items():
-                packed = _zipped(data)
-                self._checksums[f"raw/{len(blobs)}"] = _crc(packed)
-                blobs.create_dataset(str(len(blobs)), data=packed, **NO_TIMES).attrs["key"] = key
-            document = {"tensors": entries, "checksums": self._checksums}
+            for n, key in enumerate(sorted(raw)):
+                packed = _zipped(raw[key])
+                blobs.create_dataset(str(n), data=packed, **NO_TIMES)
+                self._checksums[f"raw/{n}"] = _crc(packed)
+                blob_names[f"raw/{n}"] = key
+            document = {"tensors": entries, "checksums": self._checksums, "attributes": attributes,
+                        "blobs": blob_names}
             index = _zipped(json.dumps(document, separators=(",", ":")).encode())
             h5.create_dataset("index", data=index, **NO_TIMES)
             h5.attrs["index_crc32"] = _crc(index)
@@ -311,7 +321,6 @@ class ContainerStore(ModelStore):
         check_structure(path)
         try:
             self.h5 = h5py.File(path, "r")
-            refuse_external_links(self.h5, path)
             attrs = dict(self.h5.attrs)
             if attrs.get("format") != MAGIC:
                 raise WcompressError("not a wcompress container (an HDF5 file without the container's mark)", path)
@@ -331,6 +340,7 @@ class ContainerStore(ModelStore):
             self._checksums = index.get("checksums", {}) if self.checksums else None
             if self.checksums and not isinstance(self._checksums, dict):
                 raise ValueError("checksum table missing")
+            self._blob_names = self._covered_attributes(attrs, index)
             self._verified = set()
         except WcompressError:
             raise
@@ -356,10 +366,49 @@ class ContainerStore(ModelStore):
         ]
         self.raw = {}
         try:
+            self._all_blobs_present("raw", self.h5.get("raw", {}))
             for ds in self.h5.get("raw", {}).values():
-                self.raw[str(ds.attrs["key"])] = ds
+                self.raw[self._blob_name(ds, "key")] = ds
         except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
             raise WcompressError(f"damaged container (raw blobs: {exc})", path) from exc
+
+    def _covered_attributes(self, attrs, index):
+        """Version 5: the root attributes must equal the index's checksummed copy (a changed source_format
+        would restore another format's files); returns the blob names the index records (None before 5)."""
+        if self.version < 5 and "attributes" not in index:
+            if self.version == 1:
+                warn("container version 1 carries no checksums: damage to it cannot be detected", self.path)
+            return None
+        recorded = index.get("attributes")
+        if not isinstance(recorded, dict) or not isinstance(index.get("blobs"), dict):
+            raise ValueError("index without the checksummed attributes of a version-5 container")
+        for key in COVERED_ATTRIBUTES:
+            value = attrs.get(key)
+            value = value.item() if isinstance(value, np.generic) else value
+            if key not in recorded or value != recorded[key] or type(value) is not type(recorded[key]):
+                raise ValueError(f"attribute {key} ({value!r}) differs from the checksummed index "
+                                 f"({recorded.get(key)!r})")
+        return index["blobs"]
+
+    def _all_blobs_present(self, group, members):
+        """Every skeleton file or raw entry the checksum table records must be there: one deleted from the
+        file would otherwise be silently missing from the restored model."""
+        if self.checksums:
+            recorded = {k for k in self._checksums if k.startswith(group + "/")}
+            present = {f"{group}/{name}" for name in members}
+            if recorded != present:
+                missing = sorted(recorded - present) or sorted(present - recorded)
+                raise WcompressError(f"damaged container: {group} blobs differ from the index ({missing[0]})",
+                                     self.path)
+
+    def _blob_name(self, ds, attribute):
+        """What a skeleton (`path`) or raw (`key`) blob is: from the index in version 5, else its attribute."""
+        if self._blob_names is None:
+            return str(ds.attrs[attribute])
+        name = self._blob_names.get(ds.name.lstrip("/"))
+        if not isinstance(name, str):
+            raise ValueError(f"blob {ds.name} is not named in the index")
+        return name
 
     def _checksum(self, key):
         """The checksum a version-2 file records for dataset `key` (None for version 1, which has none)."""
@@ -547,10 +596,14 @@ class ContainerStore(ModelStore):
         skeleton = self.h5.get("skeleton", {})
         if not isinstance(skeleton, (h5py.Group, dict)):
             raise WcompressError("damaged container (skeleton is not a group)", self.path)
+        self._all_blobs_present("skeleton", skeleton)
         for ds in skeleton.values():
             if not isinstance(ds, h5py.Dataset):
                 raise WcompressError("damaged container (a skeleton entry is not a dataset)", self.path)
-            rel = str(ds.attrs.get("path", ""))
+            try:
+                rel = self._blob_name(ds, "path")
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+                raise WcompressError(f"damaged container ({exc})", self.path) from exc
             if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
                 raise WcompressError(f"skeleton path {rel!r} escapes the model folder", self.path)
             target = os.path.join(root, rel)
@@ -586,6 +639,7 @@ def restore(container_path, dest, force=False, unsafe=False):
     With no `dest`, the output goes beside the container under the original's name, tagged `restored`.
     """
     from .store import write_safely
+    from .verify import verify_output
 
     container = ContainerStore(container_path)
     quantized = [e for e in container.entries.values() if e.get("quantized")]
@@ -602,7 +656,13 @@ def restore(container_path, dest, force=False, unsafe=False):
             name = "model.ckpt" if store.format.endswith("checkpoint") else None
             if dest is None and store.format.endswith("checkpoint"):  # the model was a folder: so is its copy
                 dest = os.path.splitext(os.path.abspath(container_path))[0] + "-restored" + os.sep
+        expected = {t.name: (t.shape, t.dtype) for t in store.tensors}
+
+        def verify(nbytes, target, fmt):  # before the rename: the stock reader must open what we wrote
+            verify_output(target, fmt, expected if fmt == store.format else None, container_path)
+
         return write_safely(store, dest, lambda info: store.load(info.name), force=force, tag="restored",
-                            name=name, beside=container_path, extra_inputs=[container_path], unsafe=unsafe)
+                            name=name, beside=container_path, extra_inputs=[container_path], unsafe=unsafe,
+                            check=verify)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,34 +1,66 @@
-"""A damaged byte in an HDF5 file's metadata can crash the HDF5 library (SIGSEGV) or make it spin
-forever while reading an attribute, and no Python code can catch either. So before we read an HDF5
-file in this process, a child process walks its whole structure (every group, dataset header and
-attribute, no tensor data) under a time limit: a crash or a hang there is a one-line error here.
+"""A damaged byte in an HDF5 file's metadata can crash the HDF5 library (SIGSEGV, SIGABRT on a double
+free) or make it spin forever while reading an attribute, and no Python code can catch either. So
+before we read an HDF5 file in this process, a guarded child (io/child.py: dies with us, killed with
+its process group on every exit path, stopped by its CPU time) opens it, lists its links and walks
+its whole structure (every group, dataset header and attribute, no tensor data): a crash or a spin
+there is a one-line error here, and this process never lists links itself.
 
 Also here: the checks that keep every path named inside an HDF5 file data, never a place we read from."""
 
-import faulthandler
 import os
-import select
-import signal
-import subprocess
-import sys
-import threading
+import zlib
 
 import h5py
 
 from ..errors import WcompressError
+from . import child
 
-_CHECKED = set()  # (path, size, mtime) of files already walked by this process
-_WALK = r"""
-import sys
-from wcompress.io.h5check import walk_structure
-
-walk_structure(sys.argv[1])
-"""
+# The walk of a sound file costs milliseconds of CPU whatever the machine's load; a damaged one that
+# makes HDF5 spin burns this in seconds. Larger files get a little more (chunk indexes are walked).
+CPU_SECONDS = 3
+CPU_SECONDS_PER_GIB = 5
+# Only for a child that blocks without spinning (it cannot, on a regular file): not the usual stop.
+WALL_SECONDS = 600
+_CHECKED = {}  # identity of a file already walked by this process -> the walk's findings
+_CONTENT_KEY_BYTES = 64 * 2**20
 
 
 def walk_structure(path):
-    """Touch every group, dataset header and attribute of `path` (no tensor data); Python-level errors are
-    the reader's to report, only crashes and hangs matter here."""
+    """Open `path`, list its links, then touch every group, dataset header and attribute (no tensor data).
+    Returns what the parent needs: the first link to another file, or why the links cannot be listed.
+    Python-level errors are the reader's to report; only crashes and spins matter here."""
+    try:
+        handle = h5py.File(path, "r")
+    except Exception:
+        return {}
+    try:
+        findings = _list_links(handle)
+        _walk(handle)
+        return findings
+    finally:
+        try:
+            handle.close()
+        except Exception:
+            pass
+
+
+def _list_links(h5):
+    found = []
+
+    def check(name, link):
+        if isinstance(link, h5py.ExternalLink) and not found:
+            found.append(f"{name} -> {link.filename}:{link.path}")
+
+    try:
+        h5.visititems_links(check)
+    except Exception as exc:
+        # h5py reports a link it cannot decode from inside its C callback as a SystemError.
+        cause = str(exc.__context__ or exc).strip().splitlines() or [type(exc).__name__]
+        return {"links_error": cause[0][:200]}
+    return {"external_link": found[0]} if found else {}
+
+
+def _walk(root):
     seen = set()
 
     def walk(obj, depth):
@@ -49,74 +81,44 @@ def walk_structure(path):
         except Exception:
             pass
 
-    try:
-        handle = h5py.File(path, "r")
-    except Exception:
-        return
-    walk(handle, 0)
+    walk(root, 0)
 
 
-def check_structure(path):
-    """Raise a one-line error if reading `path`'s HDF5 structure crashes or hangs the HDF5 library."""
+def check_structure(path, name=None):
+    """Raise a one-line error (naming `name`, default `path`) if reading `path`'s HDF5 structure crashes or
+    spins the HDF5 library, or if the file links to another file."""
+    name = path if name is None else name
+    key = _identity(path)
+    findings = _CHECKED.get(key)
+    if findings is None:
+        size = os.path.getsize(path)
+        cpu = CPU_SECONDS + CPU_SECONDS_PER_GIB * size / 2**30
+        outcome = child.run(walk_structure, [os.fspath(path)], cpu_seconds=cpu, wall_seconds=WALL_SECONDS)
+        if outcome.cpu_exceeded:
+            raise WcompressError(f"damaged HDF5 file: reading its structure did not finish within {int(max(1, cpu))} s "
+                                 "of CPU time", name)
+        if outcome.wall_exceeded:
+            raise WcompressError(f"damaged HDF5 file: reading its structure did not finish in {WALL_SECONDS} s", name)
+        if outcome.signal:
+            raise WcompressError(f"damaged HDF5 file: reading its structure crashed the HDF5 library "
+                                 f"({outcome.signal})", name)
+        findings = outcome.value if isinstance(outcome.value, dict) else {}
+        _CHECKED[key] = findings
+    if findings.get("links_error"):
+        raise WcompressError(f"damaged HDF5 file: its links cannot be listed ({findings['links_error']})", name)
+    if findings.get("external_link"):
+        raise WcompressError(f"HDF5 link to another file refused ({findings['external_link']})", name)
+
+
+def _identity(path):
+    """What a walk's result is remembered by: the file's place and times, and for files of a usual size its
+    content too (a file rewritten within one timestamp tick must be walked again)."""
     stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    if key in _CHECKED:
-        return
-    limit = max(60, stat.st_size // (20 * 2**20))  # generous: a loaded machine must not fail a sound file
-    returncode = _walk_forked(path, limit) if _can_fork() else _walk_in_new_process(path, limit)
-    if returncode is None:
-        raise WcompressError(f"damaged HDF5 file: reading its structure did not finish in {limit} s", path)
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        raise WcompressError(f"damaged HDF5 file: reading its structure crashed the HDF5 library ({name})", path)
-    _CHECKED.add(key)
-
-
-def _can_fork():
-    """A fork copies this process in milliseconds; only safe while no other thread may hold a lock the
-    child needs (TensorFlow starts thread pools), so otherwise a new interpreter does the walk."""
-    from .tfenv import loaded
-
-    return hasattr(os, "fork") and threading.active_count() == 1 and not loaded()
-
-
-def _walk_forked(path, limit):
-    """The child's exit status as subprocess reports it (negative: killed by that signal); None on timeout."""
-    done_reading, done_writing = os.pipe()  # the child's end closes when it exits, however it exits
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the caller's code, never flushes the parent's buffers
-        code = 0
-        try:
-            os.close(done_reading)
-            faulthandler.disable()  # a crash here is the expected outcome of a damaged file, not news
-            with open(os.devnull, "w") as quiet:
-                os.dup2(quiet.fileno(), 1)
-                os.dup2(quiet.fileno(), 2)
-            walk_structure(path)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(done_writing)
-    try:
-        finished, _, _ = select.select([done_reading], [], [], limit)
-    finally:
-        os.close(done_reading)
-    if not finished:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        return None
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
-def _walk_in_new_process(path, limit):
-    try:
-        child = subprocess.run([sys.executable, "-c", _WALK, path], capture_output=True, timeout=limit,
-                               env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    except subprocess.TimeoutExpired:
-        return None
-    return child.returncode
+    key = (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if stat.st_size <= _CONTENT_KEY_BYTES:
+        with open(path, "rb") as fh:
+            key += (zlib.crc32(fh.read()),)
+    return key
 
 
 def foreign_storage(ds):
@@ -128,21 +130,3 @@ def foreign_storage(ds):
     if ds.is_virtual:
         return "is a virtual dataset mapping other files"
     return None
-
-
-def refuse_external_links(h5, path):
-    """A link to another file is a path inside the file we read: data, never a place to read from."""
-    found = []
-
-    def check(name, link):
-        if isinstance(link, h5py.ExternalLink) and not found:
-            found.append(f"{name} -> {link.filename}:{link.path}")
-
-    try:
-        h5.visititems_links(check)
-    except (SystemError, RuntimeError, KeyError, OSError, ValueError) as exc:
-        # h5py reports a link it cannot decode from inside its C callback as a SystemError.
-        cause = str(exc.__context__ or exc).strip().splitlines() or [type(exc).__name__]
-        raise WcompressError(f"damaged HDF5 file: its links cannot be listed ({cause[0][:200]})", path) from exc
-    if found:
-        raise WcompressError(f"HDF5 link to another file refused ({found[0]})", path)

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from ..errors import WcompressError
-from .h5check import check_structure, foreign_storage, refuse_external_links
+from .h5check import check_structure, foreign_storage
 from .h5util import NO_TIMES, create_file, create_group
 from .store import ModelStore
 from .tensors import OTHER, TensorInfo, assign_layer_order, classify, natural_key
@@ -69,10 +69,9 @@ class H5Store(ModelStore):
     def __init__(self, path, h5_path=None, config=None, layer_sequence=None):
         super().__init__(path)
         self.h5_path = h5_path or path
-        check_structure(self.h5_path)
+        check_structure(self.h5_path, name=path)  # also refuses links to other files
         try:
             self.h5 = h5py.File(self.h5_path, "r")
-            refuse_external_links(self.h5, path)
             _check_name_lists(self.h5, path)
             self.layout = self._detect_layout()
             self.config = config

@@ -5,7 +5,6 @@ zeros a user paid for in quality are kept in the file they ship to a device."""
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 
 from ..errors import WcompressError
@@ -126,39 +125,51 @@ def _converter_error(exc, path):
 
 
 # TensorFlow Lite's interpreter trusts the file: a truncated or crafted flatbuffer can crash the process
-# (a truncated fer model segfaults it). It is first loaded and run once on zeros in a child interpreter.
-_PROBE = """
-import sys, warnings
-warnings.simplefilter("ignore")
-import numpy as np, tensorflow as tf
-interpreter = tf.lite.Interpreter(model_path=sys.argv[1])
-interpreter.allocate_tensors()
-for detail in interpreter.get_input_details():
-    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-interpreter.invoke()
-"""
+# (a truncated fer model segfaults it). It is first loaded and run once on zeros in a guarded child
+# (io/child.py), stopped by its CPU time: importing TensorFlow and one run of a large model take seconds.
+PROBE_CPU_SECONDS = 120
+PROBE_CPU_SECONDS_PER_MIB = 1
 _PROBED = set()
 
 
-def check_tflite(path, limit=300):
-    """Raise a one-line error if loading and running `path` crashes, hangs or fails in TensorFlow Lite."""
-    import signal
-    import subprocess
+def probe_tflite(path):
+    """In the child: load and run `path` once on zeros; {} or {"error": the interpreter's complaint}."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import numpy as np
+
+    from .tfenv import tf
+
+    try:
+        interpreter = tf.lite.Interpreter(model_path=path)
+        interpreter.allocate_tensors()
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
+    except Exception as exc:  # noqa: BLE001 - the interpreter's refusal is the finding, reported in one line
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        return {"error": lines[-1] if lines else type(exc).__name__}
+    return {}
+
+
+def check_tflite(path):
+    """Raise a one-line error if loading and running `path` crashes, spins or fails in TensorFlow Lite."""
+    from . import child
 
     stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if key in _PROBED:
         return
-    try:
-        child = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, text=True, timeout=limit,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore"))
-    except subprocess.TimeoutExpired as exc:
-        raise WcompressError(f"damaged TFLite file: loading it did not finish in {limit} s", path) from exc
-    if child.returncode < 0:
-        name = signal.Signals(-child.returncode).name
-        raise WcompressError(f"damaged TFLite file: loading it crashed TensorFlow Lite ({name})", path)
-    if child.returncode:
-        lines = [line for line in child.stderr.strip().splitlines() if line.strip()]
-        raise WcompressError(f"not a TFLite model TensorFlow can run ({lines[-1] if lines else 'no reason given'})",
-                             path)
+    cpu = PROBE_CPU_SECONDS + PROBE_CPU_SECONDS_PER_MIB * stat.st_size / 2**20
+    outcome = child.run(probe_tflite, [os.fspath(path)], cpu_seconds=cpu, fork=False,
+                        env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    if outcome.cpu_exceeded or outcome.wall_exceeded:
+        raise WcompressError(f"damaged TFLite file: loading it did not finish within {int(cpu)} s of CPU time", path)
+    if outcome.signal:
+        raise WcompressError(f"damaged TFLite file: loading it crashed TensorFlow Lite ({outcome.signal})", path)
+    if outcome.exit_code or not isinstance(outcome.value, dict):
+        raise WcompressError("not a TFLite model TensorFlow can run (the check exited without a result)", path)
+    if outcome.value.get("error"):
+        raise WcompressError(f"not a TFLite model TensorFlow can run ({outcome.value['error']})", path)
     _PROBED.add(key)
