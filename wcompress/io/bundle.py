@@ -121,7 +121,7 @@ def prune_object_graph(serialized, kept_keys):
         if len(slots) != len(node.slot_variables):
             del node.slot_variables[:]
             node.slot_variables.extend(slots)
-    return graph.SerializeToString()
+    return graph.SerializeToString(deterministic=True)
 
 
 def _first_line(exc):

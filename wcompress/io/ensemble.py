@@ -6,6 +6,7 @@ import re
 import numpy as np
 
 from ..errors import WcompressError
+from .outputs import save_keras
 from .tensors import TRAINING_STATE
 from .tf1_meta import load_meta_graph_def
 from .tfenv import load as load_tensorflow
@@ -47,7 +48,7 @@ def build_keras(paths, weights, target, unsafe=False, custom_objects=None):
         member = keras.Model(model.inputs[0], model.outputs[0], name=f"model{i}")  # own name prefix
         scaled.append(keras.layers.Rescaling(float(weight), name=f"weight{i}")(member(inputs)))
     outputs = keras.layers.Add(name="weighted_sum")(scaled)
-    keras.Model(inputs, outputs, name="ensemble").save(target)
+    save_keras(keras.Model(inputs, outputs, name="ensemble"), target)
     return target
 
 

@@ -399,3 +399,71 @@ def _has_dataset(group):
 
 def _text(value):
     return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+# Keras stamps the time into what it saves (HDF5 object times, zip entry dates, metadata.json's
+# date_saved) and numbers shared objects by their memory address (`shared_object_id`). Files Keras
+# writes for us are rewritten without either, so a command run twice writes the same bytes: dates
+# become the zip format's epoch, a value that says "no date", and shared objects are numbered 1, 2, …
+# in the order the config names them.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+UNDATED = "1980-01-01@00:00:00"
+
+
+def rewrite_reproducibly(path):
+    """Rewrite a Keras-saved `.keras`, `.h5` or `.weights.h5` in place through our own writer (no times)."""
+    is_zip = zipfile.is_zipfile(path)
+    store = KerasZipStore(path) if is_zip else H5Store(path)
+    staged = path + ".undated"
+    try:
+        store.write(staged, lambda info: store.load(info.name))
+    finally:
+        store.h5.close()
+        if is_zip:
+            store.archive.close()
+            shutil.rmtree(store._tmp, ignore_errors=True)
+    if is_zip:
+        _undate_archive(staged)
+    else:
+        with h5py.File(staged, "r+") as h5:
+            if "model_config" in h5.attrs:
+                h5.attrs["model_config"] = _renumber_shared_objects(_text(h5.attrs["model_config"]))
+    os.replace(staged, path)
+
+
+def _renumber_shared_objects(text):
+    if "shared_object_id" not in text:
+        return text
+    numbers = {}
+
+    def renumber(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "shared_object_id" and isinstance(value, int):
+                    node[key] = numbers.setdefault(value, len(numbers) + 1)
+                else:
+                    renumber(value)
+        elif isinstance(node, list):
+            for value in node:
+                renumber(value)
+
+    config = json.loads(text)
+    renumber(config)
+    return json.dumps(config)
+
+
+def _undate_archive(path):
+    with zipfile.ZipFile(path) as archive:
+        entries = [(item, archive.read(item.filename)) for item in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as out:
+        for item, data in entries:
+            if item.filename == "config.json":
+                data = _renumber_shared_objects(data.decode()).encode()
+            elif item.filename == "metadata.json":
+                metadata = json.loads(data)
+                if isinstance(metadata, dict) and "date_saved" in metadata:
+                    metadata["date_saved"] = UNDATED
+                    data = json.dumps(metadata).encode()
+            info = zipfile.ZipInfo(item.filename, date_time=ZIP_EPOCH)
+            info.external_attr, info.compress_type = item.external_attr, item.compress_type
+            out.writestr(info, data)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import WcompressError
 from ..quantization import LEVELS, quantize_calibrated
+from .outputs import save_keras
 from .store import write_safely
 
 
@@ -70,7 +71,7 @@ def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_obj
     def save(target, produce):
         if not target.endswith(".keras"):
             raise WcompressError("Keras saves quantized models only as .keras: name the output NAME.keras", target)
-        model.save(target)
+        save_keras(model, target)
         return [target]
 
     if dest is None:  # beside the input, as .keras whatever the input's suffix

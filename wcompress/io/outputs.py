@@ -220,12 +220,17 @@ def convert_keras(source, source_format, target, target_format, unsafe=False):
 
         raise WcompressError(f"cannot write {native_suffix(target_format)}: Keras could not load the model to "
                              f"convert it ({root_cause(exc)}); name the output {native_suffix(source_format)}") from exc
-    if target_format == "keras-weights-h5":
-        model.save_weights(target)
-    else:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format: the user asked for it
-            model.save(target)
+    save_keras(model, target, weights_only=target_format == "keras-weights-h5")
     return [target]
+
+
+def save_keras(model, target, weights_only=False):
+    """Keras's own save (or save_weights), then the file rewritten without the times Keras stamps into it."""
+    import warnings
+
+    from .keras_h5 import rewrite_reproducibly
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format: the user asked for it
+        model.save_weights(target) if weights_only else model.save(target)
+    rewrite_reproducibly(target)

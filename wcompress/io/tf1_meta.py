@@ -33,7 +33,7 @@ def rewrite(meta_in, meta_out, kept, retyped, scales=None):
     (and multiplied by their per-channel `scales`, name -> float32 array, where given: quantized)."""
     meta = rewrite_meta_graph(load_meta_graph_def(meta_in), kept, retyped, meta_in, scales)
     with open(meta_out, "wb") as fh:
-        fh.write(meta.SerializeToString())
+        fh.write(meta.SerializeToString(deterministic=True))
 
 
 def rewrite_meta_graph(meta, kept, retyped, path, scales=None):
@@ -79,7 +79,7 @@ def update_savedmodel_restore(pb_path, dropped=(), retyped=None):
                 if func.signature.name in names:
                     _prune_restore_function(func, set(dropped))
     with open(pb_path, "wb") as fh:
-        fh.write(saved.SerializeToString())
+        fh.write(saved.SerializeToString(deterministic=True))
 
 
 def _rewrite_graph_mode_saver(meta, dropped, retyped, path):
