@@ -125,7 +125,6 @@ def musicnn_feed(n=2, seed=0):
 def as_version_1(container):
     """Rewrite a container as version 1 wrote it: no checksums, blob names in dataset attributes."""
     import lzma
-    import zlib  # noqa: F401 - version 1 had no index checksum either
 
     with h5py.File(container, "r+") as h5:
         index = json.loads(lzma.decompress(h5["index"][()].tobytes()))

@@ -134,3 +134,13 @@ def test_an_error_inside_a_worker_is_one_line(mhc, cluster):
     line = run_error("sweep", mhc["ba"], "--data", unlabelled, "--metric", "auc", "--deltas", "0.5",
                      "--methods", "relative", "--ray", cluster)
     assert "needs labels" in line
+
+
+def test_sweep_of_a_tf1_graph_on_the_cluster_equals_one_process(real, cluster, tmp_path):
+    """Packed bytes of a TF1 graph include its rewritten .meta, which must not depend on the process."""
+    from helpers import musicnn_feed
+
+    data = tmp_path / "x.npz"
+    np.savez(data, x=next(iter(musicnn_feed(4).values())))
+    args = ["sweep", real["musicnn"], "--data", data, "--methods", "relative", "--deltas", "0.3,0.6", "--bits", "32,16"]
+    assert run_json(*args, "--ray", cluster)["rows"] == run_json(*args)["rows"]

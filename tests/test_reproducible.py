@@ -101,3 +101,36 @@ def test_merge_of_tf1_graphs_writes_identical_bytes(matrix_inputs, tmp_path):  #
 def test_export_writes_identical_bytes(matrix_inputs, tmp_path, key):  # noqa: F811
     (a, first), (b, second) = _twice(["export", matrix_inputs[key], "--tflite"], tmp_path, "m.tflite")
     assert a == b == 0 and first == second
+
+
+def _in_new_process(args, hash_seed):
+    """The CLI in a fresh interpreter with its own string-hash seed (what differs between two runs)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
+    subprocess.run([sys.executable, "-c", "from wcompress.cli import main; main()", *map(str, args)], check=True,
+                   env=env, capture_output=True)
+
+
+def test_a_real_tf1_graph_is_rewritten_alike_in_two_processes(real, tmp_path):
+    """musicnn's graph holds control-flow contexts whose maps TensorFlow orders by string hash, which
+    Python seeds per process: two processes must still write the same .meta."""
+    for seed in (1, 2):
+        _in_new_process(["strip", real["musicnn"], "-o", str(tmp_path / f"run{seed}") + "/"], seed)
+    first = _files(tmp_path / "run1")
+    assert "model.ckpt.meta" in first and first == _files(tmp_path / "run2")
+
+
+def test_sweep_rows_equal_with_jobs_1_and_2(real, tmp_path):
+    """--jobs 2 evaluates in other processes: every row, packed bytes included, equals --jobs 1's."""
+    import numpy as np
+    from helpers import musicnn_feed, run_json
+
+    data = tmp_path / "x.npz"
+    np.savez(data, x=next(iter(musicnn_feed(4).values())))
+    args = ["sweep", real["musicnn"], "--data", data, "--methods", "relative,flat", "--deltas",
+            "relative=0.3,0.6,flat=0.02", "--bits", "32,16"]
+    one = run_json(*args, "--jobs", "1")["rows"]
+    assert run_json(*args, "--jobs", "2")["rows"] == one
+    assert all(row["packed_bytes"] for row in one)

@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import WcompressError
 from .outputs import save_keras
 from .tensors import TRAINING_STATE
-from .tf1_meta import load_meta_graph_def
+from .tf1_meta import load_meta_graph_def, serialize_meta_graph
 from .tfenv import load as load_tensorflow
 from .tfenv import tf
 
@@ -235,8 +235,9 @@ def build_tf1(stores, weights, target_prefix, input_name=None, output_name=None,
         if missing:
             raise WcompressError(f"checkpoint tensors missing from the graph: {', '.join(missing[:5])}")
         saver = tf.compat.v1.train.Saver(var_list={k: variables[k] for k in keys}, name="ensemble_saver")
-        tf.compat.v1.train.export_meta_graph(filename=target_prefix + ".meta", graph=graph,
-                                             saver_def=saver.as_saver_def())
+        meta = tf.compat.v1.train.export_meta_graph(graph=graph, saver_def=saver.as_saver_def())
+        with open(target_prefix + ".meta", "wb") as fh:
+            fh.write(serialize_meta_graph(meta))
     write_bundle(target_prefix, ((f"model{i}/{t.name}", s.load(t.name)) for i, s in enumerate(stores)
                                  for t in s.tensors if t.role not in TRAINING_STATE))
     with open(os.path.join(os.path.dirname(target_prefix), "checkpoint"), "w") as fh:

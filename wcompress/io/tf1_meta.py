@@ -33,7 +33,32 @@ def rewrite(meta_in, meta_out, kept, retyped, scales=None):
     (and multiplied by their per-channel `scales`, name -> float32 array, where given: quantized)."""
     meta = rewrite_meta_graph(load_meta_graph_def(meta_in), kept, retyped, meta_in, scales)
     with open(meta_out, "wb") as fh:
-        fh.write(meta.SerializeToString(deterministic=True))
+        fh.write(serialize_meta_graph(meta))
+
+
+# Collections whose entries TensorFlow stores as protos it serialized itself: their maps (a control-flow
+# context's external values) come out in the order of a Python dict filled from a set of strings, which
+# changes from one process to the next (string hashing is seeded per process).
+_SERIALIZED_COLLECTIONS = {"cond_context": "CondContextDef", "while_context": "WhileContextDef"}
+
+
+def serialize_meta_graph(meta):
+    """A MetaGraphDef's bytes, the same in every process: maps in key order, nested protos included."""
+    canonical_collections(meta)
+    return meta.SerializeToString(deterministic=True)
+
+
+def canonical_collections(meta):
+    """Re-serialize the protos stored as bytes inside `meta`'s collections with their maps in key order."""
+    control_flow_pb2 = submodule("core.protobuf.control_flow_pb2")
+    for key, kind in _SERIALIZED_COLLECTIONS.items():
+        if key not in meta.collection_def or not meta.collection_def[key].HasField("bytes_list"):
+            continue
+        values = meta.collection_def[key].bytes_list.value
+        for n, data in enumerate(values):
+            message = getattr(control_flow_pb2, kind)()
+            message.ParseFromString(data)
+            values[n] = message.SerializeToString(deterministic=True)
 
 
 def rewrite_meta_graph(meta, kept, retyped, path, scales=None):
@@ -78,6 +103,8 @@ def update_savedmodel_restore(pb_path, dropped=(), retyped=None):
             for func in meta.graph_def.library.function:
                 if func.signature.name in names:
                     _prune_restore_function(func, set(dropped))
+    for meta in saved.meta_graphs:
+        canonical_collections(meta)
     with open(pb_path, "wb") as fh:
         fh.write(saved.SerializeToString(deterministic=True))
 
