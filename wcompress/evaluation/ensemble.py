@@ -2,15 +2,14 @@
 metric while the merged model fits a size budget (every combination is tried)."""
 
 import itertools
-import multiprocessing
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import WcompressError
+from ..io.child import WorkerPool
 from ..io import open_model
 from .scoring import RAM
 from .variants import evaluator_for
@@ -54,8 +53,7 @@ def ensemble_search(models, spec, budget, dtype="float32", jobs=1, top=10, step=
     elif jobs <= 1:
         measured = [_candidate((m, dtype, spec)) for m in models]
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        with WorkerPool(jobs) as pool:
             measured = list(pool.map(_candidate, [(m, dtype, spec) for m in models]))
     evaluator = evaluator_for(spec)
     truth, metric = evaluator.truth(), evaluator.metric

@@ -6,15 +6,14 @@ scores variants in spawned worker processes, each loading the data and the model
 back in the order asked, so any number of jobs gives the same rows.
 """
 
-import multiprocessing
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import WcompressError
+from ..io.child import WorkerPool
 from ..io import TRAINING_STATE, write_safely
 from ..runner import run_in_memory
 from .scoring import RAM, Evaluator
@@ -213,13 +212,13 @@ class Pool:
 
     def __enter__(self):
         if self.jobs > 1:
-            context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-            self._executor = ProcessPoolExecutor(self.jobs, mp_context=context)
+            self._pool = WorkerPool(self.jobs)
+            self._executor = self._pool.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
+            self._pool.__exit__(*exc)
 
     def describe(self):
         return {"backend": "processes", "workers": self.jobs}

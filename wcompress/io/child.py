@@ -194,3 +194,26 @@ def _outcome(status, usage, cpu_seconds, wall_exceeded, data):
             except ValueError:
                 outcome.exit_code = 1
     return outcome
+
+
+class WorkerPool:
+    """A spawned process pool whose workers die with this process (even SIGKILLed) and are killed, not
+    waited for, when the `with` block ends by an error, Ctrl-C or SIGTERM (a worker may be minutes into
+    running a model)."""
+
+    def __init__(self, workers):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+        self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent,
+                                            initargs=(os.getpid(),))
+
+    def __enter__(self):
+        return self.executor
+
+    def __exit__(self, kind, error, trace):
+        if kind is not None:
+            for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+                process.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
