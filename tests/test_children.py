@@ -168,3 +168,23 @@ def _workers(pid):
         except OSError:
             pass
     return found
+
+
+# TensorFlow loaded first, as in a long-running process (the fuzzer's worker, a notebook): the walk then
+# runs in a new interpreter, and this process must never list the damaged file's links itself.
+WITH_TENSORFLOW = ("import sys; from wcompress.io.tfenv import load; load(); from wcompress.cli import main; "
+                   "sys.argv[0] = 'wcompress'; main()")
+
+
+@pytest.mark.parametrize("code", [COMMAND, WITH_TENSORFLOW], ids=["fresh", "tensorflow-loaded"])
+@pytest.mark.parametrize("command", ["restore", "report", "profile"])
+def test_a_container_that_crashed_libhdf5_is_one_line(code, command, tmp_path):
+    """A fuzz case: a gzip-filter container of a TF1 checkpoint, one byte flipped, whose link listing
+    aborted the process ("free(): invalid pointer") once TensorFlow was loaded."""
+    damaged = os.path.join(DATA, "crashing-gzip-container.h5")
+    args = [command, damaged] + (["-o", str(tmp_path / "out") + "/"] if command == "restore" else [])
+    proc = _start(code, *args)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert err.startswith(f"wcompress: error: {damaged}: damaged HDF5 file: ") and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "out")
