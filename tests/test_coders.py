@@ -111,7 +111,7 @@ def test_default_container_is_coded_and_near_the_entropy_bound(sparse_checkpoint
         for name, w in tensors.items():
             assert np.array_equal(back[name], w.astype(values).astype(np.float32))
         with h5py.File(container) as h5:
-            assert h5.attrs["version"] == 4 and h5.attrs["codec"] == "auto"
+            assert h5.attrs["version"] == 5 and h5.attrs["codec"] == "auto"
 
 
 def _rewrite_index(h5, index):
