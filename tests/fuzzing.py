@@ -357,6 +357,7 @@ class Worker:
     """A child process that runs CLI invocations in-process, one JSON line per case."""
 
     started = set()  # every worker's pid: the fuzzer's own children, not orphans
+    before = set()  # children the fuzzing process already had (a test runner's own helpers)
 
     def __init__(self, scratch):
         env = dict(os.environ, TMPDIR=scratch, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -382,20 +383,10 @@ class Worker:
                 return json.loads(line[len(REPLY):])
 
     def left_running(self):
-        """Live processes the worker started that are still there between cases (killed once counted)."""
-        left = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # Orphans of a worker killed after a hang come to us (the fuzzer is their subreaper).
-            orphan = int(fields[1]) == os.getpid() and int(entry) not in self.started
-            if (int(fields[1]) == self.proc.pid or orphan) and fields[0] != "Z":
-                left.append(int(entry))
+        """Live processes the worker started that are still there between cases (killed once counted).
+        Orphans of a worker killed after a hang come to the fuzzer, their subreaper."""
+        left = _children_of(self.proc.pid) + [pid for pid in _children_of(os.getpid())
+                                               if pid not in self.started | self.before]
         for pid in left:
             try:
                 os.kill(pid, 9)
@@ -440,6 +431,7 @@ def fuzz(cases, seed, corpus_dir=None, log=print, keep=None):
     """Run `cases` mutated inputs; return the counts and every failing case (`keep`: a folder where
     failing cases' inputs are copied, to reproduce them by hand)."""
     rng = random.Random(seed)
+    Worker.before = set(_children_of(os.getpid()))
     _become_subreaper()
     scratch = tempfile.mkdtemp(prefix="wcompress-fuzz-")
     counts = {"cases": 0, "exit0": 0, "exit2": 0, "crashes": 0, "hangs": 0, "silent_corruptions": 0,
@@ -528,16 +520,32 @@ def fuzz(cases, seed, corpus_dir=None, log=print, keep=None):
         worker.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        _become_subreaper(False)
     return counts, failures
 
 
-def _become_subreaper():
+def _children_of(parent):
+    """Live (not zombie) processes whose parent is `parent`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _become_subreaper(on=True):
     """Orphaned descendants (of a worker killed after a hang) are re-parented to this process, where the
     leftover check sees them, instead of to init."""
     import ctypes
 
     try:
-        ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+        ctypes.CDLL(None).prctl(36, int(on))  # PR_SET_CHILD_SUBREAPER
     except (AttributeError, OSError):
         pass
 

@@ -175,8 +175,11 @@ def test_container_stream_in_an_external_file_is_refused(tiny, tmp_path):
 
 def test_report_restores_only_inside_a_private_temp_folder(tiny, tmp_path):
     container = _container(tiny, tmp_path / "c")
-    with h5py.File(container, "r+") as h5:
-        h5.attrs["source_name"] = str(tmp_path / "escaped.weights.h5")
+
+    def rename(h5, index):  # a crafted file: the attribute and its checksummed copy agree
+        h5.attrs["source_name"] = index["attributes"]["source_name"] = str(tmp_path / "escaped.weights.h5")
+
+    _edit_index(container, rename)
     run_cli("report", container)
     assert os.listdir(tmp_path) == ["c"] and os.listdir(tmp_path / "c") == ["c.h5"]
 
