@@ -106,7 +106,7 @@ def container_rows(name, model, work, tflite_from=None):
     from wcompress.io import open_model
     from wcompress.io.container import ContainerWriter
     from wcompress.plugins import get_pass
-    from wcompress.report import gzip_bytes, report
+    from wcompress.reporting import gzip_bytes, report
     from wcompress.runner import run_passes
 
     dense_dir = os.path.join(work, name)

@@ -17,7 +17,7 @@ from netvlad import generate  # noqa: E402
 
 from wcompress.io import open_model  # noqa: E402
 from wcompress.io.tfenv import tf  # noqa: E402
-from wcompress.profile import profile_model  # noqa: E402
+from wcompress.stats import profile_model  # noqa: E402
 
 
 def plain_read(prefix):
@@ -51,7 +51,7 @@ def main():
         reads.append(timed(plain_read, prefix))
         profiles.append(timed(lambda: profile_model(open_model(prefix), show_progress=False)))
     baseline = peak_rss_of("from wcompress.io.tfenv import load; load()")
-    peak = peak_rss_of(f"from wcompress.io import open_model; from wcompress.profile import profile_model; "
+    peak = peak_rss_of(f"from wcompress.io import open_model; from wcompress.stats import profile_model; "
                        f"profile_model(open_model({prefix!r}), show_progress=False)")
     result = {
         "checkpoint_bytes": open_model(prefix).bytes,

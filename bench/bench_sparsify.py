@@ -23,7 +23,7 @@ from wcompress.io import open_model  # noqa: E402
 from wcompress.io.container import ContainerWriter  # noqa: E402
 from wcompress.io.tfenv import tf  # noqa: E402
 from wcompress.plugins import get_pass  # noqa: E402
-from wcompress.report import report  # noqa: E402
+from wcompress.reporting import report  # noqa: E402
 from wcompress.runner import run_passes  # noqa: E402
 
 

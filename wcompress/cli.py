@@ -144,11 +144,9 @@ def emit_json(data):
                    "histogram, std, |w|<1e-3 in that order to keep the tensor names readable).")
 def profile(model, order_file, as_json, plot_path, wide):
     """Per-tensor table: role, shape, bytes and share, value range, zeros, histogram; with totals."""
-    from .io import open_model
-    from .profile import profile_model
+    from . import api
 
-    store = open_model(model, order_file=order_file)
-    result = profile_model(store, show_progress=not as_json)
+    result = api.profile(model, order_file=order_file, progress=not as_json).to_dict()
     if plot_path:
         from .plot import plot_histograms
 
@@ -170,22 +168,18 @@ def profile(model, order_file, as_json, plot_path, wide):
 @json_option
 def strip(model, output, force, order_file, as_json):
     """Drop optimizer slots and step counters; write the same format, smaller."""
-    from .io import open_model
-    from .plugins import get_pass
-    from .runner import run_passes
+    from . import api
 
-    store = open_model(model, order_file=order_file)
-    result = run_passes(store, [get_pass("strip").new()], output, force=force, show_progress=not as_json,
-                        tag="stripped")
+    result = api.strip(model, output=output, force=force, order_file=order_file, progress=not as_json)
     if as_json:
-        emit_json(result.as_dict())
+        emit_json(result.to_dict())
         return
     from .render import size_change
 
     dropped = [t for t in result.tensors if t.dropped]
     click.echo(f"dropped {len(dropped)} of {len(result.tensors)} tensors "
                f"({sum(t.size for t in dropped):,} values of training state)")
-    size_change(f"{store.format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
+    size_change(f"{result.input_format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
 
 
 def container_options(f):
@@ -236,70 +230,21 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
 
     Example: wcompress sparsify model.ckpt --method triangular --dconv 0.1 --dfc 0.3 -o sparse.ckpt
     """
-    from .io import open_model
-    from .io.container import ContainerWriter
-    from .plan import pattern_selection, read_plan, write_plan
-    from .plugins import get_pass
-    from .runner import dry_run as simulate
-    from .runner import run_passes
+    from . import api
 
-    plan = None
-    if plan_path and not dry_run:
-        plan_method, plan = read_plan(plan_path)
-        method = method or plan_method
-        if "pattern" in plan:  # N:M on the plan's tensors, nothing else
-            if pattern or include or exclude or min_size is not None:
-                raise WcompressError("a pattern plan names its pattern and tensors: leave out --pattern, --include, "
-                                     "--exclude and --min-size")
-            selected = pattern_selection(plan)
-            pattern, include, min_size, plan = selected["pattern"], selected["include"], selected["min_size"], None
-    if not method:
-        raise WcompressError("--method is required (flat, triangular or relative)")
-    template = get_pass(method)
-    if getattr(template, "family", None) != "sparsify":
-        raise WcompressError(f"{method!r} is not a sparsification method")
-    calibrated = getattr(template, "needs_calibration", False)
-    if (data or groups) and not calibrated:
-        raise WcompressError(f"--data and --groups are for methods scored by calibration inputs (wanda, sparsegpt), "
-                             f"not {method}")
-    extra = {"pattern": pattern} if pattern else {}  # only then: a plugin's method need not know patterns
-    if calibrated:
-        extra["groups"] = groups or "row"
-        template.new(delta=delta, dconv=dconv, dfc=dfc, sparsity=sparsity, include=include, exclude=exclude,
-                     layers=layers, plan=plan, min_size=min_size, **extra)  # options refused before calibrating
-        if not data:
-            raise WcompressError(f"{method} scores weights by their inputs: give calibration inputs with --data CALIB.npz")
-        extra["hessians"] = calibration(model, data, not as_json)
-    sparsifier = template.new(delta=delta, dconv=dconv, dfc=dfc, sparsity=sparsity, include=include,
-                              exclude=exclude, layers=layers, plan=plan, min_size=min_size, **extra)
-    store = open_model(model, order_file=order_file)
-    if dry_run:
-        outcomes = simulate(store, [sparsifier], show_progress=not as_json)
-        summary = sparsifier.summary()
-        if plan_path:
-            write_plan(plan_path, sparsifier.plan_document(), force=force)
-        _print_sparsity(summary, outcomes, None, as_json)
-        return
-    group_sizes = (sparsifier.pattern[1],) if getattr(sparsifier, "pattern", None) else ()
-    writer = ContainerWriter(store, values=values_dtype, codec=codec, group_sizes=group_sizes) if pack else None
-    result = run_passes(store, [sparsifier], output, force=force, show_progress=not as_json, writer=writer,
-                        tag="sparse")
-    _print_sparsity(result.summaries[sparsifier.name], result.tensors, result, as_json)
-
-
-def _print_sparsity(summary, outcomes, result, as_json):
+    result = api.sparsify(model, method=method, delta=delta, sparsity=sparsity, dconv=dconv, dfc=dfc, include=include,
+                          exclude=exclude, layers=layers, min_size=min_size, plan=plan_path, dry_run=dry_run,
+                          pack=pack, data=data, groups=groups, pattern=pattern, codec=codec, values=values_dtype,
+                          output=output, force=force, order_file=order_file, progress=not as_json)
     if as_json:
-        from .runner import destruction_findings
-
-        found = result.warnings if result else destruction_findings(outcomes)
-        emit_json({**(result.as_dict() if result else {}), "sparsify": summary, "warnings": found,
-                   "tensors": [o.__dict__ for o in outcomes]})
+        emit_json(result.to_dict())
         return
     from .render import size_change, sparsity_table
 
-    sparsity_table(summary, outcomes)
-    if result:
-        size_change(f"{result.input_format} → {result.output.path}", result.input_bytes, result.output_bytes)
+    sparsity_table(result.summary, result.outcomes)
+    if result.run:
+        size_change(f"{result.run.input_format} → {result.run.output.path}", result.run.input_bytes,
+                    result.run.output_bytes)
 
 
 @cli.command()
@@ -312,22 +257,18 @@ def _print_sparsity(summary, outcomes, result, as_json):
 @json_option
 def pack(model, output, force, codec, values_dtype, data, order_file, as_json):
     """Write any model into the sparse HDF5 container: each tensor in its smallest encoding."""
-    from .io import open_model
-    from .io.container import ContainerWriter
-    from .runner import run_passes
+    from . import api
 
-    store = open_model(model, order_file=order_file)
     if data and values_dtype not in ("int8", "int4"):
         raise click.UsageError("--data calibrates int8/int4 codes: add --values int8 or int4")
-    writer = ContainerWriter(store, values=values_dtype, codec=codec,
-                             hessians=calibration(model, data, not as_json) if data else None)
-    result = run_passes(store, [], output, force=force, show_progress=not as_json, writer=writer, tag="packed")
+    result = api.pack(model, output=output, values=values_dtype, codec=codec, data=data, force=force,
+                      order_file=order_file, progress=not as_json)
     if as_json:
-        emit_json(result.as_dict())
+        emit_json(result.to_dict())
         return
     from .render import size_change
 
-    size_change(f"{store.format} {model} → container {result.output.path}", result.input_bytes,
+    size_change(f"{result.input_format} {model} → container {result.output.path}", result.input_bytes,
                 result.output_bytes)
 
 
@@ -339,17 +280,14 @@ def pack(model, output, force, codec, values_dtype, data, order_file, as_json):
 @json_option
 def restore_command(container, output, force, unsafe, as_json):
     """Turn a container back into its original format (bit-exact for float32 values)."""
-    from .io.container import ContainerStore, restore
+    from . import api
 
-    source = ContainerStore(container)
-    written = restore(container, output, force=force, unsafe=unsafe)
+    result = api.restore(container, output=output, force=force, unsafe=unsafe)
     if as_json:
-        emit_json({"container": container, "format": source.source_format, "output": written.path,
-                   "output_files": written.files, "output_bytes": written.bytes,
-                   "container_bytes": source.bytes})
+        emit_json(result.to_dict())
         return
-    click.echo(f"restored {source.source_format} {written.path}: {written.bytes:,} B in {len(written.files)} files "
-               f"(from a {source.bytes:,} B container)")
+    click.echo(f"restored {result.format} {result.output}: {result.output_bytes:,} B in {len(result.output_files)} "
+               f"files (from a {result.container_bytes:,} B container)")
 
 
 @cli.command("report")
@@ -359,9 +297,9 @@ def restore_command(container, output, force, unsafe, as_json):
 @json_option
 def report_command(path, against, no_gzip, as_json):
     """Per tensor: sparsity, encoding, bytes original / stored, information bound; totals against gzip."""
-    from .report import report
+    from . import api
 
-    result = report(path, against=against, gzip=not no_gzip)
+    result = api.report(path, against=against, gzip=not no_gzip).to_dict()
     if as_json:
         emit_json(result)
         return

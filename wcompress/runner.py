@@ -31,18 +31,26 @@ class RunResult:
     tensors: list = field(default_factory=list)
     summaries: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    model: object = None  # the API's result for an in-memory Keras model: a new keras.Model
 
     @property
     def output_bytes(self):
-        return self.output.bytes
+        return self.output.bytes if self.output is not None else self._measured
+
+    def hide_output(self):
+        """The output was a private temporary file (an in-memory model's): keep its size, forget its place."""
+        self._measured, self.output = self.output.bytes, None
+
+    def to_dict(self):
+        return self.as_dict()
 
     def as_dict(self):
         return {
             "input": self.input_path,
             "format": self.input_format,
             "input_bytes": self.input_bytes,
-            "output": self.output.path,
-            "output_files": self.output.files,
+            "output": self.output.path if self.output is not None else None,
+            "output_files": self.output.files if self.output is not None else [],
             "output_bytes": self.output_bytes,
             "saved_bytes": self.input_bytes - self.output_bytes,
             "passes": self.summaries,
