@@ -68,7 +68,9 @@ def _wait_for_walker(proc, timeout=30):
         walkers = _children(proc.pid)
         if walkers:
             time.sleep(0.5)  # let it get into libhdf5's loop
-            return walkers[0]
+            alive = [pid for pid in walkers if _running(pid)]  # not a short-lived helper (a fork before exec…)
+            if alive:
+                return alive[0]
         time.sleep(0.05)
     raise AssertionError("no structure walker started")
 

@@ -1,10 +1,13 @@
 """wcompress: compress trained TensorFlow checkpoints and Keras models after training.
 
-The library is the product (wcompress/api.py); the `wcompress` command is a thin skin over it."""
+The library is the product (wcompress/api/); the `wcompress` command is a thin skin over it."""
 
 __version__ = "0.1.0"
 
-from .api import pack, profile, report, restore, sparsify, strip  # noqa: E402
+from .api import (  # noqa: E402
+    autotune, average, ensemble_search, evaluate, export, fp16, merge, pack, profile, quantize, report, restore,
+    sparsify, strip, sweep)
 from .errors import WcompressError, WcompressWarning  # noqa: E402
 
-__all__ = ["profile", "report", "strip", "sparsify", "pack", "restore", "WcompressError", "WcompressWarning"]
+__all__ = ["profile", "report", "strip", "sparsify", "pack", "restore", "quantize", "fp16", "average", "merge",
+           "export", "evaluate", "sweep", "autotune", "ensemble_search", "WcompressError", "WcompressWarning"]

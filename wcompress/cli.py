@@ -308,12 +308,6 @@ def report_command(path, against, no_gzip, as_json):
     report_table(result)
 
 
-def calibration(model, data, show_progress):
-    from .io.capture import input_hessians
-
-    if show_progress:
-        click.echo(f"calibrating on {data} …", err=True)
-    return input_hessians(model, data, show_progress=show_progress)
 
 
 @cli.command()
@@ -339,43 +333,16 @@ def quantize(model, output, force, bits, data, unsafe, order_file, as_json):
     - Other formats are refused: pack --values int8|int4 quantizes any model into the container
       (restore writes it back dequantized).
     """
-    from .io import open_model
+    from . import api
 
-    store = open_model(model, order_file=order_file)
-    if store.format in ("keras", "keras-h5"):
-        if bits not in (8, 4):
-            raise click.UsageError(f"--bits takes 8 or 4, not {bits}")
-        from .io.keras_quantized import quantize_keras
-
-        written, summary = quantize_keras(store, output, force=force, data=data, unsafe=unsafe,
-                                          show_progress=not as_json, bits=bits)
-        if as_json:
-            emit_json({"input": model, "format": store.format, "input_bytes": store.bytes, "output": written.path,
-                       "output_bytes": written.bytes, "quantize": summary})
-            return
-        from .render import size_change
-
-        click.echo(f"{len(summary['quantized_layers'])} layers int{bits}"
-                   + (f" ({len(summary['calibrated_layers'])} calibrated)" if data else "")
-                   + (f"; float: {', '.join(summary['float_layers'])} ({summary['float_share']:.0%} of the weight "
-                      "bytes)" if summary["float_layers"] else ""))
-        size_change(f"{store.format} {model} → {written.path}", store.bytes, written.bytes)
-        return
-    from .passes import TensorSource
-    from .plugins import get_pass
-    from .runner import run_passes
-
-    quantizer = get_pass("quantize").new(bits=bits)
-    quantizer.prepare(TensorSource(store))  # refuses formats it cannot write before calibration runs
-    hessians = calibration(model, data, not as_json) if data else None
-    result = run_passes(store, [get_pass("quantize").new(bits=bits, hessians=hessians)], output, force=force,
-                        show_progress=not as_json, tag="int8")
+    result = api.quantize(model, bits=bits, data=data, output=output, force=force, unsafe=unsafe,
+                          order_file=order_file, progress=not as_json)
     if as_json:
-        emit_json(result.as_dict())
+        emit_json(result.to_dict())
         return
-    from .render import size_change
+    from .render import quantize_summary
 
-    size_change(f"{store.format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
+    quantize_summary(result.to_dict(), model, bits, calibrated=data is not None)
 
 
 @cli.command()
@@ -403,25 +370,16 @@ def fp16(model, output, force, cover, min_bytes, tensors, on_overflow, order_fil
     - TF2 object checkpoints and TF1 checkpoints without .meta are refused: a float32 model
       cannot restore float16 tensors. Use pack --values float16, or save the model as .keras.
     """
-    from .io import open_model
-    from .plugins import get_pass
-    from .runner import run_passes
+    from . import api
 
-    store = open_model(model, order_file=order_file)
-    caster = get_pass("fp16").new(cover=cover, min_bytes=min_bytes, tensors=tensors, on_overflow=on_overflow)
-    result = run_passes(store, [caster], output, force=force, show_progress=not as_json, tag="fp16")
+    result = api.fp16(model, cover=cover, min_bytes=min_bytes, tensors=tensors, on_overflow=on_overflow,
+                      output=output, force=force, order_file=order_file, progress=not as_json)
     if as_json:
-        emit_json(result.as_dict())
+        emit_json(result.to_dict())
         return
-    from .render import size_change
+    from .render import fp16_summary
 
-    summary = result.summaries["fp16"]
-    click.echo(f"cast {len(summary['cast_tensors'])} tensors to float16 "
-               f"({summary['cast_bytes_before']:,} B → {summary['cast_bytes_after']:,} B)")
-    for name, count in summary["overflow"].items():
-        click.echo(f"  {name}: {count} values beyond float16's range "
-                   f"({'kept float32' if on_overflow == 'keep' else 'clipped'})")
-    size_change(f"{store.format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
+    fp16_summary(result.to_dict(), model, on_overflow)
 
 
 @cli.command()
@@ -436,22 +394,16 @@ def average(checkpoints, output, force, folder, steps, keep_optimizer, as_json):
 
     Example: wcompress average --dir train/ --steps 100000:150000 -o avg/model.ckpt
     """
-    from .average import average as run_average
-    from .average import find_checkpoints
+    from . import api
 
-    paths = list(checkpoints)
-    if folder:
-        paths += find_checkpoints(folder, steps)
-    elif steps:
-        raise WcompressError("--steps needs --dir")
-    result = run_average(paths, output, keep_optimizer=keep_optimizer, force=force)
+    result = api.average(checkpoints, output=output, folder=folder, steps=steps, keep_optimizer=keep_optimizer,
+                         force=force).to_dict()
     if as_json:
         emit_json(result)
         return
-    click.echo(f"averaged {result['averaged_tensors']} tensors over {len(paths)} checkpoints:")
-    for path in paths:
-        click.echo(f"  {path}")
-    click.echo(f"wrote {result['output']}: {result['output_bytes']:,} B")
+    from .render import average_summary
+
+    average_summary(result)
 
 
 def custom_objects_option(f):
@@ -487,7 +439,7 @@ def merge(models, output, force, weights, no_normalize, dtype, budget, input_nam
     The merged model is run once on a batch of zeros before it is written: one that cannot run is
     never written.
     """
-    from .merge import merge as run_merge
+    from . import api
 
     parsed = None
     if weights:
@@ -495,20 +447,15 @@ def merge(models, output, force, weights, no_normalize, dtype, budget, input_nam
             parsed = [float(w) for w in weights.split(",")]
         except ValueError as exc:
             raise WcompressError(f"--weights takes numbers separated by commas, got {weights!r}") from exc
-    result = run_merge(list(models), output, weights=parsed, dtype=dtype, budget=budget,
-                       normalize=not no_normalize, input_name=input_name, output_name=output_name, feeds=feeds,
-                       unsafe=unsafe, force=force, custom_objects=custom_objects)
+    result = api.merge(list(models), output, weights=parsed, dtype=dtype, budget=budget, normalize=not no_normalize,
+                       input_name=input_name, output_name=output_name, feeds=feeds, unsafe=unsafe,
+                       custom_objects=custom_objects, force=force).to_dict()
     if as_json:
         emit_json(result)
         return
-    for m in result["members"]:
-        click.echo(f"member {m['path']} ({m['format']}): {m['bytes']:,} B, weight {m['weight']:g}")
-    budget_note = f" (budget {result['budget']:,} B)" if result["budget"] else ""
-    if result.get("member_input"):
-        click.echo(f"each member: input {result['member_input']}, output {result['member_output']}"
-                   + "".join(f", --feed {f}" for f in result.get("implied_feeds", [])))
-    click.echo(f"merged {result['dtype']} → {result['output']}: {result['output_bytes']:,} B{budget_note}; "
-               f"feed {result['input_tensor']}, read {result['output_tensor']}")
+    from .render import merge_summary
+
+    merge_summary(result)
 
 
 def eval_options(f):
@@ -557,15 +504,12 @@ def ray_options(f):
     return f
 
 
-def _cluster(ray_address, ray_cpus, ray_workers):
-    if ray_address is None:
-        if ray_workers is not None or ray_cpus != 1.0:
-            raise WcompressError("--ray-workers and --ray-cpus-per-worker go with --ray")
-        return None
-    from .evaluation.cluster import Cluster
 
-    return Cluster(address=None if ray_address == "local" else ray_address, cpus_per_worker=ray_cpus,
-                   workers=ray_workers)
+
+def _eval_options(reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code):
+    """The evaluation options every scoring command takes, as the API's keyword arguments."""
+    return dict(reference=reference, input_names=tuple(input_names), output_name=output_name, feeds=tuple(feeds),
+                batch_size=batch_size, unsafe=unsafe, custom_objects=custom_objects, model_code=model_code)
 
 
 def values_options(f):
@@ -588,28 +532,8 @@ def selection_options(f):
     return f
 
 
-def _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
-          model_code=None):
-    from .evaluation import EvalSpec
-
-    return EvalSpec(data=data, metric=metric, reference=reference, input_names=tuple(input_names),
-                    output_name=output_name, feeds=tuple(feeds), unsafe=unsafe, batch_size=batch_size,
-                    custom_objects=custom_objects, model_code=model_code)
 
 
-def _tuning_spec(model, data, metric, reference, *rest):
-    """sweep and autotune: with no --metric, unlabelled data is scored by fidelity to the input model;
-    a fidelity metric with no --reference compares to the input model."""
-    from .evaluation import default_metric
-
-    metric = metric or default_metric(data)
-    spec = _spec(data, metric, reference, *rest)
-    if not reference:
-        from .metrics import get_metric
-
-        if get_metric(metric).needs == "reference":
-            spec = _spec(data, metric, model, *rest)
-    return spec
 
 
 @cli.command()
@@ -631,15 +555,14 @@ def export(model, output, force, tflite, keep_float, input_names, output_name, f
            as_json):
     """Convert a model (sparsified, quantized or not) to TFLite with the converter's sparse encoding and int8
     weight storage: Keras models, SavedModels, TF1 graphs with .meta, and containers of any of them."""
-    from .io.tflite import export_tflite
+    from . import api
 
-    path = export_tflite(model, output, force=force, int8=not keep_float, unsafe=unsafe,
-                         custom_objects=custom_objects, input_names=input_names, output_name=output_name, feeds=feeds)
-    written = os.path.getsize(path)
+    result = api.export(model, output, force=force, int8=not keep_float, input_names=input_names,
+                        output_name=output_name, feeds=feeds, unsafe=unsafe, custom_objects=custom_objects)
     if as_json:
-        emit_json({"input": model, "output": path, "output_bytes": written})
+        emit_json(result.to_dict())
         return
-    click.echo(f"{model} → {path}: {written:,} B")
+    click.echo(f"{model} → {result['output']}: {result['output_bytes']:,} B")
 
 
 @cli.command()
@@ -652,25 +575,17 @@ def export(model, output, force, tflite, keep_float, input_names, output_name, f
 def evaluate(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
              metrics, as_json):
     """Run MODEL on DATA and score it: accuracy, GAP@20, AUC, MSE, or fidelity to a reference model."""
-    from .evaluation import Evaluator
+    from . import api
 
-    if not metrics:
-        if not reference:
-            raise WcompressError("--metric is required (or --reference for fidelity metrics)")
-        metrics = ("fidelity", "cosine", "maxdiff")
-    results, predictions = [], None
-    for name in metrics:
-        evaluator = Evaluator(_spec(data, name, reference, input_names, output_name, feeds, batch_size, unsafe,
-                                    custom_objects, model_code))
-        if predictions is None:
-            predictions = evaluator.predict(model, show_progress=not as_json)
-        results.append({"metric": name, "value": evaluator.score(predictions)})
+    result = api.evaluate(model, data, metrics=metrics, progress=not as_json,
+                          **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
+                                          custom_objects, model_code))
     if as_json:
-        emit_json({"model": model, "examples": int(predictions.shape[0]), "results": results})
+        emit_json(result.to_dict())
         return
-    for r in results:
+    for r in result.results:
         click.echo(f"{r['metric']}: {r['value']:.6f}")
-    click.echo(f"({predictions.shape[0]:,} examples, output shape {tuple(predictions.shape[1:])})")
+    click.echo(f"({result.examples:,} examples, output shape {result.output_shape})")
 
 
 @cli.command()
@@ -701,32 +616,21 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
     """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
     against sparsity curve of each method, to pick the sparsity a model allows). Variants are applied to
     the model in memory, loaded once; packed bytes are those of the container without training state."""
-    from .evaluation import parse_grids, plot_sweep
-    from .evaluation import sweep as run_sweep
+    from . import api
 
-    spec = _tuning_spec(model, data, metric, reference, input_names, output_name, feeds, batch_size, unsafe,
-                        custom_objects, model_code)
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    selection = {"include": include, "exclude": exclude, "layers": layers, "min_size": min_size}
-    from .pruning import parse_pattern
-
-    patterns = [p.strip() for p in (patterns or "").split(",") if p.strip()]
-    for p in patterns:
-        parse_pattern(p)  # refused before any evaluation
-    result = run_sweep(model, names, parse_grids(deltas, names), spec, jobs, acceptable, selection,
-                       show_progress=not as_json, values=bits or ("float32",), calibration=calibration,
-                       patterns=patterns, cluster=_cluster(ray_address, ray_cpus, ray_workers))
+    result = api.sweep(model, data, metric=metric, methods=methods, deltas=deltas, include=include, exclude=exclude,
+                       min_size=min_size, layers=layers, patterns=patterns or (), acceptable=acceptable, jobs=jobs,
+                       values=bits or ("float32",), calibration=calibration, ray=ray_address,
+                       ray_cpus_per_worker=ray_cpus, ray_workers=ray_workers, progress=not as_json,
+                       **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
+                                       custom_objects, model_code)).to_dict()
     if csv_path:
-        import csv
+        from .evaluation import write_sweep_csv
 
-        with open(csv_path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["method", "values", "delta", "pattern", "sparsity", spec.metric, "packed_bytes",
-                             "acceptable"])
-            for r in result["rows"]:
-                writer.writerow([r["method"], r["values"], "" if r["delta"] is None else r["delta"], r["pattern"] or "",
-                                 f"{r['sparsity']:.6f}", f"{r['value']:.6f}", r["packed_bytes"], r["acceptable"]])
+        write_sweep_csv(result, csv_path)
     if plot_path:
+        from .evaluation import plot_sweep
+
         plot_sweep(result, plot_path)
     if as_json:
         emit_json(result)
@@ -781,18 +685,16 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 
     Writes the model and a plan that `wcompress sparsify MODEL --plan PLAN` reproduces bit for bit.
     """
-    from .evaluation import autotune as run_autotune
+    from . import api
 
-    spec = _tuning_spec(model, data, metric, reference, input_names, output_name, feeds, batch_size, unsafe,
-                        custom_objects, model_code)
-    plan_path = plan_path or destination.rstrip("/") + ".plan.json"
-    selection = {"include": include, "exclude": exclude, "min_size": min_size}
-    result = run_autotune(model, spec, max_drop, destination, plan_path, relative, jobs, force,
-                          methods=[m.strip() for m in methods.split(",")] if methods else None, holdout=holdout,
-                          validation=validation, target=target, selection=selection, max_layers=max_layers,
-                          max_evals=max_evals, pack=pack, values=bits or values_dtype, calibration=calibration,
-                          show_progress=not as_json, pattern=pattern,
-                          cluster=_cluster(ray_address, ray_cpus, ray_workers))
+    result = api.autotune(model, data, max_drop, metric=metric, relative=relative, holdout=holdout,
+                          validation=validation, target=target, methods=methods, include=include, exclude=exclude,
+                          min_size=min_size, output=destination, pack=pack, values=bits or values_dtype,
+                          plan=plan_path, max_layers=max_layers, max_evals=max_evals, jobs=jobs, force=force,
+                          pattern=pattern, calibration=calibration, ray=ray_address, ray_cpus_per_worker=ray_cpus,
+                          ray_workers=ray_workers, progress=not as_json,
+                          **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
+                                          custom_objects, model_code)).to_dict()
     if as_json:
         emit_json(result)
         return
@@ -817,17 +719,12 @@ def ensemble_search(models, data, reference, input_names, output_name, feeds, ba
                     as_json):
     """Pick ensemble members and weights that maximise the metric under a size budget (the combinations
     tried, best first, with the `wcompress merge` command that builds the best)."""
-    from .evaluation import ensemble_search as run_search
-    from .evaluation import merge_command
-    from .merge import parse_size
+    from . import api
 
-    spec = _spec(data, metric, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects,
-                 model_code)
-    result = run_search(list(models), spec, parse_size(budget), dtype, jobs, top, min_members=min_members,
-                        cluster=_cluster(ray_address, ray_cpus, ray_workers))
-    best = result["combinations"][0]
-    keras_output = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
-    result["merge_command"] = merge_command(best, dtype, spec, "ensemble.keras" if keras_output else "ensemble/")
+    result = api.ensemble_search(list(models), data, metric, budget, dtype=dtype, top=top, min_members=min_members,
+                                 jobs=jobs, ray=ray_address, ray_cpus_per_worker=ray_cpus, ray_workers=ray_workers,
+                                 **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
+                                                 custom_objects, model_code)).to_dict()
     if as_json:
         emit_json(result)
         return

@@ -335,3 +335,50 @@ def ensemble_table(result):
     for c in result["candidates"]:
         console.print(f"  candidate {c['path']}: {c['bytes']:,} B, {result['metric']} {c['value']:.4f}")
     console.print(f"best: {result['merge_command']}")
+
+
+def quantize_summary(result, model, bits, calibrated):
+    """quantize: Keras's quantized layers (which stayed float), or the size change of a TF graph."""
+    import click
+
+    summary = result.get("quantize")
+    if summary is not None:
+        click.echo(f"{len(summary['quantized_layers'])} layers int{bits}"
+                   + (f" ({len(summary['calibrated_layers'])} calibrated)" if calibrated else "")
+                   + (f"; float: {', '.join(summary['float_layers'])} ({summary['float_share']:.0%} of the weight "
+                      "bytes)" if summary["float_layers"] else ""))
+    size_change(f"{result['format']} {model} → {result['output']}", result["input_bytes"], result["output_bytes"])
+
+
+def fp16_summary(result, model, on_overflow):
+    import click
+
+    summary = result["passes"]["fp16"]
+    click.echo(f"cast {len(summary['cast_tensors'])} tensors to float16 "
+               f"({summary['cast_bytes_before']:,} B → {summary['cast_bytes_after']:,} B)")
+    for name, count in summary["overflow"].items():
+        click.echo(f"  {name}: {count} values beyond float16's range "
+                   f"({'kept float32' if on_overflow == 'keep' else 'clipped'})")
+    size_change(f"{result['format']} {model} → {result['output']}", result["input_bytes"], result["output_bytes"])
+
+
+def average_summary(result):
+    import click
+
+    click.echo(f"averaged {result['averaged_tensors']} tensors over {len(result['inputs'])} checkpoints:")
+    for path in result["inputs"]:
+        click.echo(f"  {path}")
+    click.echo(f"wrote {result['output']}: {result['output_bytes']:,} B")
+
+
+def merge_summary(result):
+    import click
+
+    for m in result["members"]:
+        click.echo(f"member {m['path']} ({m['format']}): {m['bytes']:,} B, weight {m['weight']:g}")
+    budget_note = f" (budget {result['budget']:,} B)" if result["budget"] else ""
+    if result.get("member_input"):
+        click.echo(f"each member: input {result['member_input']}, output {result['member_output']}"
+                   + "".join(f", --feed {f}" for f in result.get("implied_feeds", [])))
+    click.echo(f"merged {result['dtype']} → {result['output']}: {result['output_bytes']:,} B{budget_note}; "
+               f"feed {result['input_tensor']}, read {result['output_tensor']}")

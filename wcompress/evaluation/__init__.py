@@ -4,7 +4,7 @@ ensemble selection under a size budget. One module per job; this package re-expo
 from .autotune import autotune
 from .ensemble import ensemble_search, merge_command
 from .scoring import EvalSpec, Evaluator, default_metric, split_examples
-from .sweep import parse_grids, parse_range, plot_sweep, sweep
+from .sweep import parse_grids, parse_range, plot_sweep, sweep, write_sweep_csv
 
-__all__ = ["EvalSpec", "Evaluator", "default_metric", "split_examples", "sweep", "parse_range", "parse_grids", "plot_sweep",
+__all__ = ["EvalSpec", "Evaluator", "default_metric", "split_examples", "sweep", "parse_range", "parse_grids", "plot_sweep", "write_sweep_csv",
            "autotune", "ensemble_search", "merge_command"]

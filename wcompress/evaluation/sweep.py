@@ -109,6 +109,19 @@ def _examples(spec):
     return evaluator_for(spec).examples
 
 
+def write_sweep_csv(result, path):
+    """The sweep's rows as CSV: method, values, δ, pattern, sparsity, the metric, packed bytes, acceptable."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "values", "delta", "pattern", "sparsity", result["metric"], "packed_bytes",
+                         "acceptable"])
+        for r in result["rows"]:
+            writer.writerow([r["method"], r["values"], "" if r["delta"] is None else r["delta"], r["pattern"] or "",
+                             f"{r['sparsity']:.6f}", f"{r['value']:.6f}", r["packed_bytes"], r["acceptable"]])
+
+
 def plot_sweep(result, path):
     try:
         import matplotlib
