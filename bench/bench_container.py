@@ -103,11 +103,11 @@ def tflite_bytes(keras_path, fp16):
 
 
 def container_rows(name, model, work, tflite_from=None):
-    from wcompress.io import open_model
-    from wcompress.io.container import ContainerWriter
+    from wcompress.formats import open_model
+    from wcompress.formats.container import ContainerWriter
     from wcompress.plugins import get_pass
-    from wcompress.reporting import gzip_bytes, report
-    from wcompress.runner import run_passes
+    from wcompress.workflows.reporting import gzip_bytes, report
+    from wcompress.methods.runner import run_passes
 
     dense_dir = os.path.join(work, name)
     os.makedirs(dense_dir, exist_ok=True)

@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from netvlad import generate  # noqa: E402
 
-from wcompress.io import open_model  # noqa: E402
-from wcompress.io.tfenv import tf  # noqa: E402
-from wcompress.stats import profile_model  # noqa: E402
+from wcompress.formats import open_model  # noqa: E402
+from wcompress.formats.tfenv import tf  # noqa: E402
+from wcompress.workflows.stats import profile_model  # noqa: E402
 
 
 def plain_read(prefix):
@@ -50,8 +50,8 @@ def main():
     for _ in range(3):  # interleaved, best of three: these machines are noisy
         reads.append(timed(plain_read, prefix))
         profiles.append(timed(lambda: profile_model(open_model(prefix), show_progress=False)))
-    baseline = peak_rss_of("from wcompress.io.tfenv import load; load()")
-    peak = peak_rss_of(f"from wcompress.io import open_model; from wcompress.stats import profile_model; "
+    baseline = peak_rss_of("from wcompress.formats.tfenv import load; load()")
+    peak = peak_rss_of(f"from wcompress.formats import open_model; from wcompress.workflows.stats import profile_model; "
                        f"profile_model(open_model({prefix!r}), show_progress=False)")
     result = {
         "checkpoint_bytes": open_model(prefix).bytes,

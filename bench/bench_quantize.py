@@ -99,7 +99,8 @@ def _split(work, name, calibration, held_out):
 
 
 def predictions(path, data):
-    from wcompress.io.predict import load_data, load_predictor
+    from wcompress.runtime.data import load_data
+    from wcompress.runtime.predictors import load_predictor
 
     predictor = load_predictor(path)
     try:
@@ -109,7 +110,7 @@ def predictions(path, data):
 
 
 def quality(reference, pred):
-    from wcompress.metrics import agreement, cosine, max_abs_diff
+    from wcompress.workflows.metrics import agreement, cosine, max_abs_diff
 
     return {"agreement": agreement(reference, pred), "cosine": cosine(reference, pred),
             "maxdiff": max_abs_diff(reference, pred)}
@@ -132,7 +133,7 @@ def _tflite_int8(model, kind, out):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         content = converter.convert()
     else:
-        from wcompress.io.tf1_meta import load_meta_graph_def
+        from wcompress.formats.tf1_meta import load_meta_graph_def
 
         graph = tf.Graph()
         with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
@@ -166,8 +167,8 @@ def tflite_predictions(path, data):
 
 
 def container(store_path, out, values, hessians=None):
-    from wcompress.io import open_model, write_safely
-    from wcompress.io.container import ContainerWriter
+    from wcompress.formats import open_model, write_safely
+    from wcompress.formats.container import ContainerWriter
 
     store = open_model(store_path)
     return write_safely(store, out, lambda info: store.load(info.name), force=True,
@@ -175,7 +176,7 @@ def container(store_path, out, values, hessians=None):
 
 
 def bench_model(name, model, kind, calibration, held_out, work):
-    from wcompress.io.capture import input_hessians
+    from wcompress.runtime.capture import input_hessians
 
     native = ".hdf5" if kind == "keras" else os.sep
     dense, _ = run("strip", model, "-o", os.path.join(work, f"{name}-dense{native}"))

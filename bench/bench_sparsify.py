@@ -19,12 +19,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 from bench_profile import peak_rss_of  # noqa: E402
 from netvlad import generate  # noqa: E402
 
-from wcompress.io import open_model  # noqa: E402
-from wcompress.io.container import ContainerWriter  # noqa: E402
-from wcompress.io.tfenv import tf  # noqa: E402
+from wcompress.formats import open_model  # noqa: E402
+from wcompress.formats.container import ContainerWriter  # noqa: E402
+from wcompress.formats.tfenv import tf  # noqa: E402
 from wcompress.plugins import get_pass  # noqa: E402
-from wcompress.reporting import report  # noqa: E402
-from wcompress.runner import run_passes  # noqa: E402
+from wcompress.workflows.reporting import report  # noqa: E402
+from wcompress.methods.runner import run_passes  # noqa: E402
 
 
 def plain_read_write(prefix, out):
@@ -63,7 +63,7 @@ def main():
                 f"'--method', 'relative', '--delta', '0.75', '--pack', '--values', 'float16', '-o', "
                 f"{os.path.join(work, 'rss.h5')!r}]\ntry:\n    main()\nexcept SystemExit:\n    pass")
         peak = peak_rss_of(code)
-        baseline_rss = peak_rss_of("from wcompress.io.tfenv import load; load()")
+        baseline_rss = peak_rss_of("from wcompress.formats.tfenv import load; load()")
         totals = report(container, gzip=False)["totals"]
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         print(json.dumps({

@@ -48,8 +48,8 @@ def plain_predict(model_path, data_path):
 
 
 def main():
-    from wcompress.evaluation import EvalSpec, parse_grids, sweep
-    from wcompress.evaluation import variants
+    from wcompress.workflows import EvalSpec, parse_grids, sweep
+    from wcompress.workflows import variants
 
     model = samples.fetch("fer")
     with tempfile.TemporaryDirectory() as work:

@@ -7,7 +7,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from wcompress.io.bundle import write_bundle  # noqa: E402
+from wcompress.formats.bundle import write_bundle  # noqa: E402
 
 CLASSES, MIXTURES, K, H = 3862, 5, 32, 1280
 SHAPES = {

@@ -9,8 +9,8 @@ import numpy as np
 
 from wcompress.errors import WcompressError
 from wcompress.hookspecs import hookimpl
-from wcompress.io import TRAINING_STATE
-from wcompress.passes import Pass
+from wcompress.formats import TRAINING_STATE
+from wcompress.methods.passes import Pass
 
 FP16_MAX = float(np.finfo(np.float16).max)
 

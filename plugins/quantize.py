@@ -2,10 +2,10 @@
 work), in a checkpoint the user's own graph still loads.
 
 TF1 checkpoints with their .meta: every float tensor of rank >= 2 becomes an int8 variable, and the
-graph reads it through a Cast and a Mul by a Const of its scales (wcompress/io/tf1_meta.py), so
+graph reads it through a Cast and a Mul by a Const of its scales (wcompress/formats/tf1_meta.py), so
 stock import_meta_graph + Saver.restore runs it. Training state is dropped: a quantized model is for
 inference. With calibration statistics (`hessians`, from `--data`), each kernel's rounding error is
-compensated GPTQ-style (wcompress/quantization.py); kernels no product reads directly are rounded to
+compensated GPTQ-style (wcompress/formats/container/quantization.py); kernels no product reads directly are rounded to
 nearest. Other formats are refused for now: `wcompress pack --values int8|int4` quantizes any of
 them into the container.
 """
@@ -14,10 +14,10 @@ import numpy as np
 
 from wcompress.errors import WcompressError
 from wcompress.hookspecs import hookimpl
-from wcompress.io import TRAINING_STATE
-from wcompress.passes import Pass
-from wcompress.quantization import (LEVELS, QuantizedCodes, broadcast_scale, channel_axis, quantizable, quantize,
-                                    quantize_calibrated)
+from wcompress.formats import TRAINING_STATE
+from wcompress.methods.passes import Pass
+from wcompress.formats.container.quantization import (
+    LEVELS, QuantizedCodes, broadcast_scale, channel_axis, quantizable, quantize, quantize_calibrated)
 
 
 class QuantizePass(Pass):

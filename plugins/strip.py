@@ -1,8 +1,8 @@
 """strip: drop optimizer slots, step counters and metric state; keep everything the model needs."""
 
 from wcompress.hookspecs import hookimpl
-from wcompress.io import TRAINING_STATE
-from wcompress.passes import Pass
+from wcompress.formats import TRAINING_STATE
+from wcompress.methods.passes import Pass
 
 
 class StripPass(Pass):

@@ -15,9 +15,9 @@ import numpy as np
 
 from wcompress.errors import WcompressError, warn
 from wcompress.hookspecs import hookimpl
-from wcompress.io.tensors import EMBEDDING, KERNEL, RECURRENT
-from wcompress.passes import Pass
-from wcompress.pruning import keep_n_of_m, parse_pattern, pattern_fits
+from wcompress.formats.tensors import EMBEDDING, KERNEL, RECURRENT
+from wcompress.methods.passes import Pass
+from wcompress.methods.pruning import keep_n_of_m, parse_pattern, pattern_fits
 
 ELIGIBLE_ROLES = (KERNEL, RECURRENT, EMBEDDING)
 _CHUNK = 1 << 20

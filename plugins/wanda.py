@@ -2,7 +2,7 @@
 "A Simple and Effective Pruning Approach for Large Language Models", ICLR 2024), no retraining.
 
 ||x_j|| is the norm of input j of the kernel's layer over calibration inputs (`sparsify --data`), taken
-from the statistics wcompress/io/capture.py collects (sqrt of the diagonal of X^T X / n: the common
+from the statistics wcompress/runtime/capture.py collects (sqrt of the diagonal of X^T X / n: the common
 1/n does not change the order within a layer). A kernel is read as (inputs, outputs) like the capture
 reads it (a convolution's rows are im2col patch positions); in every output channel (`groups="row"`,
 Wanda's default) or over the whole tensor (`groups="layer"`), the floor(δ · n) lowest scores are
@@ -15,8 +15,8 @@ import numpy as np
 
 from wcompress.errors import WcompressError
 from wcompress.hookspecs import hookimpl
-from wcompress.pruning import pattern_fits, sparsegpt
-from wcompress.quantization import channel_axis
+from wcompress.methods.pruning import pattern_fits, sparsegpt
+from wcompress.formats.container.quantization import channel_axis
 
 from .threshold import ThresholdPass, _check_fraction
 
@@ -32,7 +32,7 @@ class WandaPass(ThresholdPass):
 
     def configure(self, delta=None, sparsity=None, include=(), exclude=(), min_size=None, hessians=None, groups="row",
                   dconv=None, dfc=None, layers=(), plan=None, pattern=None):
-        """`hessians`: the capture's X^T X / n per kernel (wcompress/io/capture.py)."""
+        """`hessians`: the capture's X^T X / n per kernel (wcompress/runtime/capture.py)."""
         if dconv is not None or dfc is not None or plan is not None:
             raise WcompressError(f"{self.name} takes --sparsity (or --delta), --layer, --include/--exclude and "
                                  "--min-size; not --dconv/--dfc or --plan")
@@ -112,7 +112,7 @@ def _norms(hessians):
 
 
 class SparseGPTPass(WandaPass):
-    """sparsegpt: SparseGPT's prune-and-update (wcompress/pruning.py): in each block of 128 input rows the
+    """sparsegpt: SparseGPT's prune-and-update (wcompress/methods/pruning.py): in each block of 128 input rows the
     weights with the lowest OBS saliency are zeroed and the rest updated to make up for them on the
     calibration inputs. The kept weights change (a plan cannot replay it; the output is the result)."""
 

@@ -141,7 +141,7 @@ def test_autotune_in_memory_returns_the_tuned_model_and_its_plan(mhc_model, pept
     kernels = [w for w in result.model.get_weights() if w.ndim >= 2 and w.size >= 1024]
     assert np.mean(np.concatenate([k.ravel() for k in kernels]) == 0) > 0.2
     # The held-out figure is the returned model's own, recomputed from the definition of AUC.
-    from wcompress.evaluation import split_examples
+    from wcompress.workflows import split_examples
 
     _, held = split_examples(len(x), 0.3)
     scores = result.model.predict(x[held], verbose=0).ravel()
@@ -183,3 +183,17 @@ def test_export_in_memory(fer_model, tmp_path):
     exported = wcompress.export(fer_model, tmp_path / "fer.tflite")
     assert exported["output_bytes"] == (tmp_path / "fer.tflite").stat().st_size
     assert exported["input"] is None
+
+
+def test_the_package_names_stay_the_functions_after_use(mhc_model):
+    """No module of the package shadows an API function once it is imported (`wcompress.merge` stays the
+    function after the merge workflow has been loaded)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(wcompress.__path__, "wcompress."):
+        importlib.import_module(info.name)
+    for name in wcompress.__all__:
+        if name[0].islower():
+            assert callable(getattr(wcompress, name)) and getattr(wcompress, name).__module__.startswith(
+                "wcompress.api"), name

@@ -2,7 +2,7 @@
 
 tests/data holds two files found by flipping bytes of real small files: a container (one changed byte
 in an object header) and a `.weights.h5` (4 KB zeroed) on which libhdf5 loops forever while reading the
-structure. The structure walk runs in a guarded child (wcompress/io/child.py)."""
+structure. The structure walk runs in a guarded child (wcompress/formats/child.py)."""
 
 import os
 import signal
@@ -16,7 +16,7 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 SPINNING = [os.path.join(DATA, "spinning-container.h5"), os.path.join(DATA, "spinning.weights.h5")]
 COMMAND = "import sys; from wcompress.cli import main; sys.argv[0] = 'wcompress'; main()"
 # The same walk in a new interpreter, as when TensorFlow's threads make a fork unsafe.
-NO_FORK = ("import sys; from wcompress.io import child, h5check; child.can_fork = lambda: False; "
+NO_FORK = ("import sys; from wcompress.formats import child, h5check; child.can_fork = lambda: False; "
            "h5check.check_structure(sys.argv[1])")
 
 
@@ -174,7 +174,7 @@ def _workers(pid):
 
 # TensorFlow loaded first, as in a long-running process (the fuzzer's worker, a notebook): the walk then
 # runs in a new interpreter, and this process must never list the damaged file's links itself.
-WITH_TENSORFLOW = ("import sys; from wcompress.io.tfenv import load; load(); from wcompress.cli import main; "
+WITH_TENSORFLOW = ("import sys; from wcompress.formats.tfenv import load; load(); from wcompress.cli import main; "
                    "sys.argv[0] = 'wcompress'; main()")
 
 

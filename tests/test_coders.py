@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import assert_same_tensors, run_cli, run_error, run_json, stock_tensors
 
-from wcompress.io import coders
+from wcompress.formats.container import coders
 
 
 def _streams():
@@ -43,7 +43,7 @@ def test_every_coder_round_trips_bit_exact(name):
 def test_positions_code_near_their_entropy():
     """The container codes positions as a packed mask or as delta8 gaps, whichever is smaller: at every
     density one of them lands within 3% of the mask's entropy."""
-    from wcompress.io import encodings
+    from wcompress.formats.container import encodings
 
     rng = np.random.default_rng(1)
     for density in (0.5, 0.25, 0.1, 0.05, 0.02):
@@ -68,7 +68,7 @@ def test_damaged_coded_streams_are_errors(coder):
 @pytest.fixture(scope="module")
 def sparse_checkpoint(tmp_path_factory):
     """A TF1-style checkpoint of trained-looking weights at 75% sparsity."""
-    from wcompress.io.bundle import write_bundle
+    from wcompress.formats.bundle import write_bundle
 
     rng = np.random.default_rng(2)
     root = tmp_path_factory.mktemp("coded")
@@ -165,8 +165,8 @@ def test_crafted_coded_streams_are_one_line_errors(sparse_checkpoint, tmp_path):
 def test_huge_all_zero_tensor_keeps_raw_streams(tmp_path, monkeypatch):
     """A reader refuses tensors decoding to more than 4096x their stored bytes (above a floor): an
     all-zero tensor would code to a few bytes, so the writer keeps its streams raw."""
-    from wcompress.io import container as container_module
-    from wcompress.io.bundle import write_bundle
+    from wcompress.formats.container import layout as container_module
+    from wcompress.formats.bundle import write_bundle
 
     monkeypatch.setattr(container_module, "EXPANSION_FLOOR", 1024)
     prefix = str(tmp_path / "z" / "model.ckpt")

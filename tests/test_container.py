@@ -22,7 +22,7 @@ from helpers import (
     tf1_predict,
 )
 
-from wcompress.io.bundle import write_bundle
+from wcompress.formats.bundle import write_bundle
 
 
 def _dest(src_kind, tmp_path, name):

@@ -109,7 +109,7 @@ def test_custom_objects_errors(custom, tmp_path):
 
 
 def test_ensemble_merge_command_carries_custom_objects():
-    from wcompress.evaluation import EvalSpec, merge_command
+    from wcompress.workflows import EvalSpec, merge_command
 
     spec = EvalSpec(data="d.npz", metric="mse", custom_objects="my acts.py", unsafe=True)
     command = merge_command({"members": ["a.keras", "b.keras"], "weights": [0.5, 0.5]}, "float32", spec,

@@ -103,7 +103,7 @@ def test_debug_shows_traceback(tmp_path):
 @pytest.mark.parametrize("forked", [True, False])
 def test_hdf5_structure_walk_that_crashes_is_one_line(real, tmp_path, monkeypatch, forked):
     from wcompress.errors import WcompressError
-    from wcompress.io import child, h5check
+    from wcompress.formats import child, h5check
 
     model = tmp_path / "model.h5"
     shutil.copy(real["mhcnuggets"], model)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from helpers import run_cli, run_error, run_json, stock_tensors
 
-from wcompress.metrics import gap, roc_auc
+from wcompress.workflows.metrics import gap, roc_auc
 
 
 def reference_gap(labels, scores, k=20):
-    """GAP@k written from YouTube-8M's definition, independently of wcompress.metrics."""
+    """GAP@k written from YouTube-8M's definition, independently of wcompress.workflows.metrics."""
     pool = []
     for y_row, s_row in zip(labels, scores):
         for index in sorted(range(len(s_row)), key=lambda i: -s_row[i])[:k]:

@@ -123,7 +123,7 @@ def test_fp16_tf2_checkpoint_refused_because_stock_restore_refuses_float16(tiny,
 
 
 def test_fp16_tf1_checkpoint_without_meta_refused(tmp_path):
-    from wcompress.io.bundle import write_bundle
+    from wcompress.formats.bundle import write_bundle
 
     prefix = str(tmp_path / "ck" / "model.ckpt")
     os.makedirs(os.path.dirname(prefix))
@@ -149,7 +149,7 @@ def _restore_and_run(meta, prefix, feed, output, resave=None):
 @pytest.mark.parametrize("kind", ["tf1_resource", "tf1_variablev2"])
 def test_fp16_tf1_graph_resource_and_variablev2(tiny, tmp_path, kind):
     import tensorflow as tf
-    from wcompress.io.tf1_meta import load_meta_graph_def
+    from wcompress.formats.tf1_meta import load_meta_graph_def
 
     src, out = tiny[kind], tmp_path / "h" / "model.ckpt"
     result = run_json("fp16", src, "--cover", "1.0", "-o", out)

@@ -214,7 +214,7 @@ def pearson_by_hand(a, b):
 
 
 def test_corr_against_the_definition():
-    from wcompress.metrics import get_metric
+    from wcompress.workflows.metrics import get_metric
 
     corr = get_metric("corr")
     assert corr.needs == "reference" and corr.higher_is_better
@@ -232,7 +232,7 @@ def test_corr_against_the_definition():
 
 
 def test_corr_of_constant_outputs():
-    from wcompress.metrics import pearson
+    from wcompress.workflows.metrics import pearson
 
     tenth = np.full((7, 3), 0.1, np.float32)  # its float64 mean rounds off 0.1: constant all the same
     assert pearson(tenth, tenth.copy()) == 1.0

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from helpers import run_cli, run_error, run_json, sparsified_figures, stock_tensors
 
-from wcompress.io import coders, encodings
-from wcompress.pruning import keep_n_of_m
+from wcompress.formats.container import coders, encodings
+from wcompress.methods.pruning import keep_n_of_m
 
 
 def groups_along_inputs(kernel, m):

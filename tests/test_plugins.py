@@ -36,7 +36,7 @@ def test_third_party_plugin_via_entry_point(tmp_path):
     """A package installed beside wcompress registers a pass through the same entry-point group."""
     env = install_fake_plugin(tmp_path, "wc_extra", "negate", textwrap.dedent('''
         from wcompress.hookspecs import hookimpl
-        from wcompress.passes import Pass
+        from wcompress.methods.passes import Pass
 
         class Negate(Pass):
             name = "negate"

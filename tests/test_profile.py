@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from helpers import run_cli, run_json
 
 from wcompress.cli import cli
-from wcompress.io import open_model
-from wcompress.stats import tensor_stats
+from wcompress.formats import open_model
+from wcompress.workflows.stats import tensor_stats
 
 # Parameter counts the models' own authors / frameworks report (see shared/real-models.md).
 REAL_PARAMS = {

@@ -150,7 +150,7 @@ def small_keras(tmp_path_factory):
 def test_captured_input_statistics_match_their_definition(small_keras):
     import keras
 
-    from wcompress.io.capture import input_hessians
+    from wcompress.runtime.capture import input_hessians
 
     model, path, data = small_keras
     x = np.load(data)["x"]
@@ -177,7 +177,7 @@ def test_captured_input_statistics_match_their_definition(small_keras):
 
 
 def test_gptq_rounding_cuts_the_layer_output_error():
-    from wcompress.quantization import dequantize, gptq, quantize
+    from wcompress.formats.container.quantization import dequantize, gptq, quantize
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 48)) @ rng.standard_normal((48, 48)) + rng.standard_normal((3000, 48))

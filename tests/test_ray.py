@@ -54,7 +54,7 @@ def test_sweep_on_a_two_node_cluster_equals_one_process(real, held, cluster):
 
 
 def test_a_worker_killed_mid_sweep_is_restarted_and_the_rows_are_the_same(real, held, cluster):
-    from wcompress.evaluation.cluster import worker_name
+    from wcompress.workflows.cluster import worker_name
 
     args = sweep_args(real, held) + ["--ray", cluster, "--json"]
     outcome = {}
@@ -99,7 +99,7 @@ def test_ensemble_search_on_the_cluster_equals_one_process(mhc, cluster):
 
 
 def test_workers_read_their_own_copies_shipped_through_ray(tiny, cluster):
-    from wcompress.evaluation.cluster import _Worker, files_of
+    from wcompress.workflows.cluster import _Worker, files_of
 
     prefix = tiny["tf1"]  # a checkpoint prefix: its .index, .data and .meta files, and the folder's checkpoint
     files = files_of(prefix)

@@ -14,8 +14,8 @@ from helpers import (
     tf1_predict,
 )
 
-from wcompress.io import open_model
-from wcompress.runner import run_passes
+from wcompress.formats import open_model
+from wcompress.methods.runner import run_passes
 
 
 def test_strip_musicnn_tf1_loads_and_predicts_identically(real, tmp_path):

@@ -12,9 +12,9 @@ from wcompress.errors import WcompressError
 
 def _predictions_both_ways(model, data, variant_options, reference=None, graph=()):
     """The same variant predicted in memory and from a stock-loaded file written in RAM."""
-    from wcompress.evaluation.scoring import EvalSpec, LoadedModel
-    from wcompress.evaluation.variants import Variant, _predict_from_file, evaluator_for
-    from wcompress.runner import run_in_memory
+    from wcompress.workflows.scoring import EvalSpec, LoadedModel
+    from wcompress.workflows.variants import Variant, _predict_from_file, evaluator_for
+    from wcompress.methods.runner import run_in_memory
 
     spec = EvalSpec(data=str(data), metric="fidelity", reference=str(reference or model),
                     input_names=tuple(graph[:1]), output_name=graph[1] if graph else None)
@@ -93,7 +93,7 @@ def test_sweep_refuses_labelled_data_without_a_metric(mhc):
 
 
 def test_parse_grids():
-    from wcompress.evaluation import parse_grids
+    from wcompress.workflows import parse_grids
 
     grids = parse_grids("triangular=0:0.02:0.01,relative=0.5", ["flat", "triangular", "relative"])
     assert grids == {"flat": pytest.approx([0.1 * i for i in range(11)]), "triangular": [0.0, 0.01, 0.02],
@@ -105,7 +105,7 @@ def test_parse_grids():
 
 
 def test_split_examples_is_fixed_and_disjoint():
-    from wcompress.evaluation import split_examples
+    from wcompress.workflows import split_examples
 
     tune, held = split_examples(101, 0.3)
     assert len(held) == 30 and len(tune) == 71 and not set(tune) & set(held)
@@ -128,8 +128,8 @@ def test_autotune_meets_the_budget_on_held_out_examples(tuned_mhc, mhc, tmp_path
     assert set(result["methods"]) == {"flat", "triangular", "relative"}
     assert result["uniform"]["sparsity"] == max(m["sparsity"] for m in result["methods"].values())
     # Re-measured independently on the held-out examples, from the file written.
-    from wcompress.evaluation import split_examples
-    from wcompress.metrics import roc_auc
+    from wcompress.workflows import split_examples
+    from wcompress.workflows.metrics import roc_auc
 
     data = np.load(mhc["data"])
     _, held = split_examples(data["x"].shape[0], 0.3)

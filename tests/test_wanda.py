@@ -121,7 +121,7 @@ def test_recurrent_capture_matches_an_lstm_run_from_its_equations(mhc, tmp_path)
     import keras
     from conftest import MHC_MASK
 
-    from wcompress.io.capture import input_hessians
+    from wcompress.runtime.capture import input_hessians
 
     x = np.load(mhc["data"])["x"][:37]
     data = tmp_path / "x.npz"

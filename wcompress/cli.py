@@ -14,9 +14,9 @@ import zlib
 
 import click
 
-from . import __version__
-from .errors import WcompressError, WcompressWarning, root_cause
-from .io.coders import available_codecs
+from wcompress import __version__
+from wcompress.errors import WcompressError, WcompressWarning, root_cause
+from wcompress.formats.container.coders import available_codecs
 
 # What damaged or hostile input makes the libraries we read with raise (h5py's RuntimeError, a
 # deeply nested JSON's RecursionError, a truncated file's EOFError, protobuf's DecodeError...).
@@ -85,7 +85,7 @@ def _input_path(ctx):
 def _is_user_error(exc):
     if isinstance(exc, _USER_ERRORS) or type(exc).__name__ in _USER_ERROR_NAMES:
         return True
-    from .io.tfenv import loaded, tf
+    from wcompress.formats.tfenv import loaded, tf
 
     return loaded() and isinstance(exc, tf.errors.OpError)  # not imported: no TensorFlow error possible
 
@@ -144,17 +144,17 @@ def emit_json(data):
                    "histogram, std, |w|<1e-3 in that order to keep the tensor names readable).")
 def profile(model, order_file, as_json, plot_path, wide):
     """Per-tensor table: role, shape, bytes and share, value range, zeros, histogram; with totals."""
-    from . import api
+    from wcompress import api
 
     result = api.profile(model, order_file=order_file, progress=not as_json).to_dict()
     if plot_path:
-        from .plot import plot_histograms
+        from wcompress.plot import plot_histograms
 
         plot_histograms(result, plot_path)
     if as_json:
         emit_json(result)
         return
-    from .render import console, profile_table
+    from wcompress.render import console, profile_table
 
     profile_table(result, wide=wide)
     if plot_path:
@@ -168,13 +168,13 @@ def profile(model, order_file, as_json, plot_path, wide):
 @json_option
 def strip(model, output, force, order_file, as_json):
     """Drop optimizer slots and step counters; write the same format, smaller."""
-    from . import api
+    from wcompress import api
 
     result = api.strip(model, output=output, force=force, order_file=order_file, progress=not as_json)
     if as_json:
         emit_json(result.to_dict())
         return
-    from .render import size_change
+    from wcompress.render import size_change
 
     dropped = [t for t in result.tensors if t.dropped]
     click.echo(f"dropped {len(dropped)} of {len(result.tensors)} tensors "
@@ -230,7 +230,7 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
 
     Example: wcompress sparsify model.ckpt --method triangular --dconv 0.1 --dfc 0.3 -o sparse.ckpt
     """
-    from . import api
+    from wcompress import api
 
     result = api.sparsify(model, method=method, delta=delta, sparsity=sparsity, dconv=dconv, dfc=dfc, include=include,
                           exclude=exclude, layers=layers, min_size=min_size, plan=plan_path, dry_run=dry_run,
@@ -239,7 +239,7 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
     if as_json:
         emit_json(result.to_dict())
         return
-    from .render import size_change, sparsity_table
+    from wcompress.render import size_change, sparsity_table
 
     sparsity_table(result.summary, result.outcomes)
     if result.run:
@@ -257,7 +257,7 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
 @json_option
 def pack(model, output, force, codec, values_dtype, data, order_file, as_json):
     """Write any model into the sparse HDF5 container: each tensor in its smallest encoding."""
-    from . import api
+    from wcompress import api
 
     if data and values_dtype not in ("int8", "int4"):
         raise click.UsageError("--data calibrates int8/int4 codes: add --values int8 or int4")
@@ -266,7 +266,7 @@ def pack(model, output, force, codec, values_dtype, data, order_file, as_json):
     if as_json:
         emit_json(result.to_dict())
         return
-    from .render import size_change
+    from wcompress.render import size_change
 
     size_change(f"{result.input_format} {model} → container {result.output.path}", result.input_bytes,
                 result.output_bytes)
@@ -280,7 +280,7 @@ def pack(model, output, force, codec, values_dtype, data, order_file, as_json):
 @json_option
 def restore_command(container, output, force, unsafe, as_json):
     """Turn a container back into its original format (bit-exact for float32 values)."""
-    from . import api
+    from wcompress import api
 
     result = api.restore(container, output=output, force=force, unsafe=unsafe)
     if as_json:
@@ -297,13 +297,13 @@ def restore_command(container, output, force, unsafe, as_json):
 @json_option
 def report_command(path, against, no_gzip, as_json):
     """Per tensor: sparsity, encoding, bytes original / stored, information bound; totals against gzip."""
-    from . import api
+    from wcompress import api
 
     result = api.report(path, against=against, gzip=not no_gzip).to_dict()
     if as_json:
         emit_json(result)
         return
-    from .render import report_table
+    from wcompress.render import report_table
 
     report_table(result)
 
@@ -333,14 +333,14 @@ def quantize(model, output, force, bits, data, unsafe, order_file, as_json):
     - Other formats are refused: pack --values int8|int4 quantizes any model into the container
       (restore writes it back dequantized).
     """
-    from . import api
+    from wcompress import api
 
     result = api.quantize(model, bits=bits, data=data, output=output, force=force, unsafe=unsafe,
                           order_file=order_file, progress=not as_json)
     if as_json:
         emit_json(result.to_dict())
         return
-    from .render import quantize_summary
+    from wcompress.render import quantize_summary
 
     quantize_summary(result.to_dict(), model, bits, calibrated=data is not None)
 
@@ -370,14 +370,14 @@ def fp16(model, output, force, cover, min_bytes, tensors, on_overflow, order_fil
     - TF2 object checkpoints and TF1 checkpoints without .meta are refused: a float32 model
       cannot restore float16 tensors. Use pack --values float16, or save the model as .keras.
     """
-    from . import api
+    from wcompress import api
 
     result = api.fp16(model, cover=cover, min_bytes=min_bytes, tensors=tensors, on_overflow=on_overflow,
                       output=output, force=force, order_file=order_file, progress=not as_json)
     if as_json:
         emit_json(result.to_dict())
         return
-    from .render import fp16_summary
+    from wcompress.render import fp16_summary
 
     fp16_summary(result.to_dict(), model, on_overflow)
 
@@ -394,14 +394,14 @@ def average(checkpoints, output, force, folder, steps, keep_optimizer, as_json):
 
     Example: wcompress average --dir train/ --steps 100000:150000 -o avg/model.ckpt
     """
-    from . import api
+    from wcompress import api
 
     result = api.average(checkpoints, output=output, folder=folder, steps=steps, keep_optimizer=keep_optimizer,
                          force=force).to_dict()
     if as_json:
         emit_json(result)
         return
-    from .render import average_summary
+    from wcompress.render import average_summary
 
     average_summary(result)
 
@@ -439,7 +439,7 @@ def merge(models, output, force, weights, no_normalize, dtype, budget, input_nam
     The merged model is run once on a batch of zeros before it is written: one that cannot run is
     never written.
     """
-    from . import api
+    from wcompress import api
 
     parsed = None
     if weights:
@@ -453,7 +453,7 @@ def merge(models, output, force, weights, no_normalize, dtype, budget, input_nam
     if as_json:
         emit_json(result)
         return
-    from .render import merge_summary
+    from wcompress.render import merge_summary
 
     merge_summary(result)
 
@@ -555,7 +555,7 @@ def export(model, output, force, tflite, keep_float, input_names, output_name, f
            as_json):
     """Convert a model (sparsified, quantized or not) to TFLite with the converter's sparse encoding and int8
     weight storage: Keras models, SavedModels, TF1 graphs with .meta, and containers of any of them."""
-    from . import api
+    from wcompress import api
 
     result = api.export(model, output, force=force, int8=not keep_float, input_names=input_names,
                         output_name=output_name, feeds=feeds, unsafe=unsafe, custom_objects=custom_objects)
@@ -575,7 +575,7 @@ def export(model, output, force, tflite, keep_float, input_names, output_name, f
 def evaluate(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
              metrics, as_json):
     """Run MODEL on DATA and score it: accuracy, GAP@20, AUC, MSE, or fidelity to a reference model."""
-    from . import api
+    from wcompress import api
 
     result = api.evaluate(model, data, metrics=metrics, progress=not as_json,
                           **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
@@ -616,7 +616,7 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
     """For each method and δ: sparsify, evaluate, record sparsity, metric and packed bytes (the metric
     against sparsity curve of each method, to pick the sparsity a model allows). Variants are applied to
     the model in memory, loaded once; packed bytes are those of the container without training state."""
-    from . import api
+    from wcompress import api
 
     result = api.sweep(model, data, metric=metric, methods=methods, deltas=deltas, include=include, exclude=exclude,
                        min_size=min_size, layers=layers, patterns=patterns or (), acceptable=acceptable, jobs=jobs,
@@ -625,17 +625,17 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
                        **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
                                        custom_objects, model_code)).to_dict()
     if csv_path:
-        from .evaluation import write_sweep_csv
+        from wcompress.workflows import write_sweep_csv
 
         write_sweep_csv(result, csv_path)
     if plot_path:
-        from .evaluation import plot_sweep
+        from wcompress.workflows import plot_sweep
 
         plot_sweep(result, plot_path)
     if as_json:
         emit_json(result)
         return
-    from .render import sweep_table
+    from wcompress.render import sweep_table
 
     sweep_table(result)
 
@@ -685,7 +685,7 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 
     Writes the model and a plan that `wcompress sparsify MODEL --plan PLAN` reproduces bit for bit.
     """
-    from . import api
+    from wcompress import api
 
     result = api.autotune(model, data, max_drop, metric=metric, relative=relative, holdout=holdout,
                           validation=validation, target=target, methods=methods, include=include, exclude=exclude,
@@ -698,7 +698,7 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
     if as_json:
         emit_json(result)
         return
-    from .render import autotune_report
+    from wcompress.render import autotune_report
 
     autotune_report(result)
 
@@ -719,7 +719,7 @@ def ensemble_search(models, data, reference, input_names, output_name, feeds, ba
                     as_json):
     """Pick ensemble members and weights that maximise the metric under a size budget (the combinations
     tried, best first, with the `wcompress merge` command that builds the best)."""
-    from . import api
+    from wcompress import api
 
     result = api.ensemble_search(list(models), data, metric, budget, dtype=dtype, top=top, min_members=min_members,
                                  jobs=jobs, ray=ray_address, ray_cpus_per_worker=ray_cpus, ray_workers=ray_workers,
@@ -728,7 +728,7 @@ def ensemble_search(models, data, reference, input_names, output_name, feeds, ba
     if as_json:
         emit_json(result)
         return
-    from .render import ensemble_table
+    from wcompress.render import ensemble_table
 
     ensemble_table(result)
 
@@ -737,19 +737,19 @@ def ensemble_search(models, data, reference, input_names, output_name, feeds, ba
 @json_option
 def plugins_command(as_json):
     """List the plugins that loaded, where from, and the passes each registered."""
-    from .plugins import plugin_table
+    from wcompress.plugins import plugin_table
 
     rows = plugin_table()
     if as_json:
         emit_json(rows)
         return
-    from .render import plugins_table
+    from wcompress.render import plugins_table
 
     plugins_table(rows)
 
 
 def _register_plugin_commands():
-    from .plugins import load_plugins, pm
+    from wcompress.plugins import load_plugins, pm
 
     load_plugins()
     pm.hook.register_commands(cli=cli)

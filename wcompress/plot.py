@@ -2,7 +2,7 @@
 
 import math
 
-from .errors import WcompressError
+from wcompress.errors import WcompressError
 
 MAX_PANELS = 48
 

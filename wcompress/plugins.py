@@ -6,8 +6,8 @@ from importlib import metadata
 
 import pluggy
 
-from . import hookspecs
-from .errors import WcompressError
+from wcompress import hookspecs
+from wcompress.errors import WcompressError
 
 ENTRY_POINT_GROUP = "wcompress.passes"
 

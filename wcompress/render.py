@@ -280,7 +280,7 @@ def autotune_report(result):
     console.print(f"{result['examples']}")
     console.print(f"dense {metric}: {result['baseline']:.4f} (tuning part), {result['held_out_baseline']:.4f} "
                   "(held out)")
-    from .evaluation.sweep import setting
+    from wcompress.workflows.sweep import setting
 
     for method, m in result["methods"].items():
         console.print(f"  uniform {method}: {setting(m)}, sparsity {100 * m['sparsity']:.2f}%, {metric} "

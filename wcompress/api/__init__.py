@@ -14,10 +14,10 @@ with `output=` the file is written under the same output policy as the CLI. Data
 written to a private .npz for the same reason: worker processes and Ray read files.
 """
 
-from .files import average, export, fp16, merge, pack, profile, quantize, report, restore, sparsify, strip
-from .inputs import as_examples
-from .results import DocumentResult, EvaluateResult, RestoreResult, SparsifyResult
-from .tuning import autotune, ensemble_search, evaluate, sweep
+from wcompress.api.files import average, export, fp16, merge, pack, profile, quantize, report, restore, sparsify, strip
+from wcompress.api.inputs import as_examples
+from wcompress.api.results import DocumentResult, EvaluateResult, RestoreResult, SparsifyResult
+from wcompress.api.tuning import autotune, ensemble_search, evaluate, sweep
 
 __all__ = ["profile", "report", "strip", "sparsify", "pack", "restore", "quantize", "fp16", "average", "merge",
            "export", "evaluate", "sweep", "autotune", "ensemble_search", "as_examples", "DocumentResult",

@@ -3,25 +3,25 @@ fp16, average, merge, export."""
 
 import os
 
-from ..errors import WcompressError
-from .inputs import Inputs, announce, as_examples, fspath, load_back
-from .results import DocumentResult, RestoreResult, SparsifyResult
+from wcompress.errors import WcompressError
+from wcompress.api.inputs import Inputs, announce, as_examples, bars, fspath, load_back
+from wcompress.api.results import DocumentResult, RestoreResult, SparsifyResult
 
 
 def profile(model, order_file=None, progress=False):
     """Per-tensor statistics and model totals (`wcompress profile`)."""
-    from ..io import open_model
-    from ..stats import profile_model
+    from wcompress.formats import open_model
+    from wcompress.workflows.stats import profile_model
 
     with Inputs() as given:
         document = profile_model(open_model(given.model(model), order_file=fspath(order_file)),
-                                 show_progress=bool(progress))
+                                 show_progress=bars(progress))
         return DocumentResult(given.scrub(document))
 
 
 def report(model, against=None, gzip=True):
     """A container's (or model's) bytes per tensor against the information bounds (`wcompress report`)."""
-    from ..reporting import report as build_report
+    from wcompress.workflows.reporting import report as build_report
 
     with Inputs() as given:
         document = build_report(given.model(model), against=given.model(against, "against"), gzip=gzip)
@@ -41,8 +41,8 @@ def _finish(result, given, output, unsafe=False, container=False):
 
 
 def _run(model, passes, output, force, order_file, progress, tag, writer=None, unsafe=False):
-    from ..io import open_model
-    from ..runner import run_passes
+    from wcompress.formats import open_model
+    from wcompress.methods.runner import run_passes
 
     with Inputs() as given:
         store = open_model(given.model(model), order_file=fspath(order_file))
@@ -50,14 +50,14 @@ def _run(model, passes, output, force, order_file, progress, tag, writer=None, u
             if given.in_memory and output is None:
                 raise WcompressError("a container of an in-memory model needs output=PATH.h5")
             writer = writer(store)
-        result = run_passes(store, passes, given.output(output), force=force, show_progress=bool(progress),
+        result = run_passes(store, passes, given.output(output), force=force, show_progress=bars(progress),
                             writer=writer, tag=tag)
         return _finish(result, given, output, unsafe, container=writer is not None)
 
 
 def strip(model, output=None, force=False, order_file=None, progress=False, unsafe=False):
     """Drop optimizer slots, step counters and metric state (`wcompress strip`)."""
-    from ..plugins import get_pass
+    from wcompress.plugins import get_pass
 
     return _run(model, [get_pass("strip").new()], fspath(output), force, order_file, progress, "stripped",
                 unsafe=unsafe)
@@ -68,12 +68,12 @@ def sparsify(model, method=None, delta=None, sparsity=None, dconv=None, dfc=None
              codec="auto", values="float32", output=None, force=False, order_file=None, progress=False,
              unsafe=False):
     """Zero small weights per layer, no retraining (`wcompress sparsify`; see docs/methods.md)."""
-    from ..io import open_model
-    from ..io.container import ContainerWriter
-    from ..plan import pattern_selection, read_plan, write_plan
-    from ..plugins import get_pass
-    from ..runner import destruction_findings, run_passes
-    from ..runner import dry_run as simulate
+    from wcompress.formats import open_model
+    from wcompress.formats.container import ContainerWriter
+    from wcompress.methods.plan import pattern_selection, read_plan, write_plan
+    from wcompress.plugins import get_pass
+    from wcompress.methods.runner import destruction_findings, run_passes
+    from wcompress.methods.runner import dry_run as simulate
 
     plan, output = fspath(plan), fspath(output)
     plan_thresholds = None
@@ -111,7 +111,7 @@ def sparsify(model, method=None, delta=None, sparsity=None, dconv=None, dfc=None
         sparsifier = template.new(**options, **extra)
         store = open_model(path, order_file=fspath(order_file))
         if dry_run:
-            outcomes = simulate(store, [sparsifier], show_progress=bool(progress))
+            outcomes = simulate(store, [sparsifier], show_progress=bars(progress))
             if plan:
                 write_plan(plan, sparsifier.plan_document(), force=force)
             return SparsifyResult(sparsifier.summary(), outcomes, warnings=destruction_findings(outcomes))
@@ -119,24 +119,24 @@ def sparsify(model, method=None, delta=None, sparsity=None, dconv=None, dfc=None
         writer = ContainerWriter(store, values=values, codec=codec, group_sizes=group_sizes) if pack else None
         if pack and given.in_memory and output is None:
             raise WcompressError("a container of an in-memory model needs output=PATH.h5")
-        result = run_passes(store, [sparsifier], given.output(output), force=force, show_progress=bool(progress),
+        result = run_passes(store, [sparsifier], given.output(output), force=force, show_progress=bars(progress),
                             writer=writer, tag="sparse")
         _finish(result, given, output, unsafe, container=pack)
         return SparsifyResult(result.summaries[sparsifier.name], result.tensors, result, result.warnings, result.model)
 
 
 def _hessians(path, data, progress):
-    from ..io.capture import input_hessians
+    from wcompress.runtime.capture import input_hessians
 
     shown = data if isinstance(data, (str, os.PathLike)) else "the calibration data"
     announce(progress, f"calibrating on {shown} …")
-    return input_hessians(path, as_examples(data), show_progress=bool(progress))
+    return input_hessians(path, as_examples(data), show_progress=bars(progress))
 
 
 def pack(model, output=None, values="float32", codec="auto", data=None, force=False, order_file=None,
          progress=False):
     """Write the sparse container: each tensor in its smallest encoding (`wcompress pack`)."""
-    from ..io.container import ContainerWriter
+    from wcompress.formats.container import ContainerWriter
 
     if data is not None and values not in ("int8", "int4"):
         raise WcompressError("--data calibrates int8/int4 codes: add --values int8 or int4")
@@ -151,8 +151,8 @@ def pack(model, output=None, values="float32", codec="auto", data=None, force=Fa
 def restore(container, output=None, force=False, unsafe=False, load=False):
     """A container back in its original format (`wcompress restore`); `load=True` also returns the Keras
     model it holds as `result.model`."""
-    from ..io.container import ContainerStore
-    from ..io.container import restore as write_restored
+    from wcompress.formats.container import ContainerStore
+    from wcompress.formats.container import restore as write_restored
 
     container = os.fspath(container)
     source = ContainerStore(container)
@@ -170,7 +170,7 @@ def quantize(model, bits=8, data=None, output=None, force=False, unsafe=False, o
     """Kernels as int8 (Keras: or int4) codes with a float32 scale per output channel, in a file stock
     TensorFlow / Keras loads (`wcompress quantize`): Keras's own quantized layers for Keras models, int8
     variables read through a Cast and a Mul for TF1 graphs. `data` GPTQ-rounds the codes."""
-    from ..io import open_model
+    from wcompress.formats import open_model
 
     output = fspath(output)
     with Inputs() as given:
@@ -178,24 +178,24 @@ def quantize(model, bits=8, data=None, output=None, force=False, unsafe=False, o
         store = open_model(path, order_file=fspath(order_file))
         if store.format in ("keras", "keras-h5"):
             return _quantize_keras(store, given, bits, data, output, force, unsafe, progress)
-        from ..passes import TensorSource
-        from ..plugins import get_pass
-        from ..runner import run_passes
+        from wcompress.methods.passes import TensorSource
+        from wcompress.plugins import get_pass
+        from wcompress.methods.runner import run_passes
 
         get_pass("quantize").new(bits=bits).prepare(TensorSource(store))  # formats it cannot write, before calibrating
         hessians = _hessians(path, data, progress) if data is not None else None
         result = run_passes(store, [get_pass("quantize").new(bits=bits, hessians=hessians)], output, force=force,
-                            show_progress=bool(progress), tag="int8")
+                            show_progress=bars(progress), tag="int8")
         return result
 
 
 def _quantize_keras(store, given, bits, data, output, force, unsafe, progress):
-    from ..io.keras_quantized import quantize_keras
+    from wcompress.methods.keras_quantized import quantize_keras
 
     if bits not in (8, 4):
         raise WcompressError(f"--bits takes 8 or 4, not {bits}")
     written, summary = quantize_keras(store, given.output(output), force=force, data=as_examples(data),
-                                      unsafe=unsafe, show_progress=bool(progress), bits=bits)
+                                      unsafe=unsafe, show_progress=bars(progress), bits=bits)
     result = DocumentResult({"input": store.path, "format": store.format, "input_bytes": store.bytes,
                              "output": written.path, "output_bytes": written.bytes, "quantize": summary})
     if given.in_memory:
@@ -207,7 +207,7 @@ def _quantize_keras(store, given, bits, data, output, force, unsafe, progress):
 def fp16(model, cover=None, min_bytes=None, tensors=(), on_overflow="keep", output=None, force=False,
          order_file=None, progress=False, unsafe=False):
     """Cast the largest float32 tensors to float16, in a file stock TensorFlow / Keras loads (`wcompress fp16`)."""
-    from ..plugins import get_pass
+    from wcompress.plugins import get_pass
 
     caster = get_pass("fp16").new(cover=cover, min_bytes=min_bytes, tensors=tensors, on_overflow=on_overflow)
     return _run(model, [caster], fspath(output), force, order_file, progress, "fp16", unsafe=unsafe)
@@ -216,8 +216,8 @@ def fp16(model, cover=None, min_bytes=None, tensors=(), on_overflow="keep", outp
 def average(checkpoints=(), output=None, folder=None, steps=None, keep_optimizer=False, force=False):
     """Average checkpoints tensor by tensor: float64 sums, original dtype (`wcompress average`). `folder` and
     `steps` ('FROM:TO') add a training folder's checkpoints whose step is in that range."""
-    from ..average import average as run_average
-    from ..average import find_checkpoints
+    from wcompress.workflows.average import average as run_average
+    from wcompress.workflows.average import find_checkpoints
 
     with Inputs() as given:
         paths = [given.model(c, f"checkpoint{i}") for i, c in enumerate(checkpoints)]
@@ -235,7 +235,7 @@ def merge(models, output=None, weights=None, normalize=True, dtype="float32", bu
           output_name=None, feeds=(), unsafe=False, custom_objects=None, force=False):
     """One model whose output is the weighted sum of the members' (`wcompress merge`): Keras models into one
     .keras, TF1 graphs into one graph. The merged model is run once before it is written."""
-    from ..merge import merge as run_merge
+    from wcompress.workflows.merge import merge as run_merge
 
     with Inputs() as given:
         paths = [given.model(m, f"member{i}") for i, m in enumerate(models)]
@@ -252,7 +252,7 @@ def export(model, output, force=False, int8=True, input_names=(), output_name=No
            custom_objects=None):
     """A .tflite of the model, with the converter's sparse encoding and (`int8`) int8 weight storage
     (`wcompress export`)."""
-    from ..io.tflite import export_tflite
+    from wcompress.runtime.tflite_export import export_tflite
 
     with Inputs() as given:
         path = given.model(model)

@@ -7,7 +7,7 @@ import tempfile
 
 import numpy as np
 
-from ..errors import WcompressError
+from wcompress.errors import WcompressError
 
 
 def is_keras_model(model):
@@ -24,7 +24,7 @@ def as_examples(data):
     if data is None:
         return None
     if isinstance(data, (str, os.PathLike)):
-        from ..io.predict import load_data
+        from wcompress.runtime.data import load_data
 
         return load_data(os.fspath(data))
     if isinstance(data, dict):
@@ -79,7 +79,7 @@ class Inputs:
             return fspath(model)
         if not is_keras_model(model):
             raise WcompressError(f"model must be a path or a keras.Model, not {type(model).__name__}")
-        from ..io.outputs import save_keras
+        from wcompress.formats.keras_h5 import save_keras
 
         path = self._private(os.path.join(f"in-{len(os.listdir(self.folder)) if self.folder else 0}",
                                           f"{name}.keras"))
@@ -124,9 +124,14 @@ class Inputs:
 
 def load_back(path, unsafe=False, custom_objects=None):
     """A Keras file we wrote, as a new keras.Model."""
-    from ..io.predict import load_keras_model
+    from wcompress.runtime.keras_models import load_keras_model
 
     return load_keras_model(path, unsafe=unsafe, custom_objects=custom_objects)
+
+
+def bars(progress):
+    """Progress bars on stderr only for progress=True; a callable receives messages, not bars."""
+    return progress is True
 
 
 def announce(progress, message):

@@ -4,14 +4,14 @@ Every one takes the evaluation options `wcompress evaluate` takes (as keyword ar
 `input_names`, `output_name`, `feeds`, `batch_size`, `unsafe`, `custom_objects`, `model_code`); data is a
 .npz path (or module:function), an array, an (x, y) tuple or a dict of named inputs."""
 
-from ..errors import WcompressError
-from .inputs import Inputs, fspath, load_back
-from .results import DocumentResult, EvaluateResult
+from wcompress.errors import WcompressError
+from wcompress.api.inputs import Inputs, bars, fspath, load_back
+from wcompress.api.results import DocumentResult, EvaluateResult
 
 
 def _spec(given, data, metric, reference=None, input_names=(), output_name=None, feeds=(), batch_size=256,
           unsafe=False, custom_objects=None, model_code=None):
-    from ..evaluation import EvalSpec
+    from wcompress.workflows import EvalSpec
 
     if custom_objects is not None and not isinstance(custom_objects, str):
         raise WcompressError("custom_objects takes what --custom-objects takes: FILE.py, a module or module:attr "
@@ -30,8 +30,8 @@ def _data(given, data):
 def _tuning_spec(given, path, data, metric, **options):
     """sweep and autotune: with no metric, unlabelled data is scored by fidelity to the input model; a
     fidelity metric with no reference compares to the input model."""
-    from ..evaluation import default_metric
-    from ..metrics import get_metric
+    from wcompress.workflows import default_metric
+    from wcompress.workflows.metrics import get_metric
 
     data = _data(given, data)
     spec = _spec(given, data, metric or default_metric(data), **options)
@@ -48,7 +48,7 @@ def _cluster(ray, ray_cpus_per_worker, ray_workers):
         if ray_workers is not None or ray_cpus_per_worker != 1.0:
             raise WcompressError("--ray-workers and --ray-cpus-per-worker go with --ray")
         return None
-    from ..evaluation.cluster import Cluster
+    from wcompress.workflows.cluster import Cluster
 
     return Cluster(address=None if ray == "local" else ray, cpus_per_worker=ray_cpus_per_worker, workers=ray_workers)
 
@@ -56,7 +56,7 @@ def _cluster(ray, ray_cpus_per_worker, ray_workers):
 def evaluate(model, data, metrics=None, progress=False, **options):
     """Run the model on the data and score it (`wcompress evaluate`): accuracy, GAP@20, AUC, MSE, or, with
     `reference=`, fidelity to a reference model (the default metrics then: fidelity, cosine, maxdiff)."""
-    from ..evaluation import Evaluator
+    from wcompress.workflows import Evaluator
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics or ())
     if not metrics:
@@ -69,7 +69,7 @@ def evaluate(model, data, metrics=None, progress=False, **options):
         for name in metrics:
             evaluator = Evaluator(_spec(given, data, name, **options))
             if predictions is None:
-                predictions = evaluator.predict(path, show_progress=bool(progress))
+                predictions = evaluator.predict(path, show_progress=bars(progress))
             results.append({"metric": name, "value": evaluator.score(predictions)})
         return EvaluateResult(given.scrub(path), int(predictions.shape[0]), results, tuple(predictions.shape[1:]))
 
@@ -79,9 +79,9 @@ def sweep(model, data, metric=None, methods=("flat", "triangular", "relative"), 
           ray=None, ray_cpus_per_worker=1.0, ray_workers=None, progress=False, **options):
     """For each method and δ (and each way of storing values): sparsify, evaluate, record sparsity, the
     metric and packed bytes (`wcompress sweep`). `deltas`: the --deltas text, or {method: [δ, …]}."""
-    from ..evaluation import parse_grids
-    from ..evaluation import sweep as run_sweep
-    from ..pruning import parse_pattern
+    from wcompress.workflows import parse_grids
+    from wcompress.workflows import sweep as run_sweep
+    from wcompress.methods.pruning import parse_pattern
 
     methods = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
     patterns = [p.strip() for p in (patterns.split(",") if isinstance(patterns, str) else patterns) if p.strip()]
@@ -97,7 +97,7 @@ def sweep(model, data, metric=None, methods=("flat", "triangular", "relative"), 
         spec = _tuning_spec(given, path, data, metric, **options)
         selection = {"include": tuple(include), "exclude": tuple(exclude), "layers": tuple(layers),
                      "min_size": min_size}
-        document = run_sweep(path, methods, grids, spec, jobs, acceptable, selection, show_progress=bool(progress),
+        document = run_sweep(path, methods, grids, spec, jobs, acceptable, selection, show_progress=bars(progress),
                              values=values, calibration=given.data(calibration, "calibration"), patterns=patterns,
                              cluster=_cluster(ray, ray_cpus_per_worker, ray_workers))
         return DocumentResult(given.scrub(document))
@@ -112,7 +112,7 @@ def autotune(model, data, max_drop, metric=None, relative=True, holdout=0.3, val
     (`plan=`: elsewhere); for an in-memory model without `output`, `result.model` is the tuned model and
     `result.plan_document` its plan. `values`: one width or several (float32, float16, int8, int4) with
     `pack=True`."""
-    from ..evaluation import autotune as run_autotune
+    from wcompress.workflows import autotune as run_autotune
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -128,7 +128,7 @@ def autotune(model, data, max_drop, metric=None, relative=True, holdout=0.3, val
                                 selection={"include": tuple(include), "exclude": tuple(exclude),
                                            "min_size": min_size},
                                 max_layers=max_layers, max_evals=max_evals, pack=pack, values=values,
-                                calibration=given.data(calibration, "calibration"), show_progress=bool(progress),
+                                calibration=given.data(calibration, "calibration"), show_progress=bars(progress),
                                 pattern=pattern, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers))
         result = DocumentResult(document)
         if given.in_memory:
@@ -149,9 +149,9 @@ def ensemble_search(models, data, metric, budget, dtype="float32", top=10, min_m
     """Ensemble members and output weights that maximise the metric under a size budget (`wcompress
     ensemble-search`): the combinations tried, best first, and the `wcompress merge` command for the best.
     `budget`: bytes, or text such as '1GB'."""
-    from ..evaluation import ensemble_search as run_search
-    from ..evaluation import merge_command
-    from ..merge import parse_size
+    from wcompress.workflows import ensemble_search as run_search
+    from wcompress.workflows import merge_command
+    from wcompress.workflows.merge import parse_size
 
     with Inputs() as given:
         paths = [given.model(m, f"member{i}") for i, m in enumerate(models)]

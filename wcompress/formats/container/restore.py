@@ -1,0 +1,44 @@
+"""A container back in its original format, written safely and opened with the stock reader of that format
+before it is renamed into place."""
+
+import os
+import shutil
+import tempfile
+
+from wcompress.errors import warn
+from wcompress.formats.container.reader import ContainerStore
+
+
+def restore(container_path, dest, force=False, unsafe=False):
+    """Write the container back in its original format (or another Keras format, by the output's suffix).
+
+    With no `dest`, the output goes beside the container under the original's name, tagged `restored`.
+    """
+    from wcompress.formats.writing import write_safely
+    from wcompress.formats.verify import verify_output
+
+    container = ContainerStore(container_path)
+    quantized = [e for e in container.entries.values() if e.get("quantized")]
+    if quantized:
+        bits = sorted({e["quantized"]["bits"] for e in quantized})
+        warn(f"{len(quantized)} tensors were stored as {'/'.join(f'int{b}' for b in bits)} codes: the restored "
+             "tensors are dequantized (codes x channel scale), not the original values", container_path)
+    work = tempfile.mkdtemp(prefix="wcompress-restore-")
+    try:
+        store = container.original(work)
+        # The name recorded in the file is data: only a plain file name is used, never a path.
+        name = os.path.basename(container.source_name.replace("\\", "/"))
+        if name in ("", ".", ".."):
+            name = "model.ckpt" if store.format.endswith("checkpoint") else None
+            if dest is None and store.format.endswith("checkpoint"):  # the model was a folder: so is its copy
+                dest = os.path.splitext(os.path.abspath(container_path))[0] + "-restored" + os.sep
+        expected = {t.name: (t.shape, t.dtype) for t in store.tensors}
+
+        def verify(nbytes, target, fmt):  # before the rename: the stock reader must open what we wrote
+            verify_output(target, fmt, expected if fmt == store.format else None, container_path)
+
+        return write_safely(store, dest, lambda info: store.load(info.name), force=force, tag="restored",
+                            name=name, beside=container_path, extra_inputs=[container_path], unsafe=unsafe,
+                            check=verify)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,232 @@
+"""Writing the container: each tensor in its smallest encoding, its streams entropy-coded (coders.py),
+small streams pooled, and an index checksummed over everything a reader uses."""
+
+import json
+import lzma
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from wcompress.errors import WcompressError
+from wcompress.formats.container import coders, encodings
+from wcompress.formats.container.coders import CODECS
+from wcompress.formats.container.layout import (
+    MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits)
+from wcompress.formats.container.quantization import (
+    channel_axis, quantizable, quantize, quantize_calibrated)
+from wcompress.formats.h5util import NO_TIMES, create_file, create_group
+
+
+def _stream_options(codec, array):
+    if codec in ("none", "auto") or array.size < 1024:
+        return {}
+    if codec == "zstd":
+        try:
+            import hdf5plugin
+        except ImportError as exc:
+            raise WcompressError("--codec zstd needs the hdf5plugin package (pip install hdf5plugin)") from exc
+        return dict(hdf5plugin.Zstd(clevel=9), chunks=True)
+    return {"compression": codec, "shuffle": True, "chunks": True}
+
+
+def _max_finite_abs(array, chunk=1 << 20):
+    """Largest finite |w|, in chunks so no full-size temporary is made."""
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if np.isfinite(low) and np.isfinite(high):  # the common case: two passes, no temporaries
+        return max(abs(low), abs(high))
+    flat, top = array.reshape(-1), 0.0
+    for start in range(0, flat.size, chunk):
+        part = np.abs(flat[start:start + chunk])
+        part = part[np.isfinite(part)]
+        if part.size:
+            top = max(top, float(part.max()))
+    return top
+
+
+def _zipped(data):
+    """Metadata blobs (index, graphs, configs) are xz-compressed by us and stored contiguous: an HDF5
+    compression filter would add chunk-index overhead bigger than many small models, and xz packs
+    protobuf graphs about twice as tight as zlib."""
+    preset = 9 | lzma.PRESET_EXTREME if len(data) < 16 * 2**20 else 6
+    return np.frombuffer(lzma.compress(data, preset=preset), dtype=np.uint8)
+
+
+class ContainerWriter:
+    """Writes tensors one at a time, each in its smallest encoding; the index and skeleton at the end."""
+
+    def __init__(self, store, values="float32", codec="auto", hessians=None, value_plan=None, group_sizes=()):
+        """`hessians` ({tensor name: X^T X / n of its layer's inputs}, io/capture.py) make int8/int4 codes
+        compensate their rounding error GPTQ-style; other tensors are rounded to nearest. `value_plan`
+        ({tensor name: values}) stores those tensors' values otherwise than `values` (autotune's per-layer
+        widths). `group_sizes`: N:M group sizes M to try besides encodings.GROUP_SIZES (sparsify --pattern's)."""
+        if codec not in CODECS:
+            raise WcompressError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+        self.value_plan = dict(value_plan or {})
+        for chosen in {values, *self.value_plan.values()}:
+            if chosen not in VALUE_CHOICES:
+                raise WcompressError(f"--values takes {', '.join(VALUE_CHOICES)}, not {chosen!r}")
+        if hessians and not {values, *self.value_plan.values()} & set(QUANT_LEVELS):
+            raise WcompressError("calibration data is for --values int8 or int4")
+        self.store, self.values, self.codec, self.hessians = store, values, codec, hessians or {}
+        self.group_sizes = tuple(sorted(set(encodings.GROUP_SIZES) | set(group_sizes)))
+
+    def __call__(self, target, produce):
+        entries, kept, retyped = [], [], {}
+        with create_file(target) as h5:
+            name = os.path.basename(getattr(self.store, "prefix", "") if self.store.format.endswith("checkpoint")
+                                    else os.path.normpath(self.store.path))
+            attributes = dict(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
+                              codec=self.codec, values=self.values)
+            h5.attrs.update(attributes)
+            streams = create_group(h5, "streams")
+            self._pool, self._pool_bytes, self._pools, self._checksums = [], 0, 0, {}
+            # Coding a tensor's streams (pcodec, zstd: both release the GIL) runs in a worker while the next
+            # tensor is read and thresholded here; at most one tensor's streams wait, never a whole array.
+            with ThreadPoolExecutor(max_workers=1) as coder:
+                pending = None
+                for info in self.store.tensors:
+                    array = produce(info)
+                    if array is None:
+                        continue
+                    kept.append(info.name)
+                    if array.dtype != info.dtype:
+                        retyped[info.name] = array.dtype
+                    prepared = self._prepare(info, array)
+                    del array
+                    if pending is not None:
+                        entries.append(self._store(streams, len(entries), *pending.result()))
+                    pending = coder.submit(self._code, prepared)
+                if pending is not None:
+                    entries.append(self._store(streams, len(entries), *pending.result()))
+            self._flush_pool(streams)
+            with tempfile.TemporaryDirectory() as work:
+                files, raw = self.store.skeleton(kept, retyped, work)
+            # What each blob is (a skeleton file's path, a raw entry's key) is recorded in the index only.
+            blob_names = {}
+            skeleton = create_group(h5, "skeleton") if files else None
+            for n, (rel, data) in enumerate(sorted(files.items())):
+                packed = _zipped(data)
+                skeleton.create_dataset(str(n), data=packed, **NO_TIMES)
+                self._checksums[f"skeleton/{n}"] = _crc(packed)
+                blob_names[f"skeleton/{n}"] = rel
+            blobs = create_group(h5, "raw") if raw else None
+            for n, key in enumerate(sorted(raw)):
+                packed = _zipped(raw[key])
+                blobs.create_dataset(str(n), data=packed, **NO_TIMES)
+                self._checksums[f"raw/{n}"] = _crc(packed)
+                blob_names[f"raw/{n}"] = key
+            document = {"tensors": entries, "checksums": self._checksums, "attributes": attributes,
+                        "blobs": blob_names}
+            index = _zipped(json.dumps(document, separators=(",", ":")).encode())
+            h5.create_dataset("index", data=index, **NO_TIMES)
+            h5.attrs["index_crc32"] = _crc(index)
+        return [target]
+
+    def _flush_pool(self, group):
+        if self._pool:
+            pool = np.concatenate(self._pool)
+            group.create_dataset(f"pool{self._pools}", data=pool, **NO_TIMES)
+            self._checksums[f"streams/pool{self._pools}"] = _crc(pool)
+        self._pool, self._pool_bytes, self._pools = [], 0, self._pools + (1 if self._pool else 0)
+
+    def _value_dtype(self, array, values):
+        if values == "float16" and array.dtype in (np.float32, np.float64):
+            if _max_finite_abs(array) > float(np.finfo(np.float16).max):
+                return array.dtype, True  # would overflow: keep full precision for this tensor
+            return np.dtype(np.float16), False
+        return array.dtype, False
+
+    def _prepare(self, info, array):
+        """Everything the coder needs from the array: the raw streams of the smallest raw encoding and,
+        with codec auto, of the encodings competing once coded. The array itself is not kept."""
+        quantized, scale = None, None
+        values = self.value_plan.get(info.name, self.values)
+        if values in QUANT_LEVELS and quantizable(array):
+            quantized = {"bits": 8 if values == "int8" else 4, "axis": channel_axis(array.shape)}
+            original = array
+            calibrated = quantize_calibrated(array, self.hessians.get(info.name), QUANT_LEVELS[values])
+            if calibrated is not None:
+                quantized["calibrated"] = True
+            array, scale = calibrated or quantize(array, QUANT_LEVELS[values])
+        value_dtype, overflow = self._value_dtype(array, values)
+        if array.dtype == object or array.ndim == 0:
+            candidates, nnz, pattern = {"dense": array.nbytes}, int(np.count_nonzero(array)), None
+        else:
+            candidates, nnz, pattern = encodings.sizes(array, value_dtype, self.group_sizes)
+        # Only encodings a reader accepts (see _fits): an all-zero tensor would otherwise store nothing.
+        fitting = {k: v for k, v in candidates.items() if _fits(array.nbytes, v)} or candidates
+        encoding = min(fitting, key=lambda k: (fitting[k], encodings.ENCODINGS.index(k)))
+        options = {encoding: encodings.encode(array, encoding, value_dtype, pattern)}
+        if self.codec == "auto" and array.dtype != object:
+            # A mask and position gaps carry the same information: only bitmask (any density) and delta8
+            # (sparse: its coded gaps then beat a coded mask) compete with dense; coo and csr spend more
+            # bits per position than either once coded.
+            flat_size = array.size
+            # An N:M pattern's choice words compete too: denser than a coded mask when the groups are full.
+            for other in ({"dense"} if nnz == flat_size or array.ndim == 0 else {"bitmask"}) | \
+                    ({"delta8"} if 0 < nnz < flat_size // 8 else set()) | ({"nm"} if pattern else set()):
+                if other not in options:
+                    options[other] = encodings.encode(array, other, value_dtype, pattern)
+        entry = {
+            "name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
+            "role": info.role, "order": info.order, "nnz": nnz, "value_dtype": str(np.dtype(value_dtype)),
+            "fp16_overflow": overflow,
+        }
+        if pattern:
+            entry["pattern"] = list(pattern)  # kept only when nm is the encoding stored (see _store)
+        decoded = array.nbytes
+        if quantized is not None:
+            entry.update(dtype=str(original.dtype), quantized=quantized)
+            decoded = original.nbytes
+            for streams in options.values():
+                streams["scales"] = scale
+        return entry, encoding, options, decoded, array.dtype != object
+
+    def _code(self, prepared):
+        """(entry, encoding, streams, {stream: (coder, stored bytes)} or None): with codec auto, the
+        encoding whose streams are fewest bytes once each is coded by its smallest coder."""
+        entry, raw_encoding, options, decoded, numeric = prepared
+        raw_streams = options[raw_encoding]
+        if self.codec != "auto" or not numeric:
+            return entry, raw_encoding, raw_streams, None
+        best = None
+        for encoding in sorted(options, key=encodings.ENCODINGS.index):
+            coded = {name: coders.smallest(data) for name, data in options[encoding].items()}
+            total = sum(stored.nbytes for _, stored in coded.values())
+            if best is None or total < best[0]:
+                best = (total, encoding, coded)
+        total, encoding, coded = best
+        raw_total = sum(np.asarray(d).nbytes for d in raw_streams.values())
+        # A huge all-zero tensor would code to almost nothing, which a reader refuses: raw streams then.
+        if not _fits(decoded, total) or raw_total <= total:
+            return entry, raw_encoding, raw_streams, {name: ("raw", coders.encode(d, "raw"))
+                                                      for name, d in raw_streams.items()}
+        return entry, encoding, options[encoding], coded
+
+    def _store(self, group, number, entry, encoding, streams, coded):
+        names = {}
+        for stream, data in streams.items():
+            data = np.ascontiguousarray(data)
+            if coded is not None:
+                coder, stored = coded[stream]
+                ref = {"coder": coder, "bytes": int(stored.nbytes), "count": int(data.size), "dtype": str(data.dtype)}
+                data = stored
+            else:
+                ref = {"count": int(data.size), "dtype": str(data.dtype)}
+            if data.nbytes < POOL_STREAM_BYTES and self.codec in ("none", "auto"):
+                names[stream] = {"pool": f"pool{self._pools}", "offset": self._pool_bytes, **ref}
+                self._pool.append(data.view(np.uint8).reshape(-1))
+                self._pool_bytes += data.nbytes
+                if self._pool_bytes >= POOL_FLUSH_BYTES:
+                    self._flush_pool(group)
+            else:
+                name = f"{number}.{stream}"
+                options = _stream_options(self.codec, data) if coded is None else {}
+                group.create_dataset(name, data=data, **options, **NO_TIMES)
+                self._checksums[f"streams/{name}"] = _crc(data)
+                names[stream] = {"dataset": name, **ref}
+        if encoding != "nm":
+            entry = {k: v for k, v in entry.items() if k != "pattern"}
+        return {**entry, "encoding": encoding, "streams": names, "entries": int(streams["values"].size)}

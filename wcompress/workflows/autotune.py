@@ -1,0 +1,571 @@
+"""autotune: the sparsest model (or the smallest container) whose metric stays within a budget on
+examples the search never saw.
+
+1. The examples are split: the search sees the tuning part only; the held-out part (or --validation)
+   judges the result, and the written model meets the budget there.
+2. Uniform start, every method: each method's δ is found for a ladder of sparsity levels (cheap: no
+   prediction), the levels are evaluated upwards until one fails, then bisected. The best of all
+   methods is the start.
+3. Per layer: each eligible layer is moved alone to levels around its sparsity in the start and the
+   change of the metric measured (sensitivity); allocations trading weights zeroed against measured
+   drop, from cautious to aggressive, are bisected for the most aggressive that holds, then single
+   raises are tried one at a time, most weights per unit of drop first.
+Every state is a set of exact thresholds, so the written plan replays bit for bit with `sparsify --plan`.
+
+With --pattern N:M the states are which layers take the pattern (the others stay dense): every eligible
+layer first; if that fails the budget, each layer alone is measured, and the layers are added most weights
+per unit of drop first (the longest run that holds, bisected, then every other layer tried one at a time).
+The plan names the pattern and its tensors.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+from wcompress.errors import WcompressError, warn
+from wcompress.formats import TRAINING_STATE, open_model
+from wcompress.formats.outputs import native_suffix
+from wcompress.runtime.user_code import custom_object_scope
+from wcompress.workflows.metrics import within_budget
+from wcompress.methods.plan import literal_glob, pattern_selection
+from wcompress.progress import evaluation_progress
+from wcompress.methods.runner import run_in_memory
+from wcompress.workflows.scoring import split_examples
+from wcompress.workflows.variants import (
+    Variant, calibration_hessians, dense_score, evaluator_for, needs_calibration, packed_bytes, score_variant)
+from wcompress.workflows.pools import open_pool
+
+LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]  # fractions of the eligible weights
+# Per-layer levels, around each layer's sparsity in the uniform start (points of the layer's weights): the
+# start sits at the edge of the budget, so what matters is what each layer gives or costs near it.
+LAYER_STEPS = (-0.2, -0.1, 0.05, 0.1, 0.2, 0.3)
+DELTA_PROBES = [0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6,
+                0.7, 0.8, 0.9, 1.0]
+MIN_HELD_OUT = 10  # fewer held-out examples than this would judge nothing
+
+
+def sparsifier_methods():
+    """Every registered sparsification method (flat, triangular, relative, and plugins' ones)."""
+    from wcompress.plugins import get_passes
+
+    # Methods that score weights by calibration inputs (wanda) need data the search does not pass them.
+    return [name for name, p in get_passes().items() if getattr(p, "family", None) == "sparsify"
+            and not getattr(p, "needs_calibration", False)]
+
+
+class Search:
+    """State shared by the phases: the parts of the data, the budget, the pool and the progress bar."""
+
+    def __init__(self, model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals,
+                 values="float32", calibration=None):
+        self.model, self.tune, self.held = model, tune, held
+        self.values, self.calibration = values, calibration  # how the container stores values (per start)
+        self._sizes = {t.name: t.size for t in evaluator_for(tune).loaded(model).store.tensors}
+        self.max_drop, self.relative, self.target = max_drop, relative, target
+        self.selection, self.pool, self.advance, self.max_evals = selection, pool, advance, max_evals
+        self.base, self.metric = dense_score(model, tune)
+        self.store = evaluator_for(tune).loaded(model).store
+        self.evaluations = 1
+        self.best = None
+        self.seen = {}
+        self.uniform_variants = set()  # the same setting on every layer: what the tuned state is compared with
+
+    # --- scoring ---
+    def ok(self, row):
+        return within_budget(self.metric, row["value"], self.base, self.max_drop, self.relative)
+
+    def objective(self, row):
+        return -row["packed_bytes"] if self.target == "bytes" else row["sparsity"]
+
+    def score(self, variants):
+        """Rows for the variants (each evaluated once per run), fewer if the evaluation limit is reached."""
+        fresh = list(dict.fromkeys(v for v in variants if v not in self.seen))
+        fresh = fresh[:max(0, self.max_evals - self.evaluations)]
+        for variant, row in zip(fresh, self.pool.score(fresh, self._advanced)):
+            self.seen[variant] = row
+        self.evaluations += len(fresh)
+        rows = []
+        for v in variants:
+            if v not in self.seen:
+                break
+            rows.append(self.seen[v])
+        return rows
+
+    def _advanced(self, row):
+        if self.ok(row) and (self.best is None or self.objective(row) > self.objective(self.best)):
+            self.best = row
+        note = f"best {100 * self.best['sparsity']:.1f}% ({self.best['method']})" if self.best else ""
+        self.advance(note)
+
+    def variant(self, method, thresholds):
+        return Variant.of(self.model, method, pack=self.target == "bytes", plan=thresholds, values=self.values,
+                          calibration=self.calibration)
+
+    # --- phase 2: uniform, per method ---
+    def uniform(self, method):
+        """The best passing row of `method` at one δ for every layer (None: the method does not apply)."""
+        curve = self._sparsity_curve(method)
+        if curve is None:
+            return None
+        levels = [s for s in LEVELS if s <= curve[-1][1] + 1e-9]
+        passing, failing = (0.0, None), None
+        for start in range(0, len(levels), self.pool.jobs):
+            chunk = levels[start:start + self.pool.jobs]
+            rows = self.score([self._uniform_variant(method, self._delta_for(method, curve, s)) for s in chunk])
+            for level, row in zip(chunk, rows):
+                if not self.ok(row):
+                    failing = (level, row)
+                    break
+                passing = (level, row)
+            if failing or len(rows) < len(chunk):
+                break
+        low, high = passing[0], failing[0] if failing else None
+        for _ in range(3 if high is not None else 0):  # bisect between the last level that held and the first that failed
+            middle = (low + high) / 2
+            (row,) = self.score([self._uniform_variant(method, self._delta_for(method, curve, middle))]) or [None]
+            if row is None:
+                break
+            if self.ok(row):
+                low, passing = middle, (middle, row)
+            else:
+                high = middle
+        return passing[1]
+
+    def _uniform_variant(self, method, delta):
+        options = {"dconv": delta, "dfc": delta} if method == "triangular" else {"delta": delta}
+        variant = Variant.of(self.model, method, pack=self.target == "bytes", values=self.values,
+                             calibration=self.calibration, **options, **self.selection)
+        self.uniform_variants.add(variant)
+        return variant
+
+    # --- phases 2-3 with an N:M pattern: which layers take it ---
+    def pattern_variant(self, method, pattern, tensors=None):
+        """The pattern on every eligible tensor, or on `tensors` only (named exactly, whatever their size)."""
+        selection = dict(self.selection)
+        if tensors is not None:
+            selection = pattern_selection({"pattern": pattern, "tensors": sorted(tensors)})
+            del selection["pattern"]
+        variant = Variant.of(self.model, method, pack=self.target == "bytes", values=self.values,
+                             calibration=self.calibration, pattern=pattern, **selection)
+        if tensors is None:
+            self.uniform_variants.add(variant)
+        return variant
+
+    def patterned(self, method, pattern, max_layers=None):
+        """The pattern on every layer's row (None: the method does not apply); when that fails the budget,
+        states with fewer layers patterned are searched (recorded in `seen`)."""
+        full = self.pattern_variant(method, pattern)
+        try:
+            sparsifier = full.sparsifier(self.tune)
+            run_in_memory(self.store, [sparsifier])
+        except WcompressError as exc:
+            warn(f"autotune skips method {method}: {exc}")
+            return None
+        (row,) = self.score([full]) or [None]
+        if row is None or self.ok(row) or max_layers == 0:
+            return row
+        infos = {t.name: t for t in self.store.tensors}
+        layers = {}
+        for name in sparsifier.counts:  # the tensors the pattern reached
+            layers.setdefault(infos[name].layer, []).append(name)
+        size = {layer: sum(infos[n].size for n in names) for layer, names in layers.items()}
+        tuned = sorted(layers, key=lambda layer: -size[layer])[:max_layers] if max_layers else list(layers)
+        alone = self.score([self.pattern_variant(method, pattern, layers[layer]) for layer in tuned])
+        tuned = tuned[:len(alone)]
+        drop = {layer: max(self._loss(r), 0.0) for layer, r in zip(tuned, alone)}
+        order = sorted(tuned, key=lambda layer: (drop[layer] / size[layer], -size[layer]))
+
+        def state(chosen):
+            (row,) = self.score([self.pattern_variant(method, pattern, [n for l in chosen for n in layers[l]])]) \
+                or [None]
+            return row
+
+        low, high = 0, len(order)  # the longest run of the order that holds (none patterned always does)
+        while low < high and self.evaluations < self.max_evals:
+            middle = (low + high + 1) // 2
+            trial = state(order[:middle])
+            if trial is not None and self.ok(trial):
+                low = middle
+            else:
+                high = middle - 1
+        chosen = order[:low]
+        for layer in order[low + 1:]:  # the first after the run failed with it; later ones may still fit
+            if self.evaluations >= self.max_evals:
+                break
+            trial = state(chosen + [layer])
+            if trial is not None and self.ok(trial):
+                chosen = chosen + [layer]
+        return row
+
+    def _eligible_sparsity(self, method, delta):
+        variant = self._uniform_variant(method, delta)
+        sparsifier = variant.sparsifier(self.tune)
+        run_in_memory(self.store, [sparsifier])
+        return sparsifier.summary().get("eligible_sparsity", 0.0)
+
+    def _sparsity_curve(self, method):
+        """[(δ, eligible sparsity)] at probe δ (no prediction: thresholds and counts only)."""
+        try:
+            return [(d, self._eligible_sparsity(method, d)) for d in DELTA_PROBES]
+        except WcompressError as exc:
+            warn(f"autotune skips method {method}: {exc}")
+            return None
+
+    def _delta_for(self, method, curve, level):
+        """The δ whose eligible sparsity is closest to `level`: interpolated, then bisected on the counts."""
+        low = max((p for p in curve if p[1] <= level), key=lambda p: p[1], default=curve[0])
+        high = min((p for p in curve if p[1] >= level and p[0] >= low[0]), key=lambda p: p[0], default=curve[-1])
+        if high[0] == low[0] or high[1] == low[1]:
+            return low[0]
+        delta = low[0] + (high[0] - low[0]) * (level - low[1]) / (high[1] - low[1])
+        lo, hi = low, high
+        for _ in range(6):
+            s = self._eligible_sparsity(method, delta)
+            if abs(s - level) < 0.005:
+                break
+            lo, hi = ((delta, s), hi) if s < level else (lo, (delta, s))
+            delta = (lo[0] + hi[0]) / 2
+        return round(delta, 6)
+
+    # --- phase 3: per layer ---
+    def per_layer(self, start_row, start_variant, max_layers=None):
+        """Per-layer levels from measured sensitivity, then refined one raise at a time (every state is
+        recorded in `seen`)."""
+        sparsifier = start_variant.sparsifier(self.tune)
+        run_in_memory(self.store, [sparsifier])
+        method = start_variant.method
+        calibrated = needs_calibration(method)
+        if calibrated:  # chosen by calibration inputs: a state is a δ per layer (--layer overrides)
+            names, document = list(sparsifier.counts), None
+        else:
+            document = getattr(sparsifier, "plan_document", lambda: {})()
+            if "thresholds" not in document:  # a plugin sparsifier without thresholds: uniform only
+                return
+            names = list(document["thresholds"])
+        infos = {t.name: t for t in self.store.tensors}
+        layers = {}
+        for name in names:
+            layers.setdefault(infos[name].layer, []).append(name)
+        if not layers:
+            return
+        size = {layer: sum(infos[n].size for n in names) for layer, names in layers.items()}
+        tuned = sorted(layers, key=lambda layer: -size[layer])[:max_layers] if max_layers else list(layers)
+
+        if calibrated:
+            delta = dict(start_variant.options)["delta"]
+            start_levels = {layer: delta for layer in tuned}
+
+            def state(levels):
+                options = dict(start_variant.options)
+                options["layers"] = tuple(f"{literal_glob(n)}={levels[layer]}" for layer in tuned
+                                          for n in layers[layer] if levels[layer] != delta)
+                return Variant.of(self.model, method, pack=self.target == "bytes", values=self.values,
+                                  calibration=self.calibration, **options)
+        else:
+            magnitudes = {n: np.sort(np.abs(self.store.load(n)).reshape(-1)) for n in names}
+
+            def state(levels):
+                """Exact thresholds for {layer: level}: the level-quantile of |w| in each of its tensors."""
+                out = dict(document["thresholds"])  # layers not tuned (--max-layers) keep the start's
+                for layer in tuned:
+                    level = levels.get(layer, 0.0)
+                    for name in layers[layer]:
+                        k = int(np.floor(level * magnitudes[name].size))
+                        out[name] = float(magnitudes[name][k - 1]) if k > 0 else -1.0
+                return self.variant(method, out)
+
+            start_levels = {layer: sum(int(np.count_nonzero(np.abs(self.store.load(n)) <= document["thresholds"][n]))
+                                       for n in layers[layer]) / size[layer] for layer in tuned}
+        options = {layer: sorted({round(min(0.99, max(0.0, start_levels[layer] + step)), 4) for step in LAYER_STEPS}
+                                 | {start_levels[layer]}) for layer in tuned}
+
+        # Sensitivity: each layer moved alone to each of its levels, every other layer as in the start.
+        probes = [(layer, level) for layer in tuned for level in options[layer] if level != start_levels[layer]]
+        rows = self.score([state({**start_levels, layer: level}) for layer, level in probes])
+        if len(rows) < len(probes):
+            return
+        base_loss = self._loss(start_row)
+        change = {(layer, start_levels[layer]): 0.0 for layer in tuned}  # drop relative to the start
+        for (layer, level), row in zip(probes, rows):
+            change[layer, level] = self._loss(row) - base_loss
+
+        def allocation(price):
+            """Each layer's level maximising weights zeroed − price × its measured drop."""
+            return {layer: max(options[layer], key=lambda lv: (lv * size[layer] - price * change[layer, lv], -lv))
+                    for layer in tuned}
+
+        prices = [float(p) for p in np.geomspace(1e9, 1e-3, 120) * sum(size.values())]
+        family = []  # allocations from cautious to aggressive, each once
+        for price in prices:
+            levels = allocation(price)
+            if not family or levels != family[-1]:
+                family.append(levels)
+        best_levels, best_row = start_levels, start_row
+        low, high = -1, len(family) - 1
+        while low < high and self.evaluations < self.max_evals:  # the most aggressive allocation that holds
+            middle = (low + high + 1) // 2
+            variant = state(family[middle])
+            (row,) = self.score([variant]) or [None]
+            if row is None:
+                break
+            if self.ok(row):
+                low = middle
+                if self.objective(row) > self.objective(best_row):
+                    best_levels, best_row = family[middle], row
+            else:
+                high = middle - 1
+        # Refine: raise one layer one level at a time, most weights per unit of drop first.
+        improved = True
+        while improved and self.evaluations < self.max_evals:
+            improved = False
+            steps = []
+            for layer in tuned:
+                higher = [lv for lv in options[layer] if lv > best_levels[layer]]
+                if higher:
+                    lv = higher[0]
+                    gain = (lv - best_levels[layer]) * size[layer]
+                    cost = change[layer, lv] - change.get((layer, best_levels[layer]), 0.0)
+                    steps.append((-(gain / cost) if cost > 0 else -np.inf, -gain, layer, lv))
+            for *_, layer, lv in sorted(steps):
+                if self.evaluations >= self.max_evals:
+                    break
+                levels = {**best_levels, layer: lv}
+                variant = state(levels)
+                (row,) = self.score([variant]) or [None]
+                if row is not None and self.ok(row) and self.objective(row) > self.objective(best_row):
+                    best_levels, best_row, improved = levels, row, True
+
+    # --- phase 4: value width per layer ---
+    def per_layer_values(self, widths):
+        """From the smallest state that holds, lower one layer's value width at a time (largest layers
+        first) to the next narrower width allowed, keeping each change that holds and saves bytes."""
+        from dataclasses import replace
+
+        order = [w for w in ("float32", "float16", "int8", "int4") if w in widths]
+        passing = [(v, r) for v, r in self.seen.items() if self.ok(r)]
+        if not passing:
+            return
+        variant, row = max(passing, key=lambda state: self.objective(state[1]))
+        layers = {}
+        for info in self.store.tensors:
+            if info.role not in TRAINING_STATE and np.dtype(info.dtype).kind == "f" and len(info.shape) >= 2:
+                layers.setdefault(info.layer, []).append(info.name)
+        for names in sorted(layers.values(), key=lambda n: -sum(self._sizes[x] for x in n)):
+            plan = dict(variant.value_plan)
+            current = plan.get(names[0], variant.values)
+            if current not in order or order.index(current) + 1 >= len(order):
+                continue
+            lower = order[order.index(current) + 1]
+            trial = replace(variant, value_plan=tuple(sorted({**plan, **{n: lower for n in names}}.items())),
+                            calibration=variant.calibration or self.calibration)
+            rows = self.score([trial])
+            if not rows:
+                break
+            if self.ok(rows[0]) and self.objective(rows[0]) > self.objective(row):
+                variant, row = trial, rows[0]
+
+    def _loss(self, row):
+        """How far below the dense score a row is, in the metric's units (positive = worse)."""
+        return (self.base - row["value"]) if self.metric.higher_is_better else (row["value"] - self.base)
+
+
+def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, force=False, methods=None,
+             holdout=0.3, validation=None, target="sparsity", selection=None, max_layers=None, max_evals=500,
+             pack=False, values="float32", calibration=None, show_progress=False, pattern=None, cluster=None):
+    """Tune on one part of the data, judge on the other; write the model and its plan. `values`, one or
+    several of float32/float16/int8/int4: how the written container stores values; with several, each
+    is a start of the search and the best state of any of them is written. `pattern` ('2:4'): the states
+    are which layers take that N:M pattern, for the methods that keep N of M (relative by default).
+    `cluster`: a cluster.Cluster to evaluate on Ray instead of `jobs` local processes."""
+    from wcompress.formats.container import ContainerWriter
+    from wcompress.methods.plan import write_plan
+    from wcompress.plugins import get_pass
+    from wcompress.methods.runner import run_passes
+
+    if target not in ("sparsity", "bytes"):
+        raise WcompressError(f"--target takes sparsity or bytes, not {target!r}")
+    if pattern is not None:
+        from wcompress.methods.pruning import parse_pattern
+        from wcompress.workflows.sweep import takes_pattern
+
+        parse_pattern(pattern)
+        methods = [m for m in (methods or ["relative"]) if takes_pattern(m)]
+        if not methods:
+            raise WcompressError("--pattern needs a method that keeps N of M: relative, wanda or sparsegpt")
+    methods = list(methods or sparsifier_methods())
+    value_options = [values] if isinstance(values, str) else list(values)
+    if not pack and value_options != ["float32"]:
+        raise WcompressError("storing values in fewer bits needs the container: add --pack")
+    if pack and str(dest).endswith(".tflite"):
+        raise WcompressError("--pack writes the container; a .tflite output is the TFLite converter's file: "
+                             "leave out --pack", dest)
+    open_model(model)  # a wrong path is the first thing to say
+    tune, held, note = _parts(spec, holdout, validation)
+    selection = selection or {}
+    with open_pool(tune, jobs, cluster, [model, calibration, held.data]) as pool, \
+            evaluation_progress(1 + 40 * len(methods), "autotune", show_progress) as advance:
+        search = Search(model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals,
+                        calibration=calibration)
+        advance("dense")
+        starts = []
+        for stored in value_options:
+            search.values = stored
+            for method in methods:
+                row = search.patterned(method, pattern, max_layers) if pattern else search.uniform(method)
+                if row is not None and (pattern or search.ok(row)):
+                    starts.append(row)
+        if not starts or not any(search.ok(r) for v, r in search.seen.items()):
+            if pattern:
+                raise WcompressError(f"no layer takes {pattern} within the budget, not even alone ({spec.metric} "
+                                     f"against {search.base:.4f})")
+            raise WcompressError(f"every method at its lowest level loses more than the budget allows "
+                                 f"({spec.metric} against {search.base:.4f})")
+        start = max(starts, key=lambda r: (search.ok(r), search.objective(r)))
+        search.values = start["values"]
+        if pattern:
+            start_variant = search.pattern_variant(start["method"], pattern)
+        else:
+            start_variant = search._uniform_variant(start["method"], start["delta"])
+        if max_layers != 0 and not pattern:
+            search.per_layer(start, start_variant, max_layers)
+        if target == "bytes" and len(value_options) > 1:
+            search.per_layer_values(value_options)
+        # The held-out part judges: every state that held on the tuning part (uniform levels of every method,
+        # per-layer allocations), best first, until one meets the budget there too.
+        candidates = sorted(((v, r) for v, r in search.seen.items() if search.ok(r)),
+                            key=lambda state: search.objective(state[1]), reverse=True)
+        held_base, _ = dense_score(model, held)
+        held_rows = {}
+
+        def holds_out(state):
+            variant = state[0]
+            if variant not in held_rows:
+                (held_rows[variant],) = pool.score([variant], spec=held)
+                search.evaluations += 1
+                advance("held-out check")
+            return within_budget(search.metric, held_rows[variant]["value"], held_base, max_drop, relative)
+
+        chosen = next((state for state in candidates if holds_out(state)), None)
+        if chosen is None:
+            raise WcompressError(f"no setting the search found meets the budget on the held-out examples "
+                                 f"({note}); try a larger --max-drop or more data")
+        # The fair comparison: the best uniform setting judged the same way (both parts).
+        uniform_state = next((state for state in candidates if state[0] in search.uniform_variants
+                              and holds_out(state)), None)
+        evaluated_by = pool.describe()
+    candidate, tuned_row = chosen
+    sparsifier = candidate.sparsifier(tune)
+    store = open_model(model)
+    hessians = calibration_hessians(candidate, tune) if candidate.quantized else None
+    writer = ContainerWriter(store, values=candidate.values, hessians=hessians,
+                             value_plan=dict(candidate.value_plan)) if pack else None
+    tflite = str(dest).endswith(".tflite")
+    with custom_object_scope(spec.custom_objects), tempfile.TemporaryDirectory() as work:
+        # A container holds the model without its training state, as the bytes the search minimised; a
+        # .tflite is the tuned model in the input's format, converted (int8 weights), then measured itself.
+        passes = ([get_pass("strip").new()] if pack or tflite else []) + [sparsifier]
+        native = os.path.join(work, "tuned" + (native_suffix(store.format) or os.sep)) if tflite else dest
+        result = run_passes(store, passes, native, force=force, show_progress=False, writer=writer, tag="tuned",
+                            unsafe=spec.unsafe)
+        if tflite:
+            from wcompress.runtime.tflite_export import export_tflite
+
+            export_tflite(result.output.path, dest, force=force, unsafe=spec.unsafe,
+                          custom_objects=spec.custom_objects, input_names=spec.input_names or None,
+                          output_name=spec.output_name, feeds=spec.feeds)
+    if needs_calibration(candidate.method):  # its zeros follow from the calibration inputs: no plan replays them
+        plan, plan_path = {}, None
+    else:
+        plan = sparsifier.plan_document()
+        write_plan(plan_path, plan, force=force)
+    written = dest if tflite else result.output.path
+    written_bytes = os.path.getsize(dest) if tflite else result.output_bytes
+    model_tensors = [t for t in result.tensors if t.role not in TRAINING_STATE and not t.dropped]
+    sparsity = sum(t.zeros for t in model_tensors) / max(1, sum(t.size for t in model_tensors))
+    # Both figures re-measured from the file written (a container is restored by the predictor).
+    tuned_value = evaluator_for(tune).score(evaluator_for(tune).predict(written))
+    held_value = evaluator_for(held).score(evaluator_for(held).predict(written))
+    layers = {}
+    sizes = {}
+    touched = set(plan.get("thresholds") or plan.get("tensors") or getattr(sparsifier, "counts", {}))
+    for t in result.tensors:
+        if t.name in touched:
+            layers[t.layer] = layers.get(t.layer, 0) + t.zeros
+            sizes[t.layer] = sizes.get(t.layer, 0) + t.size
+    if start_variant not in held_rows:
+        held_rows[start_variant] = score_variant(start_variant, held)
+    uniform_judged = None
+    if uniform_state is not None:
+        variant, row = uniform_state
+        uniform_judged = {"method": row["method"], "delta": row["delta"], "pattern": row["pattern"],
+                          "sparsity": row["sparsity"],
+                          "value": row["value"], "held_out_value": held_rows[variant]["value"],
+                          "packed_bytes": row.get("packed_bytes")}
+    return {
+        "model": model, "metric": spec.metric, "max_drop": max_drop, "budget": "relative" if relative else "absolute",
+        "target": target, "examples": note,
+        "baseline": search.base, "held_out_baseline": held_base,
+        "uniform": {"method": start["method"], "delta": start["delta"], "pattern": start["pattern"],
+                    "sparsity": start["sparsity"],
+                    "value": start["value"], "held_out_value": held_rows[start_variant]["value"],
+                    "packed_bytes": start.get("packed_bytes")},
+        "methods": {r["method"]: {"delta": r["delta"], "pattern": r["pattern"], "sparsity": r["sparsity"],
+                                  "value": r["value"]} for r in starts},
+        "tuned": {"method": candidate.method, "pattern": pattern, "values": candidate.values,
+                  "value_plan": dict(candidate.value_plan),
+                  "sparsity": sparsity, "value": tuned_value,
+                  "held_out_value": held_value,
+                  "within_budget": within_budget(search.metric, held_value, held_base, max_drop, relative),
+                  "layers": {k: layers[k] / sizes[k] for k in layers}},
+        "uniform_held_out": uniform_judged,
+        "gain": sparsity - (uniform_judged["sparsity"] if uniform_judged else 0.0), "output": written, "output_bytes": written_bytes,
+        "plan": plan_path, "evaluations": search.evaluations + 2, "evaluated_by": evaluated_by,
+        "compare": _comparisons(store, spec, hessians) if pack and target == "bytes" else None,
+    }
+
+
+def _comparisons(store, spec, hessians):
+    """Bytes of the same model stored other ways: dense, every float in float16, int8 codes in the container,
+    the TFLite converter's dynamic-range int8 and Keras's own int8 (None where the model does not convert)."""
+    import os
+    import tempfile
+
+    from wcompress.methods.keras_quantized import quantize_keras
+    from wcompress.runtime.tflite_export import export_tflite
+
+    out = {"dense_bytes": store.bytes, "float16_container_bytes": packed_bytes(store, {}, "float16"),
+           "int8_container_bytes": packed_bytes(store, {}, "int8", hessians)}
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            out["tflite_int8_bytes"] = os.path.getsize(export_tflite(
+                store.path, os.path.join(work, "m.tflite"), unsafe=spec.unsafe, custom_objects=spec.custom_objects,
+                input_names=spec.input_names or None, output_name=spec.output_name, feeds=spec.feeds))
+        except WcompressError:
+            out["tflite_int8_bytes"] = None
+        try:
+            out["keras_int8_bytes"] = quantize_keras(store, os.path.join(work, "k.keras"), unsafe=spec.unsafe,
+                                                     custom_objects=spec.custom_objects)[0].bytes
+        except WcompressError:
+            out["keras_int8_bytes"] = None
+    return out
+
+
+def _parts(spec, holdout, validation):
+    """(tuning spec, held-out spec, a note saying which examples judge the result)."""
+    from dataclasses import replace
+
+    evaluator = evaluator_for(spec)
+    count = evaluator.examples
+    if validation:
+        held = replace(spec, data=validation)
+        return spec, held, f"tuned on {count} examples of {spec.data}, judged on {evaluator_for(held).examples} " \
+                           f"of {validation}"
+    if holdout and int(round(count * holdout)) >= MIN_HELD_OUT and count - int(round(count * holdout)) >= MIN_HELD_OUT:
+        tune_index, held_index = split_examples(count, holdout)
+        return spec.part(tune_index), spec.part(held_index), \
+            f"tuned on {len(tune_index)} examples, judged on {len(held_index)} held out"
+    if holdout:
+        warn(f"{count} examples are too few to hold {holdout:g} out (at least {MIN_HELD_OUT} per part): tuned and "
+             "judged on the same examples, so the figure is optimistic; pass --validation FILE")
+    return spec, spec, f"tuned and judged on the same {count} examples"
