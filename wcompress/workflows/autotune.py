@@ -378,11 +378,24 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     is a start of the search and the best state of any of them is written. `pattern` ('2:4'): the states
     are which layers take that N:M pattern, for the methods that keep N of M (relative by default).
     `cluster`: a cluster.Cluster to evaluate on Ray instead of `jobs` local processes."""
-    from wcompress.formats.container import ContainerWriter
-    from wcompress.methods.plan import write_plan
-    from wcompress.plugins import get_pass
-    from wcompress.methods.runner import run_passes
+    methods, value_options = _options(methods, values, target, pattern, pack, dest)
+    open_model(model)  # a wrong path is the first thing to say
+    tune, held, note = _parts(spec, holdout, validation)
+    with open_pool(tune, jobs, cluster, [model, calibration, held.data]) as pool, \
+            evaluation_progress(1 + 40 * len(methods), "autotune", show_progress) as advance:
+        search = Search(model, tune, held, max_drop, relative, target, selection or {}, pool, advance, max_evals,
+                        calibration=calibration)
+        found = _search(search, methods, value_options, pattern, max_layers, target, spec)
+        judged = _judge(search, model, held, max_drop, relative, note)
+        judged["evaluated_by"] = pool.describe()
+    candidate, _ = judged["chosen"]
+    written = _write(model, candidate, tune, spec, dest, plan_path, pack, force)
+    return _document(model, spec, search, found, judged, written, tune, held, max_drop, relative, target, note,
+                     pattern, pack)
 
+
+def _options(methods, values, target, pattern, pack, dest):
+    """(methods, value widths), or the one-line refusal of a combination that cannot work."""
     if target not in ("sparsity", "bytes"):
         raise WcompressError(f"--target takes sparsity or bytes, not {target!r}")
     if pattern is not None:
@@ -393,68 +406,80 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
         methods = [m for m in (methods or ["relative"]) if takes_pattern(m)]
         if not methods:
             raise WcompressError("--pattern needs a method that keeps N of M: relative, wanda or sparsegpt")
-    methods = list(methods or sparsifier_methods())
     value_options = [values] if isinstance(values, str) else list(values)
     if not pack and value_options != ["float32"]:
         raise WcompressError("storing values in fewer bits needs the container: add --pack")
     if pack and str(dest).endswith(".tflite"):
         raise WcompressError("--pack writes the container; a .tflite output is the TFLite converter's file: "
                              "leave out --pack", dest)
-    open_model(model)  # a wrong path is the first thing to say
-    tune, held, note = _parts(spec, holdout, validation)
-    selection = selection or {}
-    with open_pool(tune, jobs, cluster, [model, calibration, held.data]) as pool, \
-            evaluation_progress(1 + 40 * len(methods), "autotune", show_progress) as advance:
-        search = Search(model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals,
-                        calibration=calibration)
-        advance("dense")
-        starts = []
-        for stored in value_options:
-            search.values = stored
-            for method in methods:
-                row = search.patterned(method, pattern, max_layers) if pattern else search.uniform(method)
-                if row is not None and (pattern or search.ok(row)):
-                    starts.append(row)
-        if not starts or not any(search.ok(r) for v, r in search.seen.items()):
-            if pattern:
-                raise WcompressError(f"no layer takes {pattern} within the budget, not even alone ({spec.metric} "
-                                     f"against {search.base:.4f})")
-            raise WcompressError(f"every method at its lowest level loses more than the budget allows "
-                                 f"({spec.metric} against {search.base:.4f})")
-        start = max(starts, key=lambda r: (search.ok(r), search.objective(r)))
-        search.values = start["values"]
+    return list(methods or sparsifier_methods()), value_options
+
+
+def _search(search, methods, value_options, pattern, max_layers, target, spec):
+    """The search on the tuning part: every method's uniform (or patterned) start for every value width,
+    then per-layer levels from the best start and, for bytes, per-layer value widths."""
+    search.advance("dense")
+    starts = []
+    for stored in value_options:
+        search.values = stored
+        for method in methods:
+            row = search.patterned(method, pattern, max_layers) if pattern else search.uniform(method)
+            if row is not None and (pattern or search.ok(row)):
+                starts.append(row)
+    if not starts or not any(search.ok(r) for v, r in search.seen.items()):
         if pattern:
-            start_variant = search.pattern_variant(start["method"], pattern)
-        else:
-            start_variant = search._uniform_variant(start["method"], start["delta"])
-        if max_layers != 0 and not pattern:
-            search.per_layer(start, start_variant, max_layers)
-        if target == "bytes" and len(value_options) > 1:
-            search.per_layer_values(value_options)
-        # The held-out part judges: every state that held on the tuning part (uniform levels of every method,
-        # per-layer allocations), best first, until one meets the budget there too.
-        candidates = sorted(((v, r) for v, r in search.seen.items() if search.ok(r)),
-                            key=lambda state: search.objective(state[1]), reverse=True)
-        held_base, _ = dense_score(model, held)
-        held_rows = {}
+            raise WcompressError(f"no layer takes {pattern} within the budget, not even alone ({spec.metric} "
+                                 f"against {search.base:.4f})")
+        raise WcompressError(f"every method at its lowest level loses more than the budget allows "
+                             f"({spec.metric} against {search.base:.4f})")
+    start = max(starts, key=lambda r: (search.ok(r), search.objective(r)))
+    search.values = start["values"]
+    if pattern:
+        start_variant = search.pattern_variant(start["method"], pattern)
+    else:
+        start_variant = search._uniform_variant(start["method"], start["delta"])
+    if max_layers != 0 and not pattern:
+        search.per_layer(start, start_variant, max_layers)
+    if target == "bytes" and len(value_options) > 1:
+        search.per_layer_values(value_options)
+    return {"starts": starts, "start": start, "start_variant": start_variant}
 
-        def holds_out(state):
-            variant = state[0]
-            if variant not in held_rows:
-                (held_rows[variant],) = pool.score([variant], spec=held)
-                search.evaluations += 1
-                advance("held-out check")
-            return within_budget(search.metric, held_rows[variant]["value"], held_base, max_drop, relative)
 
-        chosen = next((state for state in candidates if holds_out(state)), None)
-        if chosen is None:
-            raise WcompressError(f"no setting the search found meets the budget on the held-out examples "
-                                 f"({note}); try a larger --max-drop or more data")
-        # The fair comparison: the best uniform setting judged the same way (both parts).
-        uniform_state = next((state for state in candidates if state[0] in search.uniform_variants
-                              and holds_out(state)), None)
-        evaluated_by = pool.describe()
-    candidate, tuned_row = chosen
+def _judge(search, model, held, max_drop, relative, note):
+    """The held-out part judges: every state that held on the tuning part (uniform levels of every method,
+    per-layer allocations), best first, until one meets the budget there too; and, for a fair comparison,
+    the best uniform state judged the same way."""
+    candidates = sorted(((v, r) for v, r in search.seen.items() if search.ok(r)),
+                        key=lambda state: search.objective(state[1]), reverse=True)
+    held_base, _ = dense_score(model, held)
+    held_rows = {}
+
+    def holds_out(state):
+        variant = state[0]
+        if variant not in held_rows:
+            (held_rows[variant],) = search.pool.score([variant], spec=held)
+            search.evaluations += 1
+            search.advance("held-out check")
+        return within_budget(search.metric, held_rows[variant]["value"], held_base, max_drop, relative)
+
+    chosen = next((state for state in candidates if holds_out(state)), None)
+    if chosen is None:
+        raise WcompressError(f"no setting the search found meets the budget on the held-out examples "
+                             f"({note}); try a larger --max-drop or more data")
+    uniform_state = next((state for state in candidates if state[0] in search.uniform_variants
+                          and holds_out(state)), None)
+    return {"chosen": chosen, "uniform_state": uniform_state, "held_base": held_base, "held_rows": held_rows}
+
+
+def _write(model, candidate, tune, spec, dest, plan_path, pack, force):
+    """The chosen state written: a container holds the model without its training state, as the bytes the
+    search minimised; a .tflite is the tuned model in the input's format, converted (int8 weights), then
+    measured itself. The plan is written beside it, unless calibration inputs decided the zeros."""
+    from wcompress.formats.container import ContainerWriter
+    from wcompress.methods.plan import write_plan
+    from wcompress.methods.runner import run_passes
+    from wcompress.plugins import get_pass
+
     sparsifier = candidate.sparsifier(tune)
     store = open_model(model)
     hessians = calibration_hessians(candidate, tune) if candidate.quantized else None
@@ -462,8 +487,6 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
                              value_plan=dict(candidate.value_plan)) if pack else None
     tflite = str(dest).endswith(".tflite")
     with custom_object_scope(spec.custom_objects), tempfile.TemporaryDirectory() as work:
-        # A container holds the model without its training state, as the bytes the search minimised; a
-        # .tflite is the tuned model in the input's format, converted (int8 weights), then measured itself.
         passes = ([get_pass("strip").new()] if pack or tflite else []) + [sparsifier]
         native = os.path.join(work, "tuned" + (native_suffix(store.format) or os.sep)) if tflite else dest
         result = run_passes(store, passes, native, force=force, show_progress=False, writer=writer, tag="tuned",
@@ -479,16 +502,25 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     else:
         plan = sparsifier.plan_document()
         write_plan(plan_path, plan, force=force)
-    written = dest if tflite else result.output.path
-    written_bytes = os.path.getsize(dest) if tflite else result.output_bytes
+    return {"result": result, "path": dest if tflite else result.output.path,
+            "bytes": os.path.getsize(dest) if tflite else result.output_bytes, "plan": plan,
+            "plan_path": plan_path, "sparsifier": sparsifier, "store": store, "hessians": hessians}
+
+
+def _document(model, spec, search, found, judged, written, tune, held, max_drop, relative, target, note,
+              pattern, pack):
+    """What autotune reports: both figures of the written file re-measured from it (a container is restored
+    by the predictor), the uniform start and the best uniform state judged on the held-out part too."""
+    candidate, _ = judged["chosen"]
+    result, plan = written["result"], written["plan"]
+    held_base, held_rows = judged["held_base"], judged["held_rows"]
+    start, start_variant = found["start"], found["start_variant"]
     model_tensors = [t for t in result.tensors if t.role not in TRAINING_STATE and not t.dropped]
     sparsity = sum(t.zeros for t in model_tensors) / max(1, sum(t.size for t in model_tensors))
-    # Both figures re-measured from the file written (a container is restored by the predictor).
-    tuned_value = evaluator_for(tune).score(evaluator_for(tune).predict(written))
-    held_value = evaluator_for(held).score(evaluator_for(held).predict(written))
-    layers = {}
-    sizes = {}
-    touched = set(plan.get("thresholds") or plan.get("tensors") or getattr(sparsifier, "counts", {}))
+    tuned_value = evaluator_for(tune).score(evaluator_for(tune).predict(written["path"]))
+    held_value = evaluator_for(held).score(evaluator_for(held).predict(written["path"]))
+    layers, sizes = {}, {}
+    touched = set(plan.get("thresholds") or plan.get("tensors") or getattr(written["sparsifier"], "counts", {}))
     for t in result.tensors:
         if t.name in touched:
             layers[t.layer] = layers.get(t.layer, 0) + t.zeros
@@ -496,8 +528,8 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     if start_variant not in held_rows:
         held_rows[start_variant] = score_variant(start_variant, held)
     uniform_judged = None
-    if uniform_state is not None:
-        variant, row = uniform_state
+    if judged["uniform_state"] is not None:
+        variant, row = judged["uniform_state"]
         uniform_judged = {"method": row["method"], "delta": row["delta"], "pattern": row["pattern"],
                           "sparsity": row["sparsity"],
                           "value": row["value"], "held_out_value": held_rows[variant]["value"],
@@ -511,7 +543,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
                     "value": start["value"], "held_out_value": held_rows[start_variant]["value"],
                     "packed_bytes": start.get("packed_bytes")},
         "methods": {r["method"]: {"delta": r["delta"], "pattern": r["pattern"], "sparsity": r["sparsity"],
-                                  "value": r["value"]} for r in starts},
+                                  "value": r["value"]} for r in found["starts"]},
         "tuned": {"method": candidate.method, "pattern": pattern, "values": candidate.values,
                   "value_plan": dict(candidate.value_plan),
                   "sparsity": sparsity, "value": tuned_value,
@@ -519,9 +551,10 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
                   "within_budget": within_budget(search.metric, held_value, held_base, max_drop, relative),
                   "layers": {k: layers[k] / sizes[k] for k in layers}},
         "uniform_held_out": uniform_judged,
-        "gain": sparsity - (uniform_judged["sparsity"] if uniform_judged else 0.0), "output": written, "output_bytes": written_bytes,
-        "plan": plan_path, "evaluations": search.evaluations + 2, "evaluated_by": evaluated_by,
-        "compare": _comparisons(store, spec, hessians) if pack and target == "bytes" else None,
+        "gain": sparsity - (uniform_judged["sparsity"] if uniform_judged else 0.0), "output": written["path"],
+        "output_bytes": written["bytes"], "plan": written["plan_path"], "evaluations": search.evaluations + 2,
+        "evaluated_by": judged["evaluated_by"],
+        "compare": _comparisons(written["store"], spec, written["hessians"]) if pack and target == "bytes" else None,
     }
 
 
