@@ -174,12 +174,9 @@ def strip(model, output, force, order_file, as_json):
     if as_json:
         emit_json(result.to_dict())
         return
-    from wcompress.render import size_change
+    from wcompress.render import strip_summary
 
-    dropped = [t for t in result.tensors if t.dropped]
-    click.echo(f"dropped {len(dropped)} of {len(result.tensors)} tensors "
-               f"({sum(t.size for t in dropped):,} values of training state)")
-    size_change(f"{result.input_format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
+    strip_summary(result, model)
 
 
 def container_options(f):
@@ -259,8 +256,6 @@ def pack(model, output, force, codec, values_dtype, data, order_file, as_json):
     """Write any model into the sparse HDF5 container: each tensor in its smallest encoding."""
     from wcompress import api
 
-    if data and values_dtype not in ("int8", "int4"):
-        raise click.UsageError("--data calibrates int8/int4 codes: add --values int8 or int4")
     result = api.pack(model, output=output, values=values_dtype, codec=codec, data=data, force=force,
                       order_file=order_file, progress=not as_json)
     if as_json:

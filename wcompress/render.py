@@ -1,6 +1,5 @@
 """Tables for the terminal. Only formatting here: every figure arrives already measured."""
 
-from rich import box
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
@@ -382,3 +381,12 @@ def merge_summary(result):
                    + "".join(f", --feed {f}" for f in result.get("implied_feeds", [])))
     click.echo(f"merged {result['dtype']} → {result['output']}: {result['output_bytes']:,} B{budget_note}; "
                f"feed {result['input_tensor']}, read {result['output_tensor']}")
+
+
+def strip_summary(result, model):
+    import click
+
+    dropped = [t for t in result.tensors if t.dropped]
+    click.echo(f"dropped {len(dropped)} of {len(result.tensors)} tensors "
+               f"({sum(t.size for t in dropped):,} values of training state)")
+    size_change(f"{result.input_format} {model} → {result.output.path}", result.input_bytes, result.output_bytes)
