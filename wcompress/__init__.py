@@ -5,9 +5,9 @@ The library is the product (wcompress/api/); the `wcompress` command is a thin s
 __version__ = "0.1.0"
 
 from wcompress.api import (
-    autotune, average, ensemble_search, evaluate, export, fp16, merge, pack, profile, quantize, report, restore,
+    autotune, average, compress, ensemble_search, evaluate, export, fp16, merge, pack, profile, quantize, report, restore,
     sparsify, strip, sweep)
 from wcompress.errors import WcompressError, WcompressWarning  # noqa: E402
 
 __all__ = ["profile", "report", "strip", "sparsify", "pack", "restore", "quantize", "fp16", "average", "merge",
-           "export", "evaluate", "sweep", "autotune", "ensemble_search", "WcompressError", "WcompressWarning"]
+           "export", "evaluate", "sweep", "autotune", "compress", "ensemble_search", "WcompressError", "WcompressWarning"]

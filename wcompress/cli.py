@@ -698,6 +698,56 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
     autotune_report(result)
 
 
+@cli.command()
+@click.argument("model", type=click.Path())
+@eval_options
+@click.option("--metric", help="The metric to keep within budget (see evaluate; default with unlabelled data: "
+              "fidelity to MODEL itself).")
+@click.option("--max-drop", type=float, required=True, help="Largest loss allowed, e.g. 0.05.")
+@click.option("--relative/--absolute", default=True, show_default=True,
+              help="--max-drop as a fraction of the dense score, or in the metric's own units.")
+@click.option("--holdout", type=float, default=0.3, show_default=True,
+              help="Fraction of the examples the search never sees; the result must meet the budget on them.")
+@click.option("--validation", type=click.Path(), help="Judge on this DATA.npz instead of a held-out part.")
+@click.option("--no-holdout", is_flag=True, help="Tune and judge on the same examples (too few to split): the "
+              "result is labelled unverified.")
+@click.option("-o", "--output", type=click.Path(), help="The container (.h5; default: MODEL.compressed.h5 beside "
+              "the input), or .keras / .weights.h5 / .hdf5 / .tflite / a folder for the best file of that format.")
+@click.option("--plan", "plan_path", type=click.Path(), help="Where to write the plan (default: OUT.plan.json).")
+@click.option("--time-limit", help="Stop searching after this long (e.g. 90s, 20m, 1.5h) and write the best "
+              "state found that meets the budget on the held-out examples.")
+@click.option("--max-evals", type=int, default=500, show_default=True, help="Stop searching after this many "
+              "evaluations.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@ray_options
+@json_option
+def compress(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
+             metric, max_drop, relative, holdout, validation, no_holdout, output, plan_path, time_limit, max_evals,
+             jobs, force, ray_address, ray_cpus, ray_workers, as_json):
+    """The smallest file that keeps MODEL within --max-drop on examples the search never saw: every
+    sparsification method (the calibrated ones on the tuning examples), int8 / int4 / float16 values with
+    GPTQ rounding, per-layer levels and widths, in the container. Writes nothing when no state meets the
+    budget; refuses data too small to hold a part out unless given --validation or --no-holdout.
+
+    Example: wcompress compress model.keras --data photos.npz --metric top1 --max-drop 0.05 --time-limit 20m
+    """
+    from wcompress import api
+
+    result = api.compress(model, data, max_drop, metric=metric, output=output, relative=relative, holdout=holdout,
+                          validation=validation, no_holdout=no_holdout, time_limit=time_limit, max_evals=max_evals,
+                          jobs=jobs, force=force, plan=plan_path, ray=ray_address, ray_cpus_per_worker=ray_cpus,
+                          ray_workers=ray_workers, progress=not as_json,
+                          **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
+                                          custom_objects, model_code)).to_dict()
+    if as_json:
+        emit_json(result)
+        return
+    from wcompress.render import autotune_report
+
+    autotune_report(result)
+
+
 @cli.command("ensemble-search")
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @eval_options

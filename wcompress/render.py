@@ -304,17 +304,23 @@ def autotune_report(result):
                   f"{t['value']:.4f} tuning / {t['held_out_value']:.4f} held out ({verdict} the budget), "
                   f"re-evaluated from {result['output']} ({result['output_bytes']:,} B)")
     compare = result.get("compare")
-    if compare:
-        ours = result["output_bytes"]
-        shown = [f"{label} {compare[key]:,} B ({ours / compare[key]:.3f}×)" for key, label in (
-            ("dense_bytes", "input file"), ("float16_container_bytes", "float16 container"),
-            ("int8_container_bytes", "int8 container"), ("tflite_int8_bytes", "TFLite int8"),
-            ("keras_int8_bytes", "Keras int8")) if compare.get(key)]
+    if compare and compare.get("dense_bytes"):
+        ours, dense = result["output_bytes"], compare["dense_bytes"]
+        # One denominator for every figure: the input file.
+        shown = [f"{label} {compare[key]:,} B ({compare[key] / dense:.3f}×)" for key, label in (
+            ("float16_container_bytes", "float16 container"), ("int8_container_bytes", "int8 container"),
+            ("tflite_int8_bytes", "TFLite int8"), ("keras_int8_bytes", "Keras int8")) if compare.get(key)]
         widths = {}
         for name, chosen in (t.get("value_plan") or {}).items():
             widths.setdefault(chosen, []).append(name)
         others = "".join(f", {len(names)} tensors {chosen}" for chosen, names in widths.items())
-        console.print(f"values {t.get('values', 'float32')}{others}: {ours:,} B against " + ", ".join(shown))
+        console.print(f"sizes as a fraction of the input file ({dense:,} B): this file {ours:,} B "
+                      f"({ours / dense:.3f}×, values {t.get('values', 'float32')}{others})"
+                      + "".join(f"; {item}" for item in shown))
+    if result.get("search_stopped_by"):
+        console.print(f"the search stopped at its {result['search_stopped_by']}: the best state found by then")
+    if result.get("verified") is False:
+        console.print("UNVERIFIED: tuned and judged on the same examples (--no-holdout)")
     if result["plan"]:
         console.print(f"{result['evaluations']} evaluations; plan: {result['plan']}  "
                       f"(wcompress sparsify MODEL --plan {result['plan']})")

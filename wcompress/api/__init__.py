@@ -17,8 +17,8 @@ written to a private .npz for the same reason: worker processes and Ray read fil
 from wcompress.api.files import average, export, fp16, merge, pack, profile, quantize, report, restore, sparsify, strip
 from wcompress.api.inputs import as_examples
 from wcompress.api.results import DocumentResult, EvaluateResult, RestoreResult, SparsifyResult
-from wcompress.api.tuning import autotune, ensemble_search, evaluate, sweep
+from wcompress.api.tuning import autotune, compress, ensemble_search, evaluate, sweep
 
 __all__ = ["profile", "report", "strip", "sparsify", "pack", "restore", "quantize", "fp16", "average", "merge",
-           "export", "evaluate", "sweep", "autotune", "ensemble_search", "as_examples", "DocumentResult",
+           "export", "evaluate", "sweep", "autotune", "compress", "ensemble_search", "as_examples", "DocumentResult",
            "EvaluateResult", "RestoreResult", "SparsifyResult"]

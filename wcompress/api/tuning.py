@@ -1,8 +1,10 @@
-"""The commands that score models on data: evaluate, sweep, autotune, ensemble_search.
+"""The commands that score models on data: evaluate, sweep, autotune, compress, ensemble_search.
 
 Every one takes the evaluation options `wcompress evaluate` takes (as keyword arguments: `reference`,
 `input_names`, `output_name`, `feeds`, `batch_size`, `unsafe`, `custom_objects`, `model_code`); data is a
 .npz path (or module:function), an array, an (x, y) tuple or a dict of named inputs."""
+
+import os
 
 from wcompress.errors import WcompressError
 from wcompress.api.inputs import Inputs, bars, fspath, load_back
@@ -163,3 +165,40 @@ def ensemble_search(models, data, metric, budget, dtype="float32", top=10, min_m
         keras_output = all(m.endswith((".keras", ".h5", ".hdf5")) for m in best["members"])
         document["merge_command"] = merge_command(best, dtype, spec, "ensemble.keras" if keras_output else "ensemble/")
         return DocumentResult(given.scrub(document))
+
+
+def compress(model, data, max_drop, metric=None, output=None, relative=True, holdout=0.3, validation=None,
+             no_holdout=False, time_limit=None, max_evals=500, jobs=1, force=False, plan=None, ray=None,
+             ray_cpus_per_worker=1.0, ray_workers=None, progress=False, **options):
+    """The smallest file within `max_drop` of the model's metric on examples the search never saw
+    (`wcompress compress`): the container, every method and value width, per-layer levels; `output=` named
+    .keras/.weights.h5/.hdf5/.tflite (or a folder) asks for the best file of that format instead. Too few
+    examples to hold a part out is an error unless `validation=` is given, or `no_holdout=True` (the result
+    is then labelled unverified). `time_limit`: seconds, or text such as '20m'. Nothing is written when no
+    state meets the budget."""
+    from wcompress.workflows import compress as run_compress
+    from wcompress.workflows.compress import parse_duration
+
+    with Inputs() as given:
+        path = given.model(model)
+        destination = given.output(fspath(output), "compressed.h5")
+        spec = _tuning_spec(given, path, data, metric, **options)
+        document = run_compress(path, spec, max_drop, destination, plan_path=fspath(plan), relative=relative,
+                                holdout=holdout, validation=given.data(validation, "validation"),
+                                no_holdout=no_holdout, jobs=jobs, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers),
+                                time_limit=parse_duration(time_limit), max_evals=max_evals, force=force,
+                                show_progress=bars(progress))
+        result = DocumentResult(document)
+        if given.in_memory:
+            written = document["output"]
+            if document["output_kind"] in ("keras", "keras-h5"):
+                result.model = load_back(written, options.get("unsafe", False))
+            if document.get("plan") and given.is_private(document["plan"]):
+                import json
+
+                with open(document["plan"]) as fh:
+                    document["plan_document"] = json.load(fh)
+            if given.is_private(written):
+                document["output_bytes"] = os.path.getsize(written)  # measured before the private file goes
+            result.document = given.scrub(document)
+        return result

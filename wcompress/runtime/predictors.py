@@ -4,10 +4,11 @@ and containers of any of them; each as a Predictor that can also overwrite its o
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 
-from wcompress.errors import WcompressError
+from wcompress.errors import WcompressError, WcompressWarning
 from wcompress.formats.outputs import keras_suffix
 from wcompress.formats.tfenv import load as load_tensorflow
 from wcompress.formats.tfenv import tf
@@ -315,8 +316,10 @@ def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=Fa
     if isinstance(store, ContainerStore):
         work = tempfile.mkdtemp(prefix="wcompress-eval-")
         try:
-            written = restore(path, os.path.join(work, "model") + (os.sep if "checkpoint" in store.source_format
-                                                                   else keras_suffix(store.source_name)))
+            with warnings.catch_warnings():  # the model as the container restores it is what is scored
+                warnings.filterwarnings("ignore", message=".*tensors were stored as", category=WcompressWarning)
+                written = restore(path, os.path.join(work, "model") + (
+                    os.sep if "checkpoint" in store.source_format else keras_suffix(store.source_name)))
             try:
                 return load_predictor(written.path, input_names, output_name, feeds, unsafe, custom_objects,
                                       model_code)

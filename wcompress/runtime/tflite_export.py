@@ -111,11 +111,27 @@ def _run(converter, int8, path):
         converter.optimizations = ([tf.lite.Optimize.DEFAULT] if int8 else []) + (
             [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else [])
         try:
-            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # Keras prints its export
-                outputs.append(converter.convert())
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), _native_stderr_quiet():
+                outputs.append(converter.convert())  # Keras prints its export; MLIR its diagnostics
         except Exception as exc:  # noqa: BLE001 - the converter's own reason, in one line
             raise _converter_error(exc, path) from exc
     return min(outputs, key=len)
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    """The converter's C++ diagnostics go to file descriptor 2 (the exception carries them too)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as quiet:
+            os.dup2(quiet.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _converter_error(exc, path):

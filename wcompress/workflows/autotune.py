@@ -20,6 +20,7 @@ The plan names the pattern and its tensors.
 
 import os
 import tempfile
+import time
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class Search:
     """State shared by the phases: the parts of the data, the budget, the pool and the progress bar."""
 
     def __init__(self, model, tune, held, max_drop, relative, target, selection, pool, advance, max_evals,
-                 values="float32", calibration=None):
+                 values="float32", calibration=None, deadline=None):
         self.model, self.tune, self.held = model, tune, held
         self.values, self.calibration = values, calibration  # how the container stores values (per start)
         self._sizes = {t.name: t.size for t in evaluator_for(tune).loaded(model).store.tensors}
@@ -70,6 +71,16 @@ class Search:
         self.best = None
         self.seen = {}
         self.uniform_variants = set()  # the same setting on every layer: what the tuned state is compared with
+        self.deadline = deadline  # time.monotonic() after which no new evaluation starts (--time-limit)
+        self.stopped_by = None  # "evaluations" or "time limit", once either ends the search early
+
+    def exhausted(self):
+        """Whether the search may start no more evaluations (--max-evals or --time-limit reached)."""
+        if self.evaluations >= self.max_evals:
+            self.stopped_by = self.stopped_by or "evaluations"
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stopped_by = self.stopped_by or "time limit"
+        return self.stopped_by is not None
 
     # --- scoring ---
     def ok(self, row):
@@ -81,10 +92,15 @@ class Search:
     def score(self, variants):
         """Rows for the variants (each evaluated once per run), fewer if the evaluation limit is reached."""
         fresh = list(dict.fromkeys(v for v in variants if v not in self.seen))
-        fresh = fresh[:max(0, self.max_evals - self.evaluations)]
-        for variant, row in zip(fresh, self.pool.score(fresh, self._advanced)):
-            self.seen[variant] = row
-        self.evaluations += len(fresh)
+        # In rounds of one evaluation per worker, so that a time limit is checked between them.
+        step = max(1, getattr(self.pool, "jobs", 1)) if self.deadline is not None else len(fresh) or 1
+        for start in range(0, len(fresh), step):
+            if self.exhausted():
+                break
+            chunk = fresh[start:start + min(step, self.max_evals - self.evaluations)]
+            for variant, row in zip(chunk, self.pool.score(chunk, self._advanced)):
+                self.seen[variant] = row
+            self.evaluations += len(chunk)
         rows = []
         for v in variants:
             if v not in self.seen:
@@ -95,7 +111,11 @@ class Search:
     def _advanced(self, row):
         if self.ok(row) and (self.best is None or self.objective(row) > self.objective(self.best)):
             self.best = row
-        note = f"best {100 * self.best['sparsity']:.1f}% ({self.best['method']})" if self.best else ""
+        note = ""
+        if self.best and self.target == "bytes":
+            note = f"best so far {self.best['packed_bytes']:,} B ({self.best['method']}, {self.best['values']})"
+        elif self.best:
+            note = f"best so far {100 * self.best['sparsity']:.1f}% ({self.best['method']})"
         self.advance(note)
 
     def variant(self, method, thresholds):
@@ -182,7 +202,7 @@ class Search:
             return row
 
         low, high = 0, len(order)  # the longest run of the order that holds (none patterned always does)
-        while low < high and self.evaluations < self.max_evals:
+        while low < high and not self.exhausted():
             middle = (low + high + 1) // 2
             trial = state(order[:middle])
             if trial is not None and self.ok(trial):
@@ -191,7 +211,7 @@ class Search:
                 high = middle - 1
         chosen = order[:low]
         for layer in order[low + 1:]:  # the first after the run failed with it; later ones may still fit
-            if self.evaluations >= self.max_evals:
+            if self.exhausted():
                 break
             trial = state(chosen + [layer])
             if trial is not None and self.ok(trial):
@@ -303,7 +323,7 @@ class Search:
                 family.append(levels)
         best_levels, best_row = start_levels, start_row
         low, high = -1, len(family) - 1
-        while low < high and self.evaluations < self.max_evals:  # the most aggressive allocation that holds
+        while low < high and not self.exhausted():  # the most aggressive allocation that holds
             middle = (low + high + 1) // 2
             variant = state(family[middle])
             (row,) = self.score([variant]) or [None]
@@ -317,7 +337,7 @@ class Search:
                 high = middle - 1
         # Refine: raise one layer one level at a time, most weights per unit of drop first.
         improved = True
-        while improved and self.evaluations < self.max_evals:
+        while improved and not self.exhausted():
             improved = False
             steps = []
             for layer in tuned:
@@ -328,7 +348,7 @@ class Search:
                     cost = change[layer, lv] - change.get((layer, best_levels[layer]), 0.0)
                     steps.append((-(gain / cost) if cost > 0 else -np.inf, -gain, layer, lv))
             for *_, layer, lv in sorted(steps):
-                if self.evaluations >= self.max_evals:
+                if self.exhausted():
                     break
                 levels = {**best_levels, layer: lv}
                 variant = state(levels)
@@ -372,19 +392,23 @@ class Search:
 
 def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, force=False, methods=None,
              holdout=0.3, validation=None, target="sparsity", selection=None, max_layers=None, max_evals=500,
-             pack=False, values="float32", calibration=None, show_progress=False, pattern=None, cluster=None):
+             pack=False, values="float32", calibration=None, show_progress=False, pattern=None, cluster=None,
+             time_limit=None):
     """Tune on one part of the data, judge on the other; write the model and its plan. `values`, one or
     several of float32/float16/int8/int4: how the written container stores values; with several, each
     is a start of the search and the best state of any of them is written. `pattern` ('2:4'): the states
     are which layers take that N:M pattern, for the methods that keep N of M (relative by default).
-    `cluster`: a cluster.Cluster to evaluate on Ray instead of `jobs` local processes."""
+    `cluster`: a cluster.Cluster to evaluate on Ray instead of `jobs` local processes. `time_limit`
+    (seconds): no evaluation of the search starts after it; the best states found are then judged and
+    written."""
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     methods, value_options = _options(methods, values, target, pattern, pack, dest)
     open_model(model)  # a wrong path is the first thing to say
     tune, held, note = _parts(spec, holdout, validation)
     with open_pool(tune, jobs, cluster, [model, calibration, held.data]) as pool, \
-            evaluation_progress(1 + 40 * len(methods), "autotune", show_progress) as advance:
+            evaluation_progress(1 + 40 * len(methods), "autotune", show_progress, deadline) as advance:
         search = Search(model, tune, held, max_drop, relative, target, selection or {}, pool, advance, max_evals,
-                        calibration=calibration)
+                        calibration=calibration, deadline=deadline)
         found = _search(search, methods, value_options, pattern, max_layers, target, spec)
         judged = _judge(search, model, held, max_drop, relative, note)
         judged["evaluated_by"] = pool.describe()
@@ -398,6 +422,8 @@ def _options(methods, values, target, pattern, pack, dest):
     """(methods, value widths), or the one-line refusal of a combination that cannot work."""
     if target not in ("sparsity", "bytes"):
         raise WcompressError(f"--target takes sparsity or bytes, not {target!r}")
+    if target == "bytes" and not pack:  # a sparse model in a dense format is not smaller on disk
+        raise WcompressError("--target bytes minimises the container's bytes: add --pack (or use wcompress compress)")
     if pattern is not None:
         from wcompress.methods.pruning import parse_pattern
         from wcompress.workflows.sweep import takes_pattern
@@ -427,6 +453,9 @@ def _search(search, methods, value_options, pattern, max_layers, target, spec):
             if row is not None and (pattern or search.ok(row)):
                 starts.append(row)
     if not starts or not any(search.ok(r) for v, r in search.seen.items()):
+        if search.stopped_by:
+            raise WcompressError(f"no state within the budget was found before the {search.stopped_by} ran out "
+                                 f"({search.evaluations} evaluations): allow more time or evaluations")
         if pattern:
             raise WcompressError(f"no layer takes {pattern} within the budget, not even alone ({spec.metric} "
                                  f"against {search.base:.4f})")
@@ -553,12 +582,13 @@ def _document(model, spec, search, found, judged, written, tune, held, max_drop,
         "uniform_held_out": uniform_judged,
         "gain": sparsity - (uniform_judged["sparsity"] if uniform_judged else 0.0), "output": written["path"],
         "output_bytes": written["bytes"], "plan": written["plan_path"], "evaluations": search.evaluations + 2,
+        "search_stopped_by": search.stopped_by,
         "evaluated_by": judged["evaluated_by"],
-        "compare": _comparisons(written["store"], spec, written["hessians"]) if pack and target == "bytes" else None,
+        "compare": comparisons(written["store"], spec, written["hessians"]) if pack and target == "bytes" else None,
     }
 
 
-def _comparisons(store, spec, hessians):
+def comparisons(store, spec, hessians):
     """Bytes of the same model stored other ways: dense, every float in float16, int8 codes in the container,
     the TFLite converter's dynamic-range int8 and Keras's own int8 (None where the model does not convert)."""
     import os

@@ -9,6 +9,21 @@ from wcompress.errors import warn
 from wcompress.formats.container.reader import ContainerStore
 
 
+def lossy_values(container):
+    """What restoring gives back that is not the original values: every lossy width, in one line each."""
+    entries = list(container.entries.values())
+    quantized = [e for e in entries if e.get("quantized")]
+    if quantized:
+        bits = sorted({e["quantized"]["bits"] for e in quantized})
+        yield (f"{len(quantized)} tensors were stored as {'/'.join(f'int{b}' for b in bits)} codes: the restored "
+               "tensors are dequantized (codes x channel scale), not the original values")
+    halved = [e for e in entries if not e.get("quantized") and e.get("value_dtype") == "float16"
+              and e.get("dtype") in ("float32", "float64")]
+    if halved:
+        yield (f"{len(halved)} tensors were stored as float16: the restored tensors are their values rounded to "
+               "float16, not the original values")
+
+
 def restore(container_path, dest, force=False, unsafe=False):
     """Write the container back in its original format (or another Keras format, by the output's suffix).
 
@@ -18,11 +33,8 @@ def restore(container_path, dest, force=False, unsafe=False):
     from wcompress.formats.verify import verify_output
 
     container = ContainerStore(container_path)
-    quantized = [e for e in container.entries.values() if e.get("quantized")]
-    if quantized:
-        bits = sorted({e["quantized"]["bits"] for e in quantized})
-        warn(f"{len(quantized)} tensors were stored as {'/'.join(f'int{b}' for b in bits)} codes: the restored "
-             "tensors are dequantized (codes x channel scale), not the original values", container_path)
+    for message in lossy_values(container):
+        warn(message, container_path)
     work = tempfile.mkdtemp(prefix="wcompress-restore-")
     try:
         store = container.original(work)

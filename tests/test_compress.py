@@ -1,0 +1,90 @@
+"""compress: the smallest file within a budget judged on examples the search never saw, or nothing.
+
+On mhcnuggets (a real LSTM model) with its own labelled peptides: the written container meets the AUC
+budget on the held-out part, recomputed here from the definition of AUC on the file restored by the stock
+loader; too few examples to hold out is refused and writes nothing; --time-limit ends the search early
+and still writes a file within the budget."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from helpers import run_error, run_json
+
+import wcompress
+from wcompress.workflows.scoring import split_examples
+
+
+def _auc(scores, labels):
+    """P(a binder scores above a non-binder), ties counted half."""
+    pairs = scores[labels == 1][:, None] - scores[labels == 0][None, :]
+    return np.mean(pairs > 0) + 0.5 * np.mean(pairs == 0)
+
+
+@pytest.fixture(scope="module")
+def compressed(mhc, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress") / "mhc.h5"
+    result = run_json("compress", mhc["ba"], "--data", mhc["data"], "--metric", "auc", "--max-drop", "0.05",
+                      "--max-evals", "60", "-o", out)
+    return result, out
+
+
+def test_compress_writes_a_container_within_the_budget_on_held_out_examples(compressed, mhc, tmp_path):
+    result, out = compressed
+    assert result["verified"] and result["output_kind"] == "container"
+    assert result["examples"] == "tuned on 420 examples, judged on 180 held out"
+    assert result["output_bytes"] == os.path.getsize(out)
+    compare = result["compare"]
+    assert result["output_bytes"] < compare["int8_container_bytes"] < compare["float16_container_bytes"] \
+        < compare["dense_bytes"]
+    # The held-out figure, recomputed from the file: restored by us, loaded by stock Keras.
+    import keras
+
+    back = wcompress.restore(out, output=tmp_path / "back.keras").output
+    with np.load(mhc["data"]) as data:
+        x, y = data["x"], data["y"]
+    _, held = split_examples(len(x), 0.3)
+    model, dense = keras.models.load_model(back, compile=False), keras.models.load_model(mhc["ba"], compile=False)
+    ours = _auc(model.predict(x[held], verbose=0).ravel(), y[held])
+    assert ours == pytest.approx(result["tuned"]["held_out_value"], abs=1e-6)
+    assert ours >= 0.95 * _auc(dense.predict(x[held], verbose=0).ravel(), y[held])
+    assert json.load(open(result["plan"]))
+
+
+def test_too_few_examples_are_refused_and_nothing_is_written(mhc, tmp_path):
+    with np.load(mhc["data"]) as data:
+        few = tmp_path / "few.npz"
+        np.savez(few, x=data["x"][:20], y=data["y"][:20])
+    out = tmp_path / "out.h5"
+    message = run_error("compress", mhc["ba"], "--data", few, "--metric", "auc", "--max-drop", "0.05", "-o", out)
+    assert "20 examples are too few" in message and "--validation" in message and "--no-holdout" in message
+    assert sorted(os.listdir(tmp_path)) == ["few.npz"]
+
+
+def test_no_holdout_is_labelled_unverified(mhc, tmp_path):
+    with np.load(mhc["data"]) as data:
+        x = data["x"][:30]
+    result = wcompress.compress(mhc["ba"], x, 0.05, no_holdout=True, max_evals=8, output=tmp_path / "c.h5")
+    document = result.to_dict()
+    assert document["verified"] is False and "unverified" in document["examples"]
+    assert document["output_bytes"] == os.path.getsize(tmp_path / "c.h5")
+
+
+def test_a_time_limit_ends_the_search_with_a_file_within_the_budget(mhc, tmp_path):
+    import keras
+
+    model = keras.models.load_model(mhc["ba"], compile=False)
+    with np.load(mhc["data"]) as data:
+        x, y = data["x"], data["y"]
+    result = wcompress.compress(model, (x, y), 0.05, metric="auc", time_limit="5s")
+    document = result.to_dict()
+    assert document["search_stopped_by"] == "time limit" and document["tuned"]["within_budget"]
+    assert document["output"] is None and document["output_bytes"] < document["compare"]["dense_bytes"]
+
+
+def test_autotune_target_bytes_needs_the_container(mhc, tmp_path):
+    message = run_error("autotune", mhc["ba"], "--data", mhc["data"], "--metric", "auc", "--max-drop", "0.05",
+                        "--target", "bytes", "-o", tmp_path / "out.keras")
+    assert "--target bytes minimises the container's bytes: add --pack" in message
+    assert os.listdir(tmp_path) == []
