@@ -308,3 +308,14 @@ def test_version_1_containers_still_restore(tmp_path):
     assert result["warnings"] == [warning]
     assert run_cli("restore", container, "-o", str(tmp_path / "r2") + "/").stderr == f"wcompress: warning: {warning}\n"
     assert run_json("report", container)["container_version"] == 1
+
+
+def test_every_lossy_width_warns_on_restore(real, tmp_path):
+    """float16 values lose precision as int8/int4 codes do: restore says so for each, once."""
+    for values, expected in (("float16", "stored as float16"), ("int8", "stored as int8 codes"),
+                             ("float32", None)):
+        container = tmp_path / f"{values}.h5"
+        run_cli("pack", real["fer"], "-o", container, "--values", values)
+        result = run_cli("restore", container, "-o", tmp_path / f"{values}.hdf5")
+        lines = [line for line in result.stderr.splitlines() if "warning" in line]
+        assert (lines == []) if expected is None else (len(lines) == 1 and expected in lines[0]), lines
