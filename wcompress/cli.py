@@ -501,6 +501,21 @@ def ray_options(f):
 
 
 
+def budget_options(holdout_note=""):
+    """autotune and compress: the metric, the loss allowed, and which examples judge it."""
+    def add(f):
+        f = click.option("--validation", type=click.Path(), help="Judge on this DATA.npz instead of a held-out "
+                         "part.")(f)
+        f = click.option("--holdout", type=float, default=0.3, show_default=True, help="Fraction of the examples "
+                         "the search never sees; the result must meet the budget on them" + holdout_note + ".")(f)
+        f = click.option("--relative/--absolute", default=True, show_default=True,
+                         help="--max-drop as a fraction of the dense score, or in the metric's own units.")(f)
+        f = click.option("--max-drop", type=float, required=True, help="Largest loss allowed, e.g. 0.05.")(f)
+        return click.option("--metric", help="The metric to keep within budget (see evaluate; default with "
+                            "unlabelled data: fidelity to MODEL itself).")(f)
+    return add
+
+
 def _eval_options(reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code):
     """The evaluation options every scoring command takes, as the API's keyword arguments."""
     return dict(reference=reference, input_names=tuple(input_names), output_name=output_name, feeds=tuple(feeds),
@@ -638,15 +653,7 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 @cli.command()
 @click.argument("model", type=click.Path())
 @eval_options
-@click.option("--metric", help="The metric to keep within budget (see evaluate; default with unlabelled data: "
-              "fidelity to MODEL itself).")
-@click.option("--max-drop", type=float, required=True, help="Largest loss allowed, e.g. 0.05.")
-@click.option("--relative/--absolute", default=True, show_default=True,
-              help="--max-drop as a fraction of the dense score, or in the metric's own units.")
-@click.option("--holdout", type=float, default=0.3, show_default=True,
-              help="Fraction of the examples the search never sees; the result must meet the budget on them "
-                   "(0: tune and judge on the same examples).")
-@click.option("--validation", type=click.Path(), help="Judge on this DATA.npz instead of a held-out part.")
+@budget_options(holdout_note=" (0: tune and judge on the same examples)")
 @click.option("--target", type=click.Choice(["sparsity", "bytes"]), default="sparsity", show_default=True,
               help="Maximise model sparsity, or minimise the packed container's bytes.")
 @click.option("--methods", help="Methods for the uniform start (default: every sparsification method not "
@@ -701,14 +708,7 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @cli.command()
 @click.argument("model", type=click.Path())
 @eval_options
-@click.option("--metric", help="The metric to keep within budget (see evaluate; default with unlabelled data: "
-              "fidelity to MODEL itself).")
-@click.option("--max-drop", type=float, required=True, help="Largest loss allowed, e.g. 0.05.")
-@click.option("--relative/--absolute", default=True, show_default=True,
-              help="--max-drop as a fraction of the dense score, or in the metric's own units.")
-@click.option("--holdout", type=float, default=0.3, show_default=True,
-              help="Fraction of the examples the search never sees; the result must meet the budget on them.")
-@click.option("--validation", type=click.Path(), help="Judge on this DATA.npz instead of a held-out part.")
+@budget_options()
 @click.option("--no-holdout", is_flag=True, help="Tune and judge on the same examples (too few to split): the "
               "result is labelled unverified.")
 @click.option("-o", "--output", type=click.Path(), help="The container (.h5; default: MODEL.compressed.h5 beside "

@@ -4,8 +4,6 @@ Every one takes the evaluation options `wcompress evaluate` takes (as keyword ar
 `input_names`, `output_name`, `feeds`, `batch_size`, `unsafe`, `custom_objects`, `model_code`); data is a
 .npz path (or module:function), an array, an (x, y) tuple or a dict of named inputs."""
 
-import os
-
 from wcompress.errors import WcompressError
 from wcompress.api.inputs import Inputs, bars, fspath, load_back
 from wcompress.api.results import DocumentResult, EvaluateResult
@@ -132,18 +130,24 @@ def autotune(model, data, max_drop, metric=None, relative=True, holdout=0.3, val
                                 max_layers=max_layers, max_evals=max_evals, pack=pack, values=values,
                                 calibration=given.data(calibration, "calibration"), show_progress=bars(progress),
                                 pattern=pattern, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers))
-        result = DocumentResult(document)
-        if given.in_memory:
-            written = document["output"]
-            if written.endswith((".keras", ".h5")) and not pack:
-                result.model = load_back(written, options.get("unsafe", False))
-            if document.get("plan") and given.is_private(document["plan"]):
-                import json
+        keras_file = document["output"].endswith((".keras", ".h5")) and not pack
+        return _tuned(given, document, keras_file, options.get("unsafe", False))
 
-                with open(document["plan"]) as fh:
-                    document["plan_document"] = json.load(fh)
-            result.document = given.scrub(document)
-        return result
+
+def _tuned(given, document, keras_file, unsafe):
+    """autotune and compress: for an in-memory model, the tuned Keras model loaded back and the plan read
+    before the private files go."""
+    result = DocumentResult(document)
+    if given.in_memory:
+        if keras_file:
+            result.model = load_back(document["output"], unsafe)
+        if document.get("plan") and given.is_private(document["plan"]):
+            import json
+
+            with open(document["plan"]) as fh:
+                document["plan_document"] = json.load(fh)
+        result.document = given.scrub(document)
+    return result
 
 
 def ensemble_search(models, data, metric, budget, dtype="float32", top=10, min_members=1, jobs=1, ray=None,
@@ -188,17 +192,5 @@ def compress(model, data, max_drop, metric=None, output=None, relative=True, hol
                                 no_holdout=no_holdout, jobs=jobs, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers),
                                 time_limit=parse_duration(time_limit), max_evals=max_evals, force=force,
                                 show_progress=bars(progress))
-        result = DocumentResult(document)
-        if given.in_memory:
-            written = document["output"]
-            if document["output_kind"] in ("keras", "keras-h5"):
-                result.model = load_back(written, options.get("unsafe", False))
-            if document.get("plan") and given.is_private(document["plan"]):
-                import json
-
-                with open(document["plan"]) as fh:
-                    document["plan_document"] = json.load(fh)
-            if given.is_private(written):
-                document["output_bytes"] = os.path.getsize(written)  # measured before the private file goes
-            result.document = given.scrub(document)
-        return result
+        keras_file = document["output_kind"] in ("keras", "keras-h5")
+        return _tuned(given, document, keras_file, options.get("unsafe", False))

@@ -46,13 +46,14 @@ DELTA_PROBES = [0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.1
 MIN_HELD_OUT = 10  # fewer held-out examples than this would judge nothing
 
 
-def sparsifier_methods():
-    """Every registered sparsification method (flat, triangular, relative, and plugins' ones)."""
+def sparsifier_methods(calibrated=False):
+    """Every registered sparsification method (flat, triangular, relative, and plugins' ones); with
+    `calibrated`, also those that score weights by calibration inputs (wanda, sparsegpt), which need data
+    the search does not otherwise pass them."""
     from wcompress.plugins import get_passes
 
-    # Methods that score weights by calibration inputs (wanda) need data the search does not pass them.
     return [name for name, p in get_passes().items() if getattr(p, "family", None) == "sparsify"
-            and not getattr(p, "needs_calibration", False)]
+            and (calibrated or not getattr(p, "needs_calibration", False))]
 
 
 class Search:

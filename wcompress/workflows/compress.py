@@ -47,9 +47,8 @@ def compress(model, spec, max_drop, dest=None, plan_path=None, relative=True, ho
     plan_path = plan_path or str(dest).rstrip("/" + os.sep) + ".plan.json"
     with tempfile.TemporaryDirectory(prefix="wcompress-compress-") as work:
         calibration = _tuning_examples(spec, holdout, validation, no_holdout, os.path.join(work, "tuning.npz"))
-        registered = sparsifier_methods() + ["wanda", "sparsegpt"]
-        methods = [m for m in METHOD_ORDER if m in registered] + [m for m in sparsifier_methods()
-                                                                 if m not in METHOD_ORDER]
+        registered = sparsifier_methods(calibrated=True)
+        methods = [m for m in METHOD_ORDER if m in registered] + [m for m in registered if m not in METHOD_ORDER]
         container = kind == "container"
         result = autotune(model, spec, max_drop, dest, plan_path, relative=relative, jobs=jobs, force=force,
                           methods=methods, holdout=0 if no_holdout or validation else holdout,
