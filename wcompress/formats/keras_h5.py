@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 import zipfile
 import zlib
 
@@ -274,6 +275,9 @@ class KerasZipStore(H5Store):
             if not isinstance(config, dict):
                 raise WcompressError("config.json is not a Keras model config", path)
             self._tmp = tempfile.mkdtemp(prefix="wcompress-keras-")
+            # Removed when the store is collected or, if it lives until then, when the interpreter exits
+            # (__del__ does not run for objects alive at shutdown: a long test process leaked these).
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)
             archive.extract(self.WEIGHTS, self._tmp)
         except WcompressError:
             raise
@@ -317,9 +321,6 @@ class KerasZipStore(H5Store):
         store = cls(os.path.join(folder, "model.keras"))
         store.load = reader.get
         return store
-
-    def __del__(self):
-        shutil.rmtree(getattr(self, "_tmp", ""), ignore_errors=True)
 
 
 def set_layer_dtypes(config, layer_dtypes):
