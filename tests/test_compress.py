@@ -88,3 +88,28 @@ def test_autotune_target_bytes_needs_the_container(mhc, tmp_path):
                         "--target", "bytes", "-o", tmp_path / "out.keras")
     assert "--target bytes minimises the container's bytes: add --pack" in message
     assert os.listdir(tmp_path) == []
+
+
+def test_no_state_within_the_budget_writes_nothing_unless_best_effort(mhc, tmp_path):
+    with np.load(mhc["data"]) as data:
+        x = data["x"][:60]
+    out = tmp_path / "c.h5"
+    # The largest difference from the model itself is 0 dense, and a relative budget of 0 allows none: every
+    # compressed state fails it.
+    with pytest.raises(wcompress.WcompressError, match="--best-effort"):
+        wcompress.compress(mhc["ba"], x, 0.05, metric="maxdiff", max_evals=6, output=out)
+    assert os.listdir(tmp_path) == []
+    with pytest.warns(wcompress.WcompressWarning, match="no state meets the budget"):
+        result = wcompress.compress(mhc["ba"], x, 0.05, metric="maxdiff", max_evals=6, output=out,
+                                    best_effort=True)
+    document = result.to_dict()
+    tuned = document["tuned"]
+    assert not tuned["within_budget"] and tuned["held_out_value"] > document["held_out_baseline"] == 0
+    assert document["output_bytes"] == os.path.getsize(out) < document["compare"]["dense_bytes"]
+
+
+def test_a_negative_budget_is_refused(mhc, tmp_path):
+    message = run_error("compress", mhc["ba"], "--data", mhc["data"], "--metric", "auc", "--max-drop", "-0.1",
+                        "-o", tmp_path / "c.h5")
+    assert "--max-drop is the loss allowed: 0 or more, not -0.1" in message
+    assert os.listdir(tmp_path) == []

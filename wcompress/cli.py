@@ -504,6 +504,9 @@ def ray_options(f):
 def budget_options(holdout_note=""):
     """autotune and compress: the metric, the loss allowed, and which examples judge it."""
     def add(f):
+        f = click.option("--best-effort", is_flag=True, help="When no state meets the budget, write the one "
+                         "that came closest on the held-out examples (reported as outside the budget) instead of "
+                         "nothing.")(f)
         f = click.option("--validation", type=click.Path(), help="Judge on this DATA.npz instead of a held-out "
                          "part.")(f)
         f = click.option("--holdout", type=float, default=0.3, show_default=True, help="Fraction of the examples "
@@ -677,7 +680,7 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 @values_options
 @json_option
 def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
-             metric, max_drop, relative, holdout, validation, target, methods, include, exclude, min_size,
+             metric, max_drop, relative, holdout, validation, best_effort, target, methods, include, exclude, min_size,
              destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, pattern, ray_address,
              ray_cpus, ray_workers, bits, calibration, as_json):
     """The sparsest model (or smallest container) within --max-drop, judged on examples the search never saw:
@@ -694,7 +697,7 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
                           min_size=min_size, output=destination, pack=pack, values=bits or values_dtype,
                           plan=plan_path, max_layers=max_layers, max_evals=max_evals, jobs=jobs, force=force,
                           pattern=pattern, calibration=calibration, ray=ray_address, ray_cpus_per_worker=ray_cpus,
-                          ray_workers=ray_workers, progress=not as_json,
+                          ray_workers=ray_workers, best_effort=best_effort, progress=not as_json,
                           **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
                                           custom_objects, model_code)).to_dict()
     if as_json:
@@ -723,12 +726,12 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @ray_options
 @json_option
 def compress(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
-             metric, max_drop, relative, holdout, validation, no_holdout, output, plan_path, time_limit, max_evals,
+             metric, max_drop, relative, holdout, validation, best_effort, no_holdout, output, plan_path, time_limit, max_evals,
              jobs, force, ray_address, ray_cpus, ray_workers, as_json):
     """The smallest file that keeps MODEL within --max-drop on examples the search never saw: every
     sparsification method (the calibrated ones on the tuning examples), int8 / int4 / float16 values with
     GPTQ rounding, per-layer levels and widths, in the container. Writes nothing when no state meets the
-    budget; refuses data too small to hold a part out unless given --validation or --no-holdout.
+    budget (--best-effort: the closest state, reported as outside it); refuses data too small to hold a part out unless given --validation or --no-holdout.
 
     Example: wcompress compress model.keras --data photos.npz --metric top1 --max-drop 0.05 --time-limit 20m
     """
@@ -737,7 +740,7 @@ def compress(model, data, reference, input_names, output_name, feeds, batch_size
     result = api.compress(model, data, max_drop, metric=metric, output=output, relative=relative, holdout=holdout,
                           validation=validation, no_holdout=no_holdout, time_limit=time_limit, max_evals=max_evals,
                           jobs=jobs, force=force, plan=plan_path, ray=ray_address, ray_cpus_per_worker=ray_cpus,
-                          ray_workers=ray_workers, progress=not as_json,
+                          ray_workers=ray_workers, best_effort=best_effort, progress=not as_json,
                           **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
                                           custom_objects, model_code)).to_dict()
     if as_json:

@@ -319,6 +319,8 @@ def autotune_report(result):
                       + "".join(f"; {item}" for item in shown))
     if result.get("search_stopped_by"):
         console.print(f"the search stopped at its {result['search_stopped_by']}: the best state found by then")
+    if not t["within_budget"]:
+        console.print("OVER BUDGET: no state met it; --best-effort wrote the closest one found")
     if result.get("verified") is False:
         console.print("UNVERIFIED: tuned and judged on the same examples (--no-holdout)")
     if result["plan"]:

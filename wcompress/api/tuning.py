@@ -106,12 +106,13 @@ def sweep(model, data, metric=None, methods=("flat", "triangular", "relative"), 
 def autotune(model, data, max_drop, metric=None, relative=True, holdout=0.3, validation=None, target="sparsity",
              methods=None, include=(), exclude=(), min_size=None, output=None, pack=False, values="float32", plan=None,
              max_layers=None, max_evals=500, jobs=1, force=False, pattern=None, calibration=None, ray=None,
-             ray_cpus_per_worker=1.0, ray_workers=None, progress=False, **options):
+             ray_cpus_per_worker=1.0, ray_workers=None, best_effort=False, progress=False, **options):
     """The sparsest model (or, `target="bytes"`, smallest container) within `max_drop`, judged on examples
     the search never saw (`wcompress autotune`). Writes the model to `output` and its plan beside it
     (`plan=`: elsewhere); for an in-memory model without `output`, `result.model` is the tuned model and
     `result.plan_document` its plan. `values`: one width or several (float32, float16, int8, int4) with
-    `pack=True`."""
+    `pack=True`. `best_effort=True`: when no state meets the budget, the closest one is written (its
+    `tuned.within_budget` is False) instead of raising."""
     from wcompress.workflows import autotune as run_autotune
 
     if isinstance(methods, str):
@@ -129,7 +130,8 @@ def autotune(model, data, max_drop, metric=None, relative=True, holdout=0.3, val
                                            "min_size": min_size},
                                 max_layers=max_layers, max_evals=max_evals, pack=pack, values=values,
                                 calibration=given.data(calibration, "calibration"), show_progress=bars(progress),
-                                pattern=pattern, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers))
+                                pattern=pattern, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers),
+                                best_effort=best_effort)
         keras_file = document["output"].endswith((".keras", ".h5")) and not pack
         return _tuned(given, document, keras_file, options.get("unsafe", False))
 
@@ -173,13 +175,13 @@ def ensemble_search(models, data, metric, budget, dtype="float32", top=10, min_m
 
 def compress(model, data, max_drop, metric=None, output=None, relative=True, holdout=0.3, validation=None,
              no_holdout=False, time_limit=None, max_evals=500, jobs=1, force=False, plan=None, ray=None,
-             ray_cpus_per_worker=1.0, ray_workers=None, progress=False, **options):
+             ray_cpus_per_worker=1.0, ray_workers=None, best_effort=False, progress=False, **options):
     """The smallest file within `max_drop` of the model's metric on examples the search never saw
     (`wcompress compress`): the container, every method and value width, per-layer levels; `output=` named
     .keras/.weights.h5/.hdf5/.tflite (or a folder) asks for the best file of that format instead. Too few
     examples to hold a part out is an error unless `validation=` is given, or `no_holdout=True` (the result
     is then labelled unverified). `time_limit`: seconds, or text such as '20m'. Nothing is written when no
-    state meets the budget."""
+    state meets the budget, unless `best_effort=True` (the closest state, `tuned.within_budget` False)."""
     from wcompress.workflows import compress as run_compress
     from wcompress.workflows.compress import parse_duration
 
@@ -191,6 +193,6 @@ def compress(model, data, max_drop, metric=None, output=None, relative=True, hol
                                 holdout=holdout, validation=given.data(validation, "validation"),
                                 no_holdout=no_holdout, jobs=jobs, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers),
                                 time_limit=parse_duration(time_limit), max_evals=max_evals, force=force,
-                                show_progress=bars(progress))
+                                show_progress=bars(progress), best_effort=best_effort)
         keras_file = document["output_kind"] in ("keras", "keras-h5")
         return _tuned(given, document, keras_file, options.get("unsafe", False))

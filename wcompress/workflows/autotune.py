@@ -394,14 +394,17 @@ class Search:
 def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, force=False, methods=None,
              holdout=0.3, validation=None, target="sparsity", selection=None, max_layers=None, max_evals=500,
              pack=False, values="float32", calibration=None, show_progress=False, pattern=None, cluster=None,
-             time_limit=None):
+             time_limit=None, best_effort=False):
     """Tune on one part of the data, judge on the other; write the model and its plan. `values`, one or
     several of float32/float16/int8/int4: how the written container stores values; with several, each
     is a start of the search and the best state of any of them is written. `pattern` ('2:4'): the states
     are which layers take that N:M pattern, for the methods that keep N of M (relative by default).
     `cluster`: a cluster.Cluster to evaluate on Ray instead of `jobs` local processes. `time_limit`
     (seconds): no evaluation of the search starts after it; the best states found are then judged and
-    written."""
+    written. `best_effort`: when no state meets the budget, write the one that came closest on the held-out
+    examples instead of refusing (reported as outside the budget)."""
+    if not max_drop >= 0:
+        raise WcompressError(f"--max-drop is the loss allowed: 0 or more, not {max_drop:g}")
     deadline = None if time_limit is None else time.monotonic() + time_limit
     methods, value_options = _options(methods, values, target, pattern, pack, dest)
     open_model(model)  # a wrong path is the first thing to say
@@ -410,8 +413,8 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
             evaluation_progress(1 + 40 * len(methods), "autotune", show_progress, deadline) as advance:
         search = Search(model, tune, held, max_drop, relative, target, selection or {}, pool, advance, max_evals,
                         calibration=calibration, deadline=deadline)
-        found = _search(search, methods, value_options, pattern, max_layers, target, spec)
-        judged = _judge(search, model, held, max_drop, relative, note)
+        found = _search(search, methods, value_options, pattern, max_layers, target, spec, best_effort)
+        judged = _judge(search, model, held, max_drop, relative, note, best_effort)
         judged["evaluated_by"] = pool.describe()
     candidate, _ = judged["chosen"]
     written = _write(model, candidate, tune, spec, dest, plan_path, pack, force)
@@ -442,9 +445,10 @@ def _options(methods, values, target, pattern, pack, dest):
     return list(methods or sparsifier_methods()), value_options
 
 
-def _search(search, methods, value_options, pattern, max_layers, target, spec):
+def _search(search, methods, value_options, pattern, max_layers, target, spec, best_effort=False):
     """The search on the tuning part: every method's uniform (or patterned) start for every value width,
-    then per-layer levels from the best start and, for bytes, per-layer value widths."""
+    then per-layer levels from the best start and, for bytes, per-layer value widths. With `best_effort`,
+    a search where nothing met the budget starts from the state that lost least and goes no further."""
     search.advance("dense")
     starts = []
     for stored in value_options:
@@ -454,14 +458,18 @@ def _search(search, methods, value_options, pattern, max_layers, target, spec):
             if row is not None and (pattern or search.ok(row)):
                 starts.append(row)
     if not starts or not any(search.ok(r) for v, r in search.seen.items()):
+        if best_effort and search.seen:
+            variant, row = min(search.seen.items(), key=lambda state: search._loss(state[1]))
+            return {"starts": [], "start": row, "start_variant": variant}
         if search.stopped_by:
             raise WcompressError(f"no state within the budget was found before the {search.stopped_by} ran out "
-                                 f"({search.evaluations} evaluations): allow more time or evaluations")
+                                 f"({search.evaluations} evaluations): allow more time or evaluations, or "
+                                 "pass --best-effort for the closest state")
         if pattern:
             raise WcompressError(f"no layer takes {pattern} within the budget, not even alone ({spec.metric} "
                                  f"against {search.base:.4f})")
         raise WcompressError(f"every method at its lowest level loses more than the budget allows "
-                             f"({spec.metric} against {search.base:.4f})")
+                             f"({spec.metric} against {search.base:.4f}); --best-effort writes the closest state")
     start = max(starts, key=lambda r: (search.ok(r), search.objective(r)))
     search.values = start["values"]
     if pattern:
@@ -475,10 +483,11 @@ def _search(search, methods, value_options, pattern, max_layers, target, spec):
     return {"starts": starts, "start": start, "start_variant": start_variant}
 
 
-def _judge(search, model, held, max_drop, relative, note):
+def _judge(search, model, held, max_drop, relative, note, best_effort=False):
     """The held-out part judges: every state that held on the tuning part (uniform levels of every method,
     per-layer allocations), best first, until one meets the budget there too; and, for a fair comparison,
-    the best uniform state judged the same way."""
+    the best uniform state judged the same way. With `best_effort`, when none does, the state judged best
+    on the held-out part (of those that held on the tuning part, else the one that lost least there)."""
     candidates = sorted(((v, r) for v, r in search.seen.items() if search.ok(r)),
                         key=lambda state: search.objective(state[1]), reverse=True)
     held_base, _ = dense_score(model, held)
@@ -493,9 +502,17 @@ def _judge(search, model, held, max_drop, relative, note):
         return within_budget(search.metric, held_rows[variant]["value"], held_base, max_drop, relative)
 
     chosen = next((state for state in candidates if holds_out(state)), None)
+    if chosen is None and best_effort and search.seen:
+        tried = candidates or [min(search.seen.items(), key=lambda state: search._loss(state[1]))]
+        for state in tried:
+            holds_out(state)
+        sign = 1 if search.metric.higher_is_better else -1
+        chosen = max(tried, key=lambda state: (sign * held_rows[state[0]]["value"], search.objective(state[1])))
+        warn(f"no state meets the budget on the held-out examples ({note}): --best-effort writes the closest, "
+             f"{search.metric.name} {held_rows[chosen[0]]['value']:.4f} against {held_base:.4f} dense")
     if chosen is None:
         raise WcompressError(f"no setting the search found meets the budget on the held-out examples "
-                             f"({note}); try a larger --max-drop or more data")
+                             f"({note}); try a larger --max-drop or more data, or --best-effort for the closest state")
     uniform_state = next((state for state in candidates if state[0] in search.uniform_variants
                           and holds_out(state)), None)
     return {"chosen": chosen, "uniform_state": uniform_state, "held_base": held_base, "held_rows": held_rows}

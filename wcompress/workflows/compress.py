@@ -27,10 +27,10 @@ METHOD_ORDER = ("relative", "sparsegpt", "wanda", "flat", "triangular")
 
 def compress(model, spec, max_drop, dest=None, plan_path=None, relative=True, holdout=0.3, validation=None,
              no_holdout=False, jobs=1, cluster=None, time_limit=None, max_evals=500, force=False,
-             show_progress=False):
+             show_progress=False, best_effort=False):
     """The smallest container (or, for an output named .keras, .weights.h5, .hdf5, .tflite or a folder, the
     best file of that format) within `max_drop`, judged on held-out examples. Returns autotune's report
-    with `verified` (judged on examples the search never saw) and `output_kind`."""
+    with `verified` (judged on examples the search never saw) and `output_kind`. `best_effort`: autotune's."""
     if no_holdout and validation:
         raise WcompressError("--no-holdout and --validation both say what judges the result: give one")
     count = evaluator_for(spec).examples
@@ -54,7 +54,8 @@ def compress(model, spec, max_drop, dest=None, plan_path=None, relative=True, ho
                           methods=methods, holdout=0 if no_holdout or validation else holdout,
                           validation=validation, target="bytes" if container else "sparsity", pack=container,
                           values=VALUE_ORDER if container else "float32", calibration=calibration,
-                          show_progress=show_progress, cluster=cluster, time_limit=time_limit, max_evals=max_evals)
+                          show_progress=show_progress, cluster=cluster, time_limit=time_limit, max_evals=max_evals,
+                          best_effort=best_effort)
     result["verified"] = verified
     result["output_kind"] = kind
     if not container and result.get("compare") is None:  # how the file of that format compares
