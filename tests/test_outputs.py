@@ -151,8 +151,13 @@ def test_destructive_thresholds_warn(tiny, tmp_path):
     result = run_cli("sparsify", tiny["tf1"], "--method", "relative", "--delta", "1.0", "--dry-run", "--json")
     assert json.loads(result.stdout)["warnings"][:2] == ["the model is now 92.9% zeros",
                                                          "fc1/kernel is now 100.0% zeros"]
+    assert result.stderr.rstrip().endswith("these thresholds are probably on the wrong scale")
     quiet = run_cli("sparsify", tiny["tf1"], "--method", "relative", "--delta", "0.5", "-o", tmp_path / "h.ckpt")
     assert "warning" not in quiet.stderr
+    # A Keras file names variables by position: the warning names them by layer, as summaries do.
+    result = run_cli("sparsify", tiny["keras"], "--method", "relative", "--delta", "1.0", "-o", tmp_path / "s.keras")
+    assert "hidden kernel (layers/dense/vars/0) is now 100.0% zeros" in result.stderr
+    assert result.stderr.rstrip().endswith("check the thresholds with --dry-run")
 
 
 @pytest.fixture(scope="module")

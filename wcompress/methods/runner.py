@@ -59,10 +59,14 @@ class RunResult:
         }
 
 
+DRY_RUN_HINT = "check the thresholds with --dry-run"
+
+
 def run_passes(store, passes, dest, force=False, show_progress=True, writer=None, extra_inputs=(), check=None,
-               tag="out", unsafe=False):
+               tag="out", unsafe=False, hint=DRY_RUN_HINT):
     """Prepare every pass, then stream tensors from the store through the passes into the writer
-    (the store's own format, or e.g. a ContainerWriter)."""
+    (the store's own format, or e.g. a ContainerWriter). `hint`: what the warning about a pass that zeroed
+    nearly everything tells the user to do (an option of the command that ran it)."""
     if not hasattr(store, "tensors"):
         store = open_model(store)
     source = TensorSource(store)
@@ -74,7 +78,7 @@ def run_passes(store, passes, dest, force=False, show_progress=True, writer=None
                                force=force, writer=writer, extra_inputs=extra_inputs, check=check, tag=tag,
                                unsafe=unsafe)
     return RunResult(store.path, store.format, store.bytes, written, outcomes, {p.name: p.summary() for p in passes},
-                     destruction_warnings(outcomes))
+                     destruction_warnings(outcomes, hint))
 
 
 def dry_run(store, passes, show_progress=True):
@@ -86,7 +90,7 @@ def dry_run(store, passes, show_progress=True):
     with tensor_progress(store.tensors, "computing", enabled=show_progress) as advance:
         for info in store.tensors:
             _through(store, passes, info, outcomes, advance)
-    destruction_warnings(outcomes)
+    destruction_warnings(outcomes, "these thresholds are probably on the wrong scale")
     return outcomes
 
 
@@ -96,12 +100,12 @@ TENSOR_ZEROS_WARNING = 0.95
 MODEL_ZEROS_WARNING = 0.90
 
 
-def destruction_warnings(outcomes):
+def destruction_warnings(outcomes, hint=DRY_RUN_HINT):
     """Warn (stderr, and the returned list for --json) where a pass zeroed nearly everything."""
     found = destruction_findings(outcomes)
     if found:
         shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more tensors" if len(found) > 4 else "")
-        warn(f"{shown}: check the thresholds with --dry-run")
+        warn(f"{shown}: {hint}")
     return found
 
 
@@ -110,12 +114,20 @@ def destruction_findings(outcomes):
     weights = [o for o in outcomes if not o.dropped and o.role not in TRAINING_STATE and o.size]
     for o in weights:
         if o.zeros > o.zeros_before and o.zeros > TENSOR_ZEROS_WARNING * o.size:
-            found.append(f"{o.name} is now {100 * o.zeros / o.size:.1f}% zeros")
+            found.append(f"{tensor_label(o)} is now {100 * o.zeros / o.size:.1f}% zeros")
     size = sum(o.size for o in weights)
     zeros, before = sum(o.zeros for o in weights), sum(o.zeros_before for o in weights)
     if size and zeros > before and zeros > MODEL_ZEROS_WARNING * size:
         found.insert(0, f"the model is now {100 * zeros / size:.1f}% zeros")
     return found
+
+
+def tensor_label(tensor):
+    """A tensor named as summaries name it, by its layer: `fc1/kernel` when its name says that already,
+    else `block1_conv1 kernel (layers/conv2d_12/vars/0)` (Keras files name variables by position)."""
+    if not tensor.layer or tensor.name.startswith(tensor.layer + "/") or tensor.name == tensor.layer:
+        return tensor.name
+    return f"{tensor.layer} {tensor.role} ({tensor.name})"
 
 
 def _through(store, passes, info, outcomes, advance):

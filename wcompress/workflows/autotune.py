@@ -537,7 +537,8 @@ def _write(model, candidate, tune, spec, dest, plan_path, pack, force):
         passes = ([get_pass("strip").new()] if pack or tflite else []) + [sparsifier]
         native = os.path.join(work, "tuned" + (native_suffix(store.format) or os.sep)) if tflite else dest
         result = run_passes(store, passes, native, force=force, show_progress=False, writer=writer, tag="tuned",
-                            unsafe=spec.unsafe)
+                            unsafe=spec.unsafe, hint="the budget held on the examples given; judge the file on "
+                            "others with wcompress evaluate")
         if tflite:
             from wcompress.runtime.tflite_export import export_tflite
 
