@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_sweep.py
 	$(PY) bench/bench_container.py
 	$(PY) bench/bench_quantize.py
+	$(PY) bench/bench_calibration.py
 	$(PY) bench/bench_ray.py
 
 clean:

@@ -1,42 +1,101 @@
-"""Progress bars on stderr for long work; silent for small models and for --json."""
+"""Progress bars on stderr for work that lasts more than a moment; silent for --json and without a terminal
+(where long searches print a line a minute instead)."""
 
 import contextlib
 import sys
+import threading
 import time
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-# Below this many bytes a run is over before a bar would help.
-SHOW_ABOVE_BYTES = 64 * 2**20
+# A bar appears once work has lasted this long, whatever its size: a small model whose layers each take
+# GPTQ seconds needs one as much as a large one being copied.
+SHOW_AFTER_SECONDS = 2.0
+
+
+class _LateBar:
+    """A transient rich bar on stderr that appears only after SHOW_AFTER_SECONDS (from a timer thread, so
+    that one slow step shows it too), and only on a terminal: redirected output gets nothing."""
+
+    def __init__(self, columns, description, total, **fields):
+        self.columns, self.description, self.total, self.fields = columns, description, total, fields
+        self.completed, self.bar, self.task = 0, None, None
+        self.lock = threading.Lock()
+        self.timer = None
+        if Console(stderr=True).is_terminal:
+            self.timer = threading.Timer(SHOW_AFTER_SECONDS, self._show)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _show(self):
+        with self.lock:
+            if self.timer is None:  # already closed
+                return
+            self.bar = Progress(*self.columns, console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(self.description, total=self.total, completed=self.completed,
+                                          **self.fields)
+            self.bar.start()
+
+    def update(self, advance=0, **fields):
+        with self.lock:
+            self.completed += advance
+            self.fields.update(fields)
+            if self.bar is not None:
+                self.bar.update(self.task, advance=advance, **fields)
+
+    def close(self):
+        with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+
+
+@contextlib.contextmanager
+def _late_bar(columns, description, total, **fields):
+    bar = _LateBar(columns, description, total, **fields)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 @contextlib.contextmanager
 def tensor_progress(tensors, label, enabled=True):
-    """Yields advance(info): call it once per tensor handled."""
-    total = sum(t.nbytes for t in tensors)
-    if not enabled or total < SHOW_ABOVE_BYTES:
-        yield lambda info: None
+    """Yields advance(info): call it once per tensor handled; advance.starting(info) before a tensor's
+    work names it on the bar (where a slow step spends its time)."""
+    if not enabled:
+        advance = lambda info: None  # noqa: E731
+        advance.starting = lambda info: None
+        yield advance
         return
-    console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[tensor]}"))
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total, tensor="")
-        yield lambda info: bar.update(task, advance=info.nbytes, tensor=info.name[-40:])
+    with _late_bar(columns, label, sum(t.nbytes for t in tensors), tensor="") as bar:
+        def advance(info):
+            bar.update(advance=info.nbytes)
+
+        advance.starting = lambda info: bar.update(tensor=_short(getattr(info, "layer", "") or info.name))
+        yield advance
+
+
+def _short(name, width=40):
+    return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
 @contextlib.contextmanager
-def batch_progress(total, enabled=True):
+def batch_progress(total, enabled=True, label="predicting"):
     """Yields advance(n): call it after each batch of n examples."""
-    if not enabled or total < 2048:
+    if not enabled:
         yield lambda n: None
         return
-    columns = (TextColumn("predicting"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    columns = (TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} examples"),
                TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("predicting", total=total)
-        yield lambda n: bar.update(task, advance=n)
+    with _late_bar(columns, label, total) as bar:
+        yield lambda n: bar.update(advance=n)
 
 
 LINE_EVERY_SECONDS = 60  # without a terminal: one progress line at least this often

@@ -132,6 +132,7 @@ def tensor_label(tensor):
 
 def _through(store, passes, info, outcomes, advance):
     """Load one tensor, run it through the passes, record what came out."""
+    advance.starting(info)
     array = store.load(info.name)
     before = _zeros(array)
     for p in passes:

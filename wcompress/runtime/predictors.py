@@ -52,7 +52,7 @@ class Predictor:
         feeds = self.match(data)
         n = next(iter(feeds.values())).shape[0]
         sums, rows = {}, {}
-        with batch_progress(n, enabled=show_progress) as advance:
+        with batch_progress(n, enabled=show_progress, label="calibrating") as advance:
             for start in range(0, n, batch_size):
                 for key, (product, count) in step({k: v[start:start + batch_size] for k, v in feeds.items()}).items():
                     sums[key] = sums.get(key, 0) + np.asarray(product, dtype=np.float64)
