@@ -113,3 +113,36 @@ def test_a_negative_budget_is_refused(mhc, tmp_path):
                         "-o", tmp_path / "c.h5")
     assert "--max-drop is the loss allowed: 0 or more, not -0.1" in message
     assert os.listdir(tmp_path) == []
+
+
+SCRIPT = """
+import sys
+import numpy as np
+import wcompress
+
+print("script body ran", flush=True)
+x = np.load(sys.argv[2])["x"]
+wcompress.compress(sys.argv[1], x, 0.05, output=sys.argv[3], jobs=2, holdout=0.25)
+"""
+
+
+def test_jobs_2_from_a_plain_script_writes_the_same_bytes_as_one_process(tiny, tmp_path):
+    """A script without an `if __name__ == "__main__":` guard: the spawned workers must not run it again."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "x.npz"
+    rng = np.random.default_rng(3)
+    np.savez(data, x=np.concatenate([tiny["x"], rng.random((16, 12), dtype=np.float32)]))
+    one = wcompress.compress(tiny["keras"], str(data), 0.05, output=tmp_path / "one.h5", holdout=0.25).to_dict()
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    ran = subprocess.run([sys.executable, str(script), tiny["keras"], str(data), str(tmp_path / "two.h5")],
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.count("script body ran") == 1
+    assert one["search_stopped_by"] is None and one["examples"] == "tuned on 60 examples, judged on 20 held out"
+    assert (tmp_path / "one.h5").read_bytes() == (tmp_path / "two.h5").read_bytes()
+    plans = [tmp_path / "one.h5.plan.json", tmp_path / "two.h5.plan.json"]
+    assert [p.exists() for p in plans] == [one["plan"] is not None] * 2
+    assert one["plan"] is None or plans[0].read_bytes() == plans[1].read_bytes()

@@ -12,6 +12,7 @@ where no Python signal handler runs. So such a first read happens in a child pro
 The child's result is one JSON value, returned by a function importable by module and name.
 """
 
+import contextlib
 import ctypes
 import json
 import os
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from dataclasses import dataclass
 
 PR_SET_PDEATHSIG = 1
@@ -196,6 +198,16 @@ def _outcome(status, usage, cpu_seconds, wall_exceeded, data):
     return outcome
 
 
+@contextlib.contextmanager
+def _main_script_hidden():
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class WorkerPool:
     """A spawned process pool whose workers die with this process (even SIGKILLed) and are killed, not
     waited for, when the `with` block ends by an error, Ctrl-C or SIGTERM (a worker may be minutes into
@@ -208,6 +220,16 @@ class WorkerPool:
         context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
         self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent,
                                             initargs=(os.getpid(),))
+        # Spawned workers re-run the caller's main script unless told otherwise: a plain script without an
+        # `if __name__ == "__main__":` guard would run again in every worker (and start its own pool).
+        # What the workers run lives in our modules, so they start with an empty __main__: every worker is
+        # started here, while the script is hidden (the executor would otherwise start them one per task,
+        # later; the flag is the one a fork executor uses to start them all on the first task).
+        if hasattr(self.executor, "_safe_to_dynamically_spawn_children"):
+            self.executor._safe_to_dynamically_spawn_children = False
+        with _main_script_hidden():
+            for started in [self.executor.submit(int) for _ in range(workers)]:
+                started.result()
 
     def __enter__(self):
         return self.executor
