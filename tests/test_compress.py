@@ -146,3 +146,68 @@ def test_jobs_2_from_a_plain_script_writes_the_same_bytes_as_one_process(tiny, t
     plans = [tmp_path / "one.h5.plan.json", tmp_path / "two.h5.plan.json"]
     assert [p.exists() for p in plans] == [one["plan"] is not None] * 2
     assert one["plan"] is None or plans[0].read_bytes() == plans[1].read_bytes()
+
+
+def _stock_predictions(path, source, x):
+    """The written file run by stock TensorFlow/Keras only (a container restored first)."""
+    import keras
+    import tensorflow as tf
+    from helpers import savedmodel_predict, tf1_predict
+
+    path = str(path)
+    if path.endswith(".tflite"):
+        interpreter = tf.lite.Interpreter(model_path=path)
+        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    if path.endswith(".h5") and source == "tf1":
+        path = wcompress.restore(path, output=path[:-3] + ".restored/model.ckpt").output
+    elif path.endswith(".h5") and source == "keras":
+        path = wcompress.restore(path, output=path[:-3] + ".restored.keras").output
+    elif path.endswith(".h5") and source == "savedmodel_export":
+        path = wcompress.restore(path, output=path[:-3] + ".restored").output
+    if source == "tf1":
+        return tf1_predict(path + ".meta", path, {"input:0": x}, "output:0")
+    if source == "savedmodel_export":
+        (out,) = savedmodel_predict(path, x).values()
+        return out
+    return keras.models.load_model(path, compile=False).predict(x, verbose=0)
+
+
+# (input, output name, what is written: a file kind, or the start of the one-line refusal)
+STOCK_MATRIX = [
+    ("keras", "c.h5", "container"), ("keras", "m.keras", "keras"), ("keras", "m.hdf5", "keras-h5"),
+    ("keras", "m.tflite", "tflite"), ("keras", "dir/", "native"),
+    ("keras", "m.weights.h5", "a .weights.h5 holds no model to run"),
+    ("tf1", "c.h5", "container"), ("tf1", "m.tflite", "tflite"), ("tf1", "dir/", "native"),
+    ("tf1", "m.keras", "a tf1-checkpoint input is written as a checkpoint prefix"),
+    ("savedmodel_export", "c.h5", "container"), ("savedmodel_export", "m.tflite", "tflite"),
+    ("savedmodel_export", "dir/", "native"),
+    ("savedmodel_export", "m.hdf5", "a savedmodel input is written as a SavedModel folder"),
+]
+
+
+@pytest.mark.parametrize("source,name,expected", STOCK_MATRIX)
+def test_every_output_compress_writes_loads_in_stock_tensorflow(tiny, tmp_path, source, name, expected):
+    """What compress says it wrote is what stock TensorFlow/Keras runs: the held-out figure it reports is
+    recomputed from the file's stock predictions. Outputs it cannot judge are refused and nothing is
+    written."""
+    from wcompress.workflows.metrics import agreement
+
+    features = 10 if source == "tf1" else 12
+    x = np.random.default_rng(0).random((80, features), dtype=np.float32)
+    (tmp_path / "out").mkdir()
+    out = str(tmp_path / "out" / name) + ("/" if name.endswith("/") else "")  # a path object drops the /
+    if expected[0] == "a":
+        with pytest.raises(wcompress.WcompressError, match=expected):
+            wcompress.compress(tiny[source], x, 0.05, output=out, max_evals=4)
+        assert os.listdir(tmp_path / "out") == []
+        return
+    document = wcompress.compress(tiny[source], x, 0.05, output=out, max_evals=4).to_dict()
+    assert document["output_kind"] == expected and document["output_bytes"] > 0
+    _, held = split_examples(len(x), 0.3)
+    dense = _stock_predictions(tiny[source], source, x[held])
+    ours = _stock_predictions(document["output"], source, x[held])
+    assert agreement(dense, ours) == document["tuned"]["held_out_value"] >= 0.95

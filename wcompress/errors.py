@@ -6,6 +6,7 @@ class WcompressError(Exception):
 
     def __init__(self, message, path=None):
         self.path = str(path) if path is not None else None
+        self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 

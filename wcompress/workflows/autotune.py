@@ -26,7 +26,7 @@ import numpy as np
 
 from wcompress.errors import WcompressError, warn
 from wcompress.formats import TRAINING_STATE, open_model
-from wcompress.formats.outputs import native_suffix
+from wcompress.formats.outputs import native_suffix, suffix_format
 from wcompress.runtime.user_code import custom_object_scope
 from wcompress.workflows.metrics import within_budget
 from wcompress.methods.plan import literal_glob, pattern_selection
@@ -407,7 +407,11 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
         raise WcompressError(f"--max-drop is the loss allowed: 0 or more, not {max_drop:g}")
     deadline = None if time_limit is None else time.monotonic() + time_limit
     methods, value_options = _options(methods, values, target, pattern, pack, dest)
-    open_model(model)  # a wrong path is the first thing to say
+    store = open_model(model)  # a wrong path is the first thing to say
+    if (not pack and store.format in ("keras", "keras-h5") and suffix_format(str(dest)) == "keras-weights-h5"
+            and not spec.model_code):
+        raise WcompressError("a .weights.h5 holds no model to run, and the written file is judged by running it: "
+                             "name the output .keras (or give --model-code to build the model)", dest)
     tune, held, note = _parts(spec, holdout, validation)
     with open_pool(tune, jobs, cluster, [model, calibration, held.data]) as pool, \
             evaluation_progress(1 + 40 * len(methods), "autotune", show_progress, deadline) as advance:

@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 
-from wcompress.errors import WcompressError
+from wcompress.errors import WcompressError, warn
 from wcompress.formats.outputs import suffix_format
 from wcompress.workflows.autotune import MIN_HELD_OUT, autotune, sparsifier_methods
 from wcompress.workflows.scoring import split_examples
@@ -47,7 +47,9 @@ def compress(model, spec, max_drop, dest=None, plan_path=None, relative=True, ho
     plan_path = plan_path or str(dest).rstrip("/" + os.sep) + ".plan.json"
     with tempfile.TemporaryDirectory(prefix="wcompress-compress-") as work:
         calibration = _tuning_examples(spec, holdout, validation, no_holdout, os.path.join(work, "tuning.npz"))
-        registered = sparsifier_methods(calibrated=True)
+        calibrates = _calibrates(model, calibration, spec)
+        registered = sparsifier_methods(calibrated=calibrates)
+        calibration = calibration if calibrates else None
         methods = [m for m in METHOD_ORDER if m in registered] + [m for m in registered if m not in METHOD_ORDER]
         container = kind == "container"
         result = autotune(model, spec, max_drop, dest, plan_path, relative=relative, jobs=jobs, force=force,
@@ -66,6 +68,21 @@ def compress(model, spec, max_drop, dest=None, plan_path=None, relative=True, ho
     if not verified:
         result["examples"] += " (unverified: --no-holdout)"
     return result
+
+
+def _calibrates(model, calibration, spec):
+    """Whether the model has layers whose inputs can be captured (GPTQ, wanda, sparsegpt): some graphs hide
+    their products inside functions. Without, int8/int4 round to nearest and the calibrated methods are
+    left out, with a warning. The statistics are kept for the search in this process."""
+    from wcompress.workflows.variants import model_hessians
+
+    try:
+        model_hessians(model, calibration, spec)
+        return True
+    except WcompressError as error:
+        warn(f"compress calibrates nothing in this model ({error.message}): int8/int4 values round to nearest, "
+             "and wanda and sparsegpt are left out")
+        return False
 
 
 def parse_duration(text):

@@ -150,7 +150,12 @@ def calibration_hessians(variant, spec):
     """The kernels' input statistics on the variant's calibration data, computed once per process."""
     if variant.calibration is None:
         return None
-    key = (variant.model, variant.calibration)
+    return model_hessians(variant.model, variant.calibration, spec)
+
+
+def model_hessians(model, calibration, spec):
+    """The kernels' input statistics of `model` on the `calibration` inputs, computed once per process."""
+    key = (model, calibration)
     if key not in _hessians:
         from wcompress.runtime.capture import input_hessians
 
@@ -158,7 +163,7 @@ def calibration_hessians(variant, spec):
             input_names=spec.input_names or None, output_name=spec.output_name, feeds=spec.feeds,
             unsafe=spec.unsafe, custom_objects=spec.custom_objects, model_code=spec.model_code)
         _hessians.clear()
-        _hessians[key] = input_hessians(variant.model, variant.calibration, **options)
+        _hessians[key] = input_hessians(model, calibration, **options)
     return _hessians[key]
 
 
