@@ -126,6 +126,8 @@ def test_evaluate_takes_arrays_and_tuples(mhc_model, mhc, peptides):
     assert in_memory.to_dict()["model"] is None
     with pytest.raises(WcompressError, match="data is required"):
         wcompress.evaluate(mhc_model, None, metrics="auc")
+    # metric= as every other function spells it
+    assert wcompress.evaluate(mhc_model, (x, y), metric="auc").values == in_memory.values
 
 
 def test_autotune_in_memory_returns_the_tuned_model_and_its_plan(mhc_model, peptides):

@@ -504,6 +504,8 @@ def ray_options(f):
 def budget_options(holdout_note=""):
     """autotune and compress: the metric, the loss allowed, and which examples judge it."""
     def add(f):
+        f = click.option("--time-limit", help="Stop searching after this long (e.g. 90s, 20m, 1.5h) and write the "
+                         "best state found that meets the budget on the held-out examples.")(f)
         f = click.option("--best-effort", is_flag=True, help="When no state meets the budget, write the one "
                          "that came closest on the held-out examples (reported as outside the budget) instead of "
                          "nothing.")(f)
@@ -680,9 +682,9 @@ def sweep(model, data, reference, input_names, output_name, feeds, batch_size, u
 @values_options
 @json_option
 def autotune(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
-             metric, max_drop, relative, holdout, validation, best_effort, target, methods, include, exclude, min_size,
-             destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, pattern, ray_address,
-             ray_cpus, ray_workers, bits, calibration, as_json):
+             metric, max_drop, relative, holdout, validation, best_effort, time_limit, target, methods, include,
+             exclude, min_size, destination, pack, values_dtype, plan_path, max_layers, max_evals, jobs, force, pattern,
+             ray_address, ray_cpus, ray_workers, bits, calibration, as_json):
     """The sparsest model (or smallest container) within --max-drop, judged on examples the search never saw:
     the best uniform setting of every method, then per-layer levels from each layer's measured sensitivity.
     With --pack --target bytes --bits 16,8,4 it also chooses how values are stored: the smallest container
@@ -697,7 +699,8 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
                           min_size=min_size, output=destination, pack=pack, values=bits or values_dtype,
                           plan=plan_path, max_layers=max_layers, max_evals=max_evals, jobs=jobs, force=force,
                           pattern=pattern, calibration=calibration, ray=ray_address, ray_cpus_per_worker=ray_cpus,
-                          ray_workers=ray_workers, best_effort=best_effort, progress=not as_json,
+                          ray_workers=ray_workers, best_effort=best_effort, time_limit=time_limit,
+                          progress=not as_json,
                           **_eval_options(reference, input_names, output_name, feeds, batch_size, unsafe,
                                           custom_objects, model_code)).to_dict()
     if as_json:
@@ -717,8 +720,6 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @click.option("-o", "--output", type=click.Path(), help="The container (.h5; default: MODEL.compressed.h5 beside "
               "the input), or .keras / .weights.h5 / .hdf5 / .tflite / a folder for the best file of that format.")
 @click.option("--plan", "plan_path", type=click.Path(), help="Where to write the plan (default: OUT.plan.json).")
-@click.option("--time-limit", help="Stop searching after this long (e.g. 90s, 20m, 1.5h) and write the best "
-              "state found that meets the budget on the held-out examples.")
 @click.option("--max-evals", type=int, default=500, show_default=True, help="Stop searching after this many "
               "evaluations.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Evaluate in this many processes.")
@@ -726,12 +727,13 @@ def autotune(model, data, reference, input_names, output_name, feeds, batch_size
 @ray_options
 @json_option
 def compress(model, data, reference, input_names, output_name, feeds, batch_size, unsafe, custom_objects, model_code,
-             metric, max_drop, relative, holdout, validation, best_effort, no_holdout, output, plan_path, time_limit, max_evals,
-             jobs, force, ray_address, ray_cpus, ray_workers, as_json):
+             metric, max_drop, relative, holdout, validation, best_effort, time_limit, no_holdout, output, plan_path,
+             max_evals, jobs, force, ray_address, ray_cpus, ray_workers, as_json):
     """The smallest file that keeps MODEL within --max-drop on examples the search never saw: every
     sparsification method (the calibrated ones on the tuning examples), int8 / int4 / float16 values with
     GPTQ rounding, per-layer levels and widths, in the container. Writes nothing when no state meets the
-    budget (--best-effort: the closest state, reported as outside it); refuses data too small to hold a part out unless given --validation or --no-holdout.
+    budget (--best-effort: the closest state, reported as outside it); refuses data too small to hold a part
+    out unless given --validation or --no-holdout.
 
     Example: wcompress compress model.keras --data photos.npz --metric top1 --max-drop 0.05 --time-limit 20m
     """

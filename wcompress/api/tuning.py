@@ -53,11 +53,15 @@ def _cluster(ray, ray_cpus_per_worker, ray_workers):
     return Cluster(address=None if ray == "local" else ray, cpus_per_worker=ray_cpus_per_worker, workers=ray_workers)
 
 
-def evaluate(model, data, metrics=None, progress=False, **options):
+def evaluate(model, data, metrics=None, progress=False, metric=None, **options):
     """Run the model on the data and score it (`wcompress evaluate`): accuracy, GAP@20, AUC, MSE, or, with
-    `reference=`, fidelity to a reference model (the default metrics then: fidelity, cosine, maxdiff)."""
+    `reference=`, fidelity to a reference model (the default metrics then: fidelity, cosine, maxdiff).
+    `metrics`: one name or several (`metric=` is the same, as the other functions spell it)."""
     from wcompress.workflows import Evaluator
 
+    if metric is not None and metrics is not None:
+        raise WcompressError("give metric= or metrics=, not both")
+    metrics = metrics if metric is None else metric
     metrics = [metrics] if isinstance(metrics, str) else list(metrics or ())
     if not metrics:
         if not options.get("reference"):
@@ -106,14 +110,16 @@ def sweep(model, data, metric=None, methods=("flat", "triangular", "relative"), 
 def autotune(model, data, max_drop, metric=None, relative=True, holdout=0.3, validation=None, target="sparsity",
              methods=None, include=(), exclude=(), min_size=None, output=None, pack=False, values="float32", plan=None,
              max_layers=None, max_evals=500, jobs=1, force=False, pattern=None, calibration=None, ray=None,
-             ray_cpus_per_worker=1.0, ray_workers=None, best_effort=False, progress=False, **options):
+             ray_cpus_per_worker=1.0, ray_workers=None, best_effort=False, time_limit=None, progress=False,
+             **options):
     """The sparsest model (or, `target="bytes"`, smallest container) within `max_drop`, judged on examples
     the search never saw (`wcompress autotune`). Writes the model to `output` and its plan beside it
     (`plan=`: elsewhere); for an in-memory model without `output`, `result.model` is the tuned model and
     `result.plan_document` its plan. `values`: one width or several (float32, float16, int8, int4) with
     `pack=True`. `best_effort=True`: when no state meets the budget, the closest one is written (its
-    `tuned.within_budget` is False) instead of raising."""
+    `tuned.within_budget` is False) instead of raising. `time_limit`: as compress's."""
     from wcompress.workflows import autotune as run_autotune
+    from wcompress.workflows.compress import parse_duration
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -131,7 +137,7 @@ def autotune(model, data, max_drop, metric=None, relative=True, holdout=0.3, val
                                 max_layers=max_layers, max_evals=max_evals, pack=pack, values=values,
                                 calibration=given.data(calibration, "calibration"), show_progress=bars(progress),
                                 pattern=pattern, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers),
-                                best_effort=best_effort)
+                                best_effort=best_effort, time_limit=parse_duration(time_limit))
         keras_file = document["output"].endswith((".keras", ".h5")) and not pack
         return _tuned(given, document, keras_file, options.get("unsafe", False))
 
@@ -191,7 +197,8 @@ def compress(model, data, max_drop, metric=None, output=None, relative=True, hol
         spec = _tuning_spec(given, path, data, metric, **options)
         document = run_compress(path, spec, max_drop, destination, plan_path=fspath(plan), relative=relative,
                                 holdout=holdout, validation=given.data(validation, "validation"),
-                                no_holdout=no_holdout, jobs=jobs, cluster=_cluster(ray, ray_cpus_per_worker, ray_workers),
+                                no_holdout=no_holdout, jobs=jobs,
+                                cluster=_cluster(ray, ray_cpus_per_worker, ray_workers),
                                 time_limit=parse_duration(time_limit), max_evals=max_evals, force=force,
                                 show_progress=bars(progress), best_effort=best_effort)
         keras_file = document["output_kind"] in ("keras", "keras-h5")
