@@ -408,6 +408,7 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     deadline = None if time_limit is None else time.monotonic() + time_limit
     methods, value_options = _options(methods, values, target, pattern, pack, dest)
     store = open_model(model)  # a wrong path is the first thing to say
+    _check_outputs(store, dest, plan_path, pack, force)
     if (not pack and store.format in ("keras", "keras-h5") and suffix_format(str(dest)) == "keras-weights-h5"
             and not spec.model_code):
         raise WcompressError("a .weights.h5 holds no model to run, and the written file is judged by running it: "
@@ -424,6 +425,23 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
     written = _write(model, candidate, tune, spec, dest, plan_path, pack, force)
     return _document(model, spec, search, found, judged, written, tune, held, max_drop, relative, target, note,
                      pattern, pack)
+
+
+def _check_outputs(store, dest, plan_path, pack, force):
+    """Refuse before the search what the write would refuse after it: an output over an input, or over an
+    existing file without `force` (a search may take an hour)."""
+    from wcompress.formats.outputs import check_not_input, plan_output
+
+    if str(dest).endswith(".tflite"):
+        existing = [str(dest)] if os.path.exists(dest) else []
+    else:
+        plan = plan_output(store, str(dest), tag="tuned", container=pack)
+        check_not_input(plan, list(store.files()) + [store.path])
+        existing = plan.replaces
+    if plan_path and os.path.exists(plan_path):
+        existing.append(plan_path)
+    if existing and not force:
+        raise WcompressError("output exists; pass --force to overwrite it", existing[0])
 
 
 def _options(methods, values, target, pattern, pack, dest):
