@@ -69,7 +69,7 @@ class Float16Pass(Pass):
         else:
             picked = [t for t in covering(model, self.cover) if t in floats]
         if not picked:
-            raise WcompressError("no float32 tensor selected for float16")
+            raise WcompressError(self._nothing_to_cast(model))
         if source.casts_whole_layers:
             layers = {t.layer for t in picked}
             picked = [t for t in floats if t.layer in layers]
@@ -90,6 +90,16 @@ class Float16Pass(Pass):
             array = np.where(finite, np.clip(array, -FP16_MAX, FP16_MAX), array)
         self.cast[info.name] = info.nbytes
         return array.astype(np.float16)
+
+    def _nothing_to_cast(self, model):
+        """Why nothing was selected: say so when the selection names only 2-byte floats (bfloat16)."""
+        halves = [t for t in model if t.is_float and np.dtype(t.dtype).itemsize == 2]
+        named = [t for t in halves if any(fnmatch.fnmatchcase(n, p) for p in self.patterns for n in (t.name, t.layer))]
+        if named or (halves and not self.patterns and all(np.dtype(t.dtype) != np.float32 for t in model)):
+            kind = np.dtype((named or halves)[0].dtype).name
+            return (f"the selected tensors are already 2 bytes ({kind}): float16 would save nothing; "
+                    "`wcompress pack` codes them losslessly in fewer")
+        return "no float32 tensor selected for float16"
 
     def summary(self):
         return {"cast_tensors": sorted(self.cast), "cast_bytes_before": sum(self.cast.values()),

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from wcompress.errors import WcompressError
+from wcompress.formats.dtypes import BFLOAT16, as_dataset_values, dataset_dtype, is_numeric
 from wcompress.formats.h5check import check_structure, foreign_storage
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.outputs import native_suffix
@@ -44,7 +45,10 @@ _KERAS3_VARS = {
 
 
 def _snake(name):
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras's own snake case of a class name (its to_snake_case): Conv2D → conv2d, SimpleRNN → simple_rnn,
+    DepthwiseConv2D → depthwise_conv2d."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _keras3_leaf(kind, index):
@@ -153,8 +157,9 @@ class H5Store(ModelStore):
         ds = self.h5[name]
         if not isinstance(ds, h5py.Dataset) or ds.shape is None:
             raise WcompressError(f"{name!r} is not a tensor dataset", self.path)
-        return TensorInfo(name=name, shape=tuple(ds.shape), dtype=ds.dtype, layer=layer,
-                          role=classify(leaf, tuple(ds.shape), ds.dtype, parents) if ds.dtype.kind in "fiub" else OTHER)
+        dtype = dataset_dtype(ds)
+        return TensorInfo(name=name, shape=tuple(ds.shape), dtype=dtype, layer=layer,
+                          role=classify(leaf, tuple(ds.shape), dtype, parents) if is_numeric(dtype) else OTHER)
 
     def load(self, name):
         try:
@@ -227,9 +232,10 @@ class H5Store(ModelStore):
                     continue
                 value = produce(info)
                 if isinstance(value, Placeholder):
-                    _copy_attrs(item, dst.create_dataset(key, shape=value.shape, dtype=value.dtype, **NO_TIMES))
+                    _copy_attrs(item, dst.create_dataset(key, shape=value.shape, dtype=value.dtype, **NO_TIMES),
+                                value.dtype)
                 elif value is not None:
-                    _copy_attrs(item, dst.create_dataset(key, data=value, **NO_TIMES))
+                    _copy_attrs(item, dst.create_dataset(key, data=value, **NO_TIMES), value.dtype)
         if "layer_names" in src.attrs and isinstance(src, h5py.Group):
             kept = [n for n in src.attrs["layer_names"] if _text(n) in dst]
             if len(kept) != len(src.attrs["layer_names"]):
@@ -376,11 +382,11 @@ def checked_read(ds, path):
         raise WcompressError(f"{ds.name} {foreign_storage(ds)}: refused", path)
     declared = ds.size * ds.dtype.itemsize
     held = ds.id.get_storage_size()
-    if declared and ds.dtype.kind in "fiub" and (
+    if declared and is_numeric(dataset_dtype(ds)) and (
             (ds.compression is None and held < declared) or held * MAX_DATASET_EXPANSION < declared):
         raise WcompressError(f"{ds.name} declares {declared:,} bytes but the file holds {held:,} "
                              "(truncated, never written, or crafted)", path)
-    return ds[()]
+    return as_dataset_values(np.asarray(ds[()]), ds)
 
 
 def _cause(exc):
@@ -388,9 +394,17 @@ def _cause(exc):
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def _copy_attrs(src, dst):
+def _copy_attrs(src, dst, dtype=None):
+    """The attributes of `src` on `dst`; for a dataset written with values of `dtype`, Keras's dtype
+    attribute says bfloat16 exactly when the values are (a cast to float16 drops it, a bfloat16 output
+    gains it)."""
     for k, v in src.attrs.items():
-        dst.attrs[k] = v
+        if not (dtype is not None and k == "dtype"):
+            dst.attrs[k] = v
+    if dtype is not None and np.dtype(dtype) == BFLOAT16:
+        dst.attrs["dtype"] = "bfloat16"
+    elif dtype is not None and "dtype" in src.attrs and _text(src.attrs["dtype"]) != "bfloat16":
+        dst.attrs["dtype"] = src.attrs["dtype"]
 
 
 def _has_dataset(group):

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wcompress.formats.dtypes import is_float
+
 KERNEL = "kernel"
 BIAS = "bias"
 BATCHNORM = "batchnorm"
@@ -48,7 +50,7 @@ class TensorInfo:
 
     @property
     def is_float(self):
-        return np.issubdtype(np.dtype(self.dtype), np.floating)
+        return is_float(self.dtype)
 
 
 def classify(leaf, shape, dtype, parents=()):
@@ -65,7 +67,7 @@ def classify(leaf, shape, dtype, parents=()):
             return OPTIMIZER
     if leaf in _STEP_LEAF and len(shape) == 0:
         return STEP
-    if not np.issubdtype(dtype, np.floating):
+    if not is_float(dtype):
         return STEP if len(shape) == 0 else OTHER
     if leaf in _BN_LEAF:
         return BATCHNORM

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from wcompress.errors import WcompressError
+from wcompress.formats.dtypes import dataset_dtype
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
@@ -63,7 +64,7 @@ def _savedmodel(folder):
 def _h5(source):
     found = {}
     with h5py.File(source, "r") as h5:
-        h5.visititems(lambda name, obj: found.__setitem__(name, (obj.shape, obj.dtype))
+        h5.visititems(lambda name, obj: found.__setitem__(name, (obj.shape, dataset_dtype(obj)))
                       if isinstance(obj, h5py.Dataset) else None)
     return found
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from wcompress.formats import open_model
 from wcompress.formats.container import ContainerStore, restore
+from wcompress.formats.dtypes import is_float, is_numeric
 
 
 def binary_entropy(p):
@@ -42,7 +43,7 @@ def value_entropy_bits(values):
     """Total bits of the empirical order-0 entropy of these values, their bit patterns as symbols."""
     if values.size == 0:
         return 0.0
-    symbols = np.ascontiguousarray(values).view(f"u{values.dtype.itemsize}") if values.dtype.kind in "fiub" \
+    symbols = np.ascontiguousarray(values).view(f"u{values.dtype.itemsize}") if is_numeric(values.dtype) \
         else values
     _, counts = np.unique(symbols, return_counts=True)
     return float(-(counts * np.log2(counts / values.size)).sum())
@@ -102,7 +103,7 @@ def report(path, against=None, gzip=True):
     bound = sum(r["bound_bytes"] for r in rows)
     entropy = sum(r["entropy_bound_bytes"] for r in rows)
     stored = sum(r["stored_bytes"] for r in rows)
-    dense_f32 = sum(r["elements"] * 4 for r in rows if r["dtype"].startswith("float"))
+    dense_f32 = sum(r["elements"] * 4 for r in rows if is_float(np.dtype(r["dtype"])))
     totals = {
         "file_bytes": store.bytes,
         "tensor_stored_bytes": stored,

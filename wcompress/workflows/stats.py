@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from wcompress.formats.dtypes import computing
 from wcompress.formats import TRAINING_STATE
 from wcompress.formats.tensors import OPTIMIZER
 from wcompress.progress import tensor_progress
@@ -59,7 +60,7 @@ def tensor_stats(array):
     mean and std (the population std, ddof=0) are float64 and agree with numpy's float64
     `x.astype(np.float64).std()` to float64 rounding; a constant tensor gives exactly 0.
     """
-    flat = np.ascontiguousarray(array).reshape(-1)
+    flat = computing(np.ascontiguousarray(array).reshape(-1))  # bfloat16: its exact float32 values
     if flat.size == 0 or flat.dtype == object or not np.issubdtype(flat.dtype, np.number):
         return {"zeros": int(flat.size - np.count_nonzero(flat)) if flat.dtype != object else 0}
     if not np.issubdtype(flat.dtype, np.floating):

@@ -10,6 +10,8 @@ scale per channel it filters, and a Dense kernel with one output a scale per inp
 
 import numpy as np
 
+from wcompress.formats.dtypes import is_float
+
 LEVELS = {8: 127, 4: 7}
 
 
@@ -39,7 +41,7 @@ def dequantize(codes, scale, dtype, axis=None):
 
 
 def quantizable(array):
-    return array.dtype.kind == "f" and array.ndim >= 2 and array.size > 0
+    return is_float(array.dtype) and array.ndim >= 2 and array.size > 0
 
 
 class QuantizedCodes(np.ndarray):

@@ -13,6 +13,7 @@ from wcompress.formats.container.layout import (
     COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR, _INDEX_DTYPES, _VALUE_DTYPES,
     _crc, _fits, _unzipped)
 from wcompress.formats.container.quantization import dequantize
+from wcompress.formats.dtypes import is_float
 from wcompress.formats.h5check import check_structure, foreign_storage
 from wcompress.formats.store import ModelStore
 from wcompress.formats.tensors import TensorInfo
@@ -162,7 +163,7 @@ class ContainerStore(ModelStore):
             if quantized is not None:
                 if not isinstance(quantized, dict) or quantized.get("bits") not in (4, 8) or len(shape) < 2 \
                         or quantized.get("axis") not in (len(shape) - 1, len(shape) - 2) \
-                        or str(e["value_dtype"]) != "int8" or np.dtype(str(e["dtype"])).kind != "f":
+                        or str(e["value_dtype"]) != "int8" or not is_float(np.dtype(str(e["dtype"]))):
                     raise ValueError(f"malformed quantization {quantized!r}")
                 expected["scales"] = shape[quantized["axis"]]
             if set(expected) != set(e["streams"]):
