@@ -62,8 +62,7 @@ class Float16Pass(Pass):
         model = [t for t in source.tensors if t.role not in TRAINING_STATE]
         floats = [t for t in model if np.dtype(t.dtype) == np.float32]
         if self.patterns:
-            picked = [t for t in floats if any(fnmatch.fnmatchcase(n, p) for p in self.patterns
-                                               for n in (t.name, t.layer))]
+            picked = [t for t in floats if self._named(t)]
         elif self.min_bytes is not None:
             picked = [t for t in floats if t.nbytes >= self.min_bytes]
         else:
@@ -91,10 +90,13 @@ class Float16Pass(Pass):
         self.cast[info.name] = info.nbytes
         return array.astype(np.float16)
 
+    def _named(self, info):
+        return any(fnmatch.fnmatchcase(n, p) for p in self.patterns for n in (info.name, info.layer))
+
     def _nothing_to_cast(self, model):
         """Why nothing was selected: say so when the selection names only 2-byte floats (bfloat16)."""
         halves = [t for t in model if t.is_float and np.dtype(t.dtype).itemsize == 2]
-        named = [t for t in halves if any(fnmatch.fnmatchcase(n, p) for p in self.patterns for n in (t.name, t.layer))]
+        named = [t for t in halves if self._named(t)]
         if named or (halves and not self.patterns and all(np.dtype(t.dtype) != np.float32 for t in model)):
             kind = np.dtype((named or halves)[0].dtype).name
             return (f"the selected tensors are already 2 bytes ({kind}): float16 would save nothing; "

@@ -25,7 +25,7 @@ def is_numeric(dtype):
 
 def dataset_dtype(ds):
     """The dtype an HDF5 dataset holds, with Keras's opaque bfloat16 recognised."""
-    if ds.dtype.kind == "V" and ds.dtype.itemsize == 2 and _text(ds.attrs.get("dtype")) == "bfloat16":
+    if ds.dtype.kind == "V" and ds.dtype.itemsize == 2 and says_bfloat16(ds.attrs.get("dtype")):
         return BFLOAT16
     return ds.dtype
 
@@ -33,7 +33,7 @@ def dataset_dtype(ds):
 def as_dataset_values(array, ds):
     """A dataset's values as read by h5py, viewed as the dtype `dataset_dtype` reports."""
     dtype = dataset_dtype(ds)
-    return array.view(dtype) if dtype is not array.dtype and dtype != array.dtype else array
+    return array.view(dtype) if dtype != array.dtype else array
 
 
 def computing(array):
@@ -41,5 +41,6 @@ def computing(array):
     return array.astype(np.float32) if array.dtype == BFLOAT16 else array
 
 
-def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def says_bfloat16(attribute):
+    """Whether an HDF5 `dtype` attribute (str or bytes) names bfloat16."""
+    return attribute in ("bfloat16", b"bfloat16")

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from wcompress.errors import WcompressError
-from wcompress.formats.dtypes import BFLOAT16, as_dataset_values, dataset_dtype, is_numeric
+from wcompress.formats.dtypes import BFLOAT16, as_dataset_values, dataset_dtype, is_numeric, says_bfloat16
 from wcompress.formats.h5check import check_structure, foreign_storage
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.outputs import native_suffix
@@ -396,15 +396,13 @@ def _cause(exc):
 
 def _copy_attrs(src, dst, dtype=None):
     """The attributes of `src` on `dst`; for a dataset written with values of `dtype`, Keras's dtype
-    attribute says bfloat16 exactly when the values are (a cast to float16 drops it, a bfloat16 output
-    gains it)."""
+    attribute says bfloat16 exactly when the values are (a cast to float16 drops it)."""
     for k, v in src.attrs.items():
-        if not (dtype is not None and k == "dtype"):
-            dst.attrs[k] = v
+        dst.attrs[k] = v
     if dtype is not None and np.dtype(dtype) == BFLOAT16:
         dst.attrs["dtype"] = "bfloat16"
-    elif dtype is not None and "dtype" in src.attrs and _text(src.attrs["dtype"]) != "bfloat16":
-        dst.attrs["dtype"] = src.attrs["dtype"]
+    elif dtype is not None and says_bfloat16(dst.attrs.get("dtype")):
+        del dst.attrs["dtype"]
 
 
 def _has_dataset(group):

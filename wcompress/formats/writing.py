@@ -11,6 +11,18 @@ from wcompress.formats.outputs import check_not_input, native_suffix, plan_outpu
 from wcompress.formats.store import WriteResult
 
 
+def check_destination(store, dest, force=False, tag="out", container=False, name=None, beside=None,
+                      extra_inputs=()):
+    """The output plan for `dest`, refused when it would touch an input or, without `force`, replace an
+    existing output. write_safely calls it; a long command calls it first too, so that it refuses before
+    an hour of work rather than after it."""
+    plan = plan_output(store, dest, tag=tag, container=container, name=name, beside=beside)
+    check_not_input(plan, list(store.files()) + list(extra_inputs) + [store.path])
+    if plan.replaces and not force:
+        raise WcompressError("output exists; pass --force to overwrite it", plan.path)
+    return plan
+
+
 def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=(), check=None, tag="out",
                  name=None, beside=None, unsafe=False, container=None):
     """Write through a temp folder beside the destination, then rename into place (see io/outputs.py).
@@ -23,10 +35,8 @@ def write_safely(store, dest, produce, force=False, writer=None, extra_inputs=()
     or SIGTERM, nothing is left: no staging folder, no folder we created.
     """
     container = writer is not None if container is None else container
-    plan = plan_output(store, dest, tag=tag, container=container, name=name, beside=beside)
-    check_not_input(plan, list(store.files()) + list(extra_inputs) + [store.path])
-    if plan.replaces and not force:
-        raise WcompressError("output exists; pass --force to overwrite it", plan.path)
+    plan = check_destination(store, dest, force, tag=tag, container=container, name=name, beside=beside,
+                             extra_inputs=extra_inputs)
     parent = os.path.dirname(os.path.abspath(plan.path))
     os.makedirs(parent, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".wcompress-", dir=parent)

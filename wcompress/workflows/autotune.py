@@ -386,6 +386,10 @@ class Search:
             if self.ok(rows[0]) and self.objective(rows[0]) > self.objective(row):
                 variant, row = trial, rows[0]
 
+    def closest(self):
+        """(variant, row) of the evaluated state that lost least on the tuning part (--best-effort)."""
+        return min(self.seen.items(), key=lambda state: self._loss(state[1]))
+
     def _loss(self, row):
         """How far below the dense score a row is, in the metric's units (positive = worse)."""
         return (self.base - row["value"]) if self.metric.higher_is_better else (row["value"] - self.base)
@@ -428,20 +432,16 @@ def autotune(model, spec, max_drop, dest, plan_path, relative=True, jobs=1, forc
 
 
 def _check_outputs(store, dest, plan_path, pack, force):
-    """Refuse before the search what the write would refuse after it: an output over an input, or over an
-    existing file without `force` (a search may take an hour)."""
-    from wcompress.formats.outputs import check_not_input, plan_output
+    """Refuse before the search what the writes would refuse after it (a search may take an hour)."""
+    from wcompress.formats.writing import check_destination
 
     if str(dest).endswith(".tflite"):
-        existing = [str(dest)] if os.path.exists(dest) else []
+        if os.path.exists(dest) and not force:
+            raise WcompressError("output exists; pass --force to overwrite it", dest)
     else:
-        plan = plan_output(store, str(dest), tag="tuned", container=pack)
-        check_not_input(plan, list(store.files()) + [store.path])
-        existing = plan.replaces
-    if plan_path and os.path.exists(plan_path):
-        existing.append(plan_path)
-    if existing and not force:
-        raise WcompressError("output exists; pass --force to overwrite it", existing[0])
+        check_destination(store, str(dest), force, tag="tuned", container=pack)
+    if plan_path and os.path.exists(plan_path) and not force:
+        raise WcompressError("output exists; pass --force to overwrite it", plan_path)
 
 
 def _options(methods, values, target, pattern, pack, dest):
@@ -481,7 +481,7 @@ def _search(search, methods, value_options, pattern, max_layers, target, spec, b
                 starts.append(row)
     if not starts or not any(search.ok(r) for v, r in search.seen.items()):
         if best_effort and search.seen:
-            variant, row = min(search.seen.items(), key=lambda state: search._loss(state[1]))
+            variant, row = search.closest()
             return {"starts": [], "start": row, "start_variant": variant}
         if search.stopped_by:
             raise WcompressError(f"no state within the budget was found before the {search.stopped_by} ran out "
@@ -525,7 +525,7 @@ def _judge(search, model, held, max_drop, relative, note, best_effort=False):
 
     chosen = next((state for state in candidates if holds_out(state)), None)
     if chosen is None and best_effort and search.seen:
-        tried = candidates or [min(search.seen.items(), key=lambda state: search._loss(state[1]))]
+        tried = candidates or [search.closest()]
         for state in tried:
             holds_out(state)
         sign = 1 if search.metric.higher_is_better else -1
