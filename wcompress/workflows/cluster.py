@@ -147,6 +147,10 @@ class _Worker:
         self.run_folder = os.path.join(tempfile.gettempdir(), f"wcompress-ray-{shipped['run']}")
         os.makedirs(self.run_folder, mode=0o700, exist_ok=True)
         self.root = tempfile.mkdtemp(prefix="worker-", dir=self.run_folder)
+        # Every temporary file this process makes from now on (a .keras archive's extracted weights, …)
+        # goes inside the run's folder too: Ray ends its workers without running their finalizers, and
+        # close() removes the folder.
+        tempfile.tempdir = self.root
         self.local = {}
         files = shipped["files"]
         originals = list(files)
