@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The base install needs no TensorFlow; the tests run every command, so they add the CPU build (any
+# TensorFlow distribution in pyproject's tested range works the same).
+TENSORFLOW ?= tensorflow-cpu>=2.16,<2.22
 export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS := 0
 
@@ -11,7 +14,7 @@ export TF_ENABLE_ONEDNN_OPTS := 0
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]' '$(TENSORFLOW)'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,9 +12,10 @@ them into the container.
 
 import numpy as np
 
-from wcompress.errors import WcompressError
+from wcompress.errors import WcompressError, warn
 from wcompress.hookspecs import hookimpl
 from wcompress.formats import TRAINING_STATE
+from wcompress.formats.tensors import QUANTIZED
 from wcompress.methods.passes import Pass
 from wcompress.formats.container.quantization import (
     LEVELS, QuantizedCodes, broadcast_scale, channel_axis, quantizable, quantize, quantize_calibrated)
@@ -37,6 +38,14 @@ class QuantizePass(Pass):
             raise WcompressError("quantize rewrites TF1 checkpoints with their .meta graph; for other formats use "
                                  "`wcompress pack --values int8` (the container, restored dequantized)", source.path)
         self.quantized, self.compensated = {}, []
+        already = list(dict.fromkeys(t.layer for t in source.tensors if t.role == QUANTIZED))
+        floats = [t for t in source.tensors if t.role not in TRAINING_STATE and t.is_float and len(t.shape) >= 2]
+        if already and not floats:
+            raise WcompressError(f"already quantized: every kernel holds integer codes ({', '.join(already[:5])})",
+                                 source.path)
+        if already:
+            warn(f"left alone: {len(already)} already-quantized layers ({', '.join(already[:5])}"
+                 f"{', …' if len(already) > 5 else ''})", source.path)
 
     def apply(self, info, array):
         if info.role in TRAINING_STATE:

@@ -15,7 +15,7 @@ import numpy as np
 
 from wcompress.errors import WcompressError, warn
 from wcompress.hookspecs import hookimpl
-from wcompress.formats.tensors import EMBEDDING, KERNEL, RECURRENT
+from wcompress.formats.tensors import EMBEDDING, KERNEL, QUANTIZED, RECURRENT
 from wcompress.methods.passes import Pass
 from wcompress.methods.pruning import keep_n_of_m, parse_pattern, pattern_fits
 
@@ -170,9 +170,18 @@ class ThresholdPass(Pass):
         chosen = [t for t in selected if t.size >= self.floor]
         below = [t for t in selected if t.size < self.floor]
         self.skipped_small = {t.name: int(t.size) for t in below}
+        already = list(dict.fromkeys(t.layer for t in source.tensors if t.role == QUANTIZED))
+        if not chosen and already and not self.include:
+            raise WcompressError(f"every kernel is already quantized ({', '.join(already[:5])}): their integer "
+                                 "codes are not weights to threshold; sparsify the float model, then quantize",
+                                 source.path)
         if not chosen:
             raise WcompressError("no eligible tensor to sparsify (kernels, recurrent kernels, embeddings; "
                                  "see --include/--exclude" + ("/--min-size)" if self.skipped_small else ")"))
+        if already and not self.include:
+            warn(f"left alone: {len(already)} already-quantized layers ({', '.join(already[:5])}"
+                 f"{', …' if len(already) > 5 else ''}), whose integer codes are not weights to threshold",
+                 source.path)
         self._warn_overrides_below_floor(chosen, below)
         self.eligible_names = {t.name for t in chosen}
         if self.plan is not None:

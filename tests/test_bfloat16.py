@@ -148,9 +148,36 @@ def test_int8_codes_of_bfloat16_kernels_restore_as_bfloat16(bf16, tmp_path):
             assert np.array_equal(bits(restored[name]), bits(expected)), name
 
 
-def test_fp16_of_bfloat16_tensors_says_why_it_does_nothing(bf16, tmp_path):
+def test_fp16_casts_bfloat16_where_the_values_fit_and_refuses_where_they_overflow(bf16, tmp_path):
     message = run_error("fp16", bf16["tf2"], "--tensors", "*", "-o", tmp_path / "f" / "ckpt")
     assert "a TF2 object checkpoint restores only into variables of its stored dtype" in message
-    message = run_error("fp16", bf16["keras"], "--tensors", "*hidden*", "-o", tmp_path / "f.keras")
-    assert "the selected tensors are already 2 bytes (bfloat16): float16 would save nothing" in message
-    assert os.listdir(tmp_path) == []
+    out = tmp_path / "f.keras"
+    result = run_json("fp16", bf16["keras"], "--tensors", "*hidden*", "-o", out)
+    before, after = keras_weights(bf16["keras"]), keras_weights(out)
+    for name, value in before.items():
+        if name.startswith("hidden"):
+            # bfloat16 has fewer mantissa bits: a value within float16's normal range converts exactly.
+            wide = value.astype(np.float32)
+            normal = np.abs(wide) >= np.finfo(np.float16).tiny
+            assert after[name].dtype == np.float16
+            assert np.array_equal(after[name].astype(np.float32)[normal], wide[normal])
+            changed = int(np.count_nonzero(after[name].astype(np.float32) != wide))
+            assert result["passes"]["fp16"]["bfloat16_values_changed"].get(name, 0) == changed
+        else:
+            assert after[name].dtype == value.dtype and np.array_equal(bits(after[name]), bits(value))
+
+    import keras
+
+    big = keras.models.load_model(bf16["keras"])
+    kernel = np.asarray(big.get_layer("hidden").kernel.numpy()).astype(np.float32)
+    kernel[0, :3] = [1e5, -2e6, 7.0]
+    big.get_layer("hidden").kernel.assign(kernel.astype(BF16))
+    big.save(tmp_path / "big.keras")
+    message = run_error("fp16", tmp_path / "big.keras", "--tensors", "*hidden*", "-o", tmp_path / "refused.keras")
+    assert "hidden kernel (layers/dense/vars/0) holds 2 bfloat16 values beyond float16's range" in message
+    assert "--on-overflow clip" in message and not os.path.exists(tmp_path / "refused.keras")
+    run_cli("fp16", tmp_path / "big.keras", "--tensors", "*hidden*", "--on-overflow", "clip", "-o",
+            tmp_path / "clipped.keras")
+    clipped = keras_weights(tmp_path / "clipped.keras")["hidden/kernel"]
+    assert clipped.dtype == np.float16 and clipped[0, 0] == 65504 and clipped[0, 1] == -65504 and clipped[0, 2] == 7
+

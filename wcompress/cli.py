@@ -15,7 +15,7 @@ import zlib
 import click
 
 from wcompress import __version__
-from wcompress.errors import WcompressError, WcompressWarning, root_cause
+from wcompress.errors import TensorFlowMissing, WcompressError, WcompressWarning, root_cause
 from wcompress.formats.container.coders import available_codecs
 
 # What damaged or hostile input makes the libraries we read with raise (h5py's RuntimeError, a
@@ -29,6 +29,8 @@ class Cli(click.Group):
     """Turns every expected failure into one line on stderr and exit code 2 (--debug shows the traceback)."""
 
     def invoke(self, ctx):
+        # Click empties these before the command runs: kept to name the input in an error line.
+        command_line = [*getattr(ctx, "_protected_args", []), *ctx.args][1:]
         try:
             with warnings.catch_warnings(), _terminate_cleanly():
                 _SHOWN.clear()
@@ -47,7 +49,7 @@ class Cli(click.Group):
         except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
             if ctx.params.get("debug") or os.environ.get("WCOMPRESS_DEBUG"):
                 raise
-            click.echo(f"wcompress: error: {_one_line(exc, _input_path(ctx))}", err=True)
+            click.echo(f"wcompress: error: {_one_line(exc, _input_path(command_line))}", err=True)
             ctx.exit(2 if _is_user_error(exc) else 1)
 
 
@@ -77,9 +79,9 @@ def _terminate_cleanly():
             signal.signal(s, handler)
 
 
-def _input_path(ctx):
+def _input_path(command_line):
     """The first path argument of the command that failed, to name the file in an error."""
-    return next((a for a in ctx.args if not a.startswith("-")), None)
+    return next((a for a in command_line if not a.startswith("-")), None)
 
 
 def _is_user_error(exc):
@@ -93,7 +95,7 @@ def _is_user_error(exc):
 def _one_line(exc, path=None):
     """The cause in one line, naming the input when the library's own message does not."""
     line = root_cause(exc, limit=500)
-    if not isinstance(exc, WcompressError) and path and path not in line:
+    if (not isinstance(exc, WcompressError) or isinstance(exc, TensorFlowMissing)) and path and path not in line:
         line = f"{path}: {line}"
     return line
 
@@ -129,8 +131,9 @@ def json_option(f):
 
 def emit_json(data):
     """Print a command's --json document; the warnings it showed on stderr are in it too."""
-    if isinstance(data, dict) and _SHOWN and "warnings" not in data:  # some commands list their own findings
-        data = {**data, "warnings": list(_SHOWN)}
+    if isinstance(data, dict) and _SHOWN:  # beside the findings some commands list themselves
+        own = data.get("warnings") or []
+        data = {**data, "warnings": list(own) + [w for w in _SHOWN if w not in own]}
     click.echo(json.dumps(data, indent=2, default=str))
 
 

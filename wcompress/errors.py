@@ -10,6 +10,15 @@ class WcompressError(Exception):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
+class TensorFlowMissing(WcompressError):
+    """The command needs TensorFlow, and this environment has none (the base install does not pull it)."""
+
+    def __init__(self):
+        super().__init__("this needs TensorFlow (checkpoints, SavedModels, .tflite and running a model do), "
+                         "which is not installed: pip install 'wcompress[tensorflow]' (or any tensorflow or "
+                         "tensorflow-cpu from 2.16 to 2.21)")
+
+
 class WcompressWarning(UserWarning):
     """Something the user should know although the command succeeds; printed on stderr."""
 

@@ -167,6 +167,15 @@ def profile_table(profile, wide=False, width=None):
         f"{t['tensors_holding_98pct']} of {t['model_tensors']} model tensors hold 98% of the bytes",
         width=width,
     )
+    quantized = profile.get("quantized_layers") or []
+    if quantized:
+        weights = sum(q["weights"] for q in quantized)
+        size = sum(q["bytes"] for q in quantized)
+        codes = "/".join(f"int{bits}" for bits in sorted({q["code_bits"] for q in quantized}))
+        each = ", ".join(f"{q['layer']} {q['bits_per_weight']:.2f}" for q in quantized[:6])
+        more = ", …" if len(quantized) > 6 else ""
+        out.print(f"already quantized: {len(quantized)} layers of {codes} codes with scales, {weights:,} weights "
+                  f"in {size:,} B ({8 * size / weights:.2f} bits per weight; {each}{more})", width=width)
 
 
 def size_change(label, before, after):
@@ -233,12 +242,12 @@ def report_table(result):
     t = result["totals"]
     kind = f"container version {result['container_version']}" if result.get("container_version") else result["kind"]
     table = Table(title=f"{result['path']} ({kind}, {result['format']})", header_style="bold")
-    for col in ("tensor", "sparsity", "encoding", "coders", "values", "original B", "stored B", "raw bound B",
-                "stored/raw", "entropy bound B", "stored/entropy"):
-        table.add_column(col, justify="left" if col in ("tensor", "encoding", "coders", "values") else "right")
+    for col in ("tensor", "role", "sparsity", "encoding", "coders", "values", "original B", "stored B",
+                "raw bound B", "stored/raw", "entropy bound B", "stored/entropy"):
+        table.add_column(col, justify="left" if col in ("tensor", "role", "encoding", "coders", "values") else "right")
     ratio = (lambda x: "" if x is None else f"{x:.3f}")
     for r in result["tensors"]:
-        table.add_row(r["name"], f"{100 * r['sparsity']:.2f}%", r["encoding"], "+".join(r["coders"]),
+        table.add_row(r["name"], r["role"], f"{100 * r['sparsity']:.2f}%", r["encoding"], "+".join(r["coders"]),
                       r["value_dtype"], f"{r['original_bytes']:,}", f"{r['stored_bytes']:,}", f"{r['bound_bytes']:,.0f}",
                       ratio(r["stored_over_bound"]), f"{r['entropy_bound_bytes']:,.0f}",
                       ratio(r["stored_over_entropy_bound"]))
@@ -252,6 +261,13 @@ def report_table(result):
     if t.get("gzip_dense_bytes") is not None:
         console.print(f"dense file {t['dense_model_file_bytes']:,} B, gzip -6 of it {t['gzip_dense_bytes']:,} B "
                       f"(file/gzip {t['file_bytes'] / t['gzip_dense_bytes']:.3f})")
+    quantized = result.get("quantized_layers") or []
+    if quantized:
+        weights = sum(q["weights"] for q in quantized)
+        stored = sum(q["stored_bytes"] for q in quantized)
+        console.print(f"already quantized in the input: {len(quantized)} layers, {weights:,} weights as "
+                      f"{'/'.join(f'int{b}' for b in sorted({q['code_bits'] for q in quantized}))} codes with scales "
+                      f"stored in {stored:,} B ({8 * stored / weights:.2f} bits per weight)")
     if "against_bytes" in t:
         console.print(f"against {t['against']}: {t['against_bytes']:,} B (file/original {t['file_over_against']:.3f})")
 
@@ -366,6 +382,8 @@ def fp16_summary(result, model, on_overflow):
     for name, count in summary["overflow"].items():
         click.echo(f"  {name}: {count} values beyond float16's range "
                    f"({'kept float32' if on_overflow == 'keep' else 'clipped'})")
+    for name, count in summary.get("bfloat16_values_changed", {}).items():
+        click.echo(f"  {name}: {count} bfloat16 values below float16's normal range became subnormals or 0")
     size_change(f"{result['format']} {model} → {result['output']}", result["input_bytes"], result["output_bytes"])
 
 

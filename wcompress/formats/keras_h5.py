@@ -51,7 +51,10 @@ def _snake(name):
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _keras3_leaf(kind, index):
+def _keras3_leaf(kind, index, quantized=None):
+    """The name of variable `index` of a layer of this kind; `quantized` = (variable count, use_bias) for a
+    layer Keras quantized, whose variables follow the weights: kernel, [bias], then its quantization
+    parameters (kernel_scale; with int4, also kernel_zero and g_idx)."""
     kind = re.sub(r"_\d+$", "", kind)
     if re.match(r"(conv\d+d|conv\d+d_transpose)$", kind):
         kind = "conv"
@@ -59,7 +62,32 @@ def _keras3_leaf(kind, index):
     if kind.endswith("cell") or kind in ("lstm", "gru", "simple_rnn"):
         kind = "cell"
     names = _KERAS3_VARS.get(kind)
+    if quantized and names:
+        count, use_bias = quantized
+        weights = names[:1] + (["bias"] if use_bias and "bias" in names else [])
+        names = weights + [f"{names[0]}_scale", f"{names[0]}_zero", "g_idx"][:count - len(weights)]
     return names[index] if names and index < len(names) else f"var{index}"
+
+
+def _quantization_mode(config):
+    """Keras's quantization mode of a layer config ("int8", "int4/128", "gptq/..."), or None."""
+    policy = config.get("dtype")
+    inner = policy.get("config") if isinstance(policy, dict) else None
+    mode = inner.get("mode") if isinstance(inner, dict) else None
+    return mode if isinstance(mode, str) and mode.startswith(("int", "gptq")) else None
+
+
+def _quantized_layer(config, group):
+    """(variable count, use_bias) when Keras quantized this layer, else None. The config's dtype policy
+    says so (mode int8, int4/...); a .weights.h5 has no config, so there integer codes in vars/0 do, and
+    the count's parity tells the bias (one kernel, an optional bias, then 1 or 3 quantization variables)."""
+    count = sum(1 for key in group if key.isdigit())
+    if config is not None:
+        return (count, bool(config.get("use_bias", True))) if _quantization_mode(config) else None
+    first = group.get("0")
+    if not isinstance(first, h5py.Dataset) or first.dtype.kind not in "iu" or len(first.shape or ()) < 2:
+        return None
+    return count, count % 2 == 1
 
 
 class Placeholder:
@@ -128,11 +156,12 @@ class H5Store(ModelStore):
         return infos, layers
 
     def _keras3_tensors(self):
-        class_of = {}
+        class_of, config_of = {}, {}
         order = []
         if self.config is not None:
             for layer in _config_layers(self.config):
                 class_of[layer["config"].get("name", "")] = layer.get("class_name", "")
+                config_of[layer["config"].get("name", "")] = layer["config"]
                 order.append(layer["config"].get("name", ""))
         infos = []
         datasets = []
@@ -149,7 +178,14 @@ class H5Store(ModelStore):
             kind = parts[-3] if len(parts) >= 3 else ""
             if layer in class_of and kind in ("vars",) + tuple(parts[1:2]):
                 kind = _snake(class_of[layer])
-            leaf = _keras3_leaf(kind, int(parts[-1])) if parts[-1].isdigit() else parts[-1]
+            quantized = None
+            if parts[-1].isdigit():
+                config = config_of.get(layer) if self.config is not None else None
+                if self.config is None or config is not None:
+                    quantized = _quantized_layer(config, self.h5[group_path])
+                if quantized and config is not None:
+                    self.quantization_modes[layer] = _quantization_mode(config)
+            leaf = _keras3_leaf(kind, int(parts[-1]), quantized) if parts[-1].isdigit() else parts[-1]
             infos.append(self._info(name, layer, leaf, parts[:-1]))
         return infos, order
 

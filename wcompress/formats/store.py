@@ -26,6 +26,7 @@ class ModelStore:
     def __init__(self, path):
         self.path = path
         self.tensors = []
+        self.quantization_modes = {}  # layer -> Keras's quantization mode ("int8", "int4/128"), where known
 
     def load(self, name):
         raise NotImplementedError

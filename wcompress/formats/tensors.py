@@ -15,11 +15,16 @@ RECURRENT = "recurrent_kernel"
 OPTIMIZER = "optimizer"
 STEP = "step"
 METRIC = "metric"
+QUANTIZED = "quantized kernel"
+SCALE = "scale"
 OTHER = "other"
 
-ROLES = (KERNEL, BIAS, BATCHNORM, EMBEDDING, RECURRENT, OPTIMIZER, STEP, METRIC, OTHER)
+ROLES = (KERNEL, BIAS, BATCHNORM, EMBEDDING, RECURRENT, QUANTIZED, SCALE, OPTIMIZER, STEP, METRIC, OTHER)
 # Roles that are training state rather than model: `strip` drops them, profile totals them apart.
 TRAINING_STATE = (OPTIMIZER, STEP, METRIC)
+# An already-quantized layer (Keras's int8/int4 modes, our TF1 int8 graphs): integer codes, and the
+# parameters that turn them back into weights (Keras's scales, int4 zero points and group indices).
+QUANTIZATION = (QUANTIZED, SCALE)
 
 _OPTIMIZER_LEAF = re.compile(
     r"^(Adam|Adam_\d+|Momentum|RMSProp|RMSProp_\d+|Adagrad|Adadelta|Adadelta_\d+|Ftrl|Ftrl_\d+|"
@@ -29,6 +34,7 @@ _STEP_LEAF = {"global_step", "save_counter", "iter", "iterations", "step"}
 _BN_LEAF = {"gamma", "beta", "moving_mean", "moving_variance", "moving_var"}
 _KERNEL_LEAF = {"kernel", "depthwise_kernel", "pointwise_kernel", "weights", "weight", "w", "W"}
 _BIAS_LEAF = {"bias", "biases", "b", "depthwise_bias"}
+_SCALE_LEAF = re.compile(r"^((kernel|embeddings|inputs|outputs_grad)_(scale|zero|amax_history)|g_idx)$")
 
 
 @dataclass
@@ -67,7 +73,12 @@ def classify(leaf, shape, dtype, parents=()):
             return OPTIMIZER
     if leaf in _STEP_LEAF and len(shape) == 0:
         return STEP
+    if _SCALE_LEAF.match(leaf):
+        return SCALE
     if not is_float(dtype):
+        weights = leaf in _KERNEL_LEAF or leaf in ("embeddings", "embedding") or "weight" in leaf.lower()
+        if weights and len(shape) >= 2:
+            return QUANTIZED  # integer codes where a layer keeps its weights
         return STEP if len(shape) == 0 else OTHER
     if leaf in _BN_LEAF:
         return BATCHNORM
@@ -82,6 +93,38 @@ def classify(leaf, shape, dtype, parents=()):
     if len(shape) >= 2:
         return KERNEL
     return OTHER
+
+
+def quantized_layers(infos, modes=None):
+    """layer -> (code bits, weights, bytes) for each layer holding integer codes: the bytes of its codes
+    and scales over the weights they stand for. `modes` (layer -> Keras quantization mode, where the file
+    says) gives the code width; otherwise an integer zero point marks Keras's packed int4 layout."""
+    by_layer = {}
+    for info in infos:
+        if info.role in QUANTIZATION:
+            by_layer.setdefault(info.layer, []).append(info)
+    out = {}
+    for layer, members in by_layer.items():
+        codes = [t for t in members if t.role == QUANTIZED]
+        if not codes:
+            continue
+        mode = (modes or {}).get(layer)
+        packed = mode.startswith("int4") if mode else any(
+            t.role == SCALE and np.dtype(t.dtype).kind in "iu" for t in members)
+        bits = 4 if packed else 8
+        weights = sum(_packed_weights(t, members) if packed else t.size for t in codes)
+        out[layer] = (bits, weights, sum(t.nbytes for t in members))
+    return out
+
+
+def _packed_weights(codes, members):
+    """Weights held by int4 codes packed two to a byte along the last axis: the scales' last axis counts
+    the columns (an odd count leaves half a byte empty)."""
+    rows = codes.size // codes.shape[-1] if codes.shape and codes.shape[-1] else 0
+    for t in members:
+        if t.role == SCALE and t.is_float and t.shape and (t.shape[-1] + 1) // 2 == codes.shape[-1]:
+            return rows * t.shape[-1]
+    return codes.size * 2
 
 
 def natural_key(text):

@@ -1,5 +1,6 @@
 """TensorFlow, imported once, quietly, and only when first used: reading HDF5, .keras and containers
-needs h5py alone, and importing TensorFlow costs seconds and half a gigabyte before any work starts.
+needs h5py alone, importing TensorFlow costs seconds and half a gigabyte before any work starts, and
+the base install has none (`TensorFlowMissing` then says what to install).
 
 `tf` is a stand-in whose first attribute access imports TensorFlow; `loaded()` says whether anything
 has, so an error handler can tell a TensorFlow error without importing it."""
@@ -19,8 +20,14 @@ def load():
     if _module is None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-        import tensorflow
+        try:
+            import tensorflow
+        except ModuleNotFoundError as exc:
+            if exc.name != "tensorflow":
+                raise  # TensorFlow is there but broken: its own message says more than ours would
+            from wcompress.errors import TensorFlowMissing
 
+            raise TensorFlowMissing() from exc
         tensorflow.get_logger().setLevel("ERROR")
         _module = tensorflow
     return _module

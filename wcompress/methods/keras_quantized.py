@@ -15,6 +15,7 @@ import numpy as np
 from wcompress.errors import WcompressError
 from wcompress.formats.container.quantization import LEVELS, quantize_calibrated
 from wcompress.formats.keras_h5 import save_keras
+from wcompress.formats.tensors import QUANTIZED
 from wcompress.formats.writing import write_safely
 
 
@@ -28,6 +29,11 @@ def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_obj
 
     if store.format not in ("keras", "keras-h5"):
         raise WcompressError(f"Keras's quantized format needs a Keras model, not a {store.format}", store.path)
+    already = list(dict.fromkeys(t.layer for t in store.tensors if t.role == QUANTIZED))
+    if already:
+        raise WcompressError(f"already quantized: {', '.join(already[:5])}{', …' if len(already) > 5 else ''} hold "
+                             "integer codes, and quantizing starts from float weights; quantize the float model, or "
+                             "`wcompress pack` this one (its codes kept as they are)", store.path)
     model = load_keras_model(store.path, unsafe, custom_objects)
     kernels = {id(layer.kernel): layer for layer in _layers(model) if type(layer).__name__ == "Dense"}
     hessians = {}

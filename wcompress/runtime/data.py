@@ -1,4 +1,5 @@
-"""Evaluation and calibration data: a .npz of named arrays, or module:function returning such a dict."""
+"""Evaluation and calibration data: a .npz of named arrays, a .npy of inputs, or module:function returning
+such a dict."""
 
 import os
 
@@ -8,7 +9,8 @@ from wcompress.errors import WcompressError
 
 
 def load_data(spec):
-    """DATA.npz (arrays `x` or named inputs, optional `y`) or module:function returning such a dict."""
+    """DATA.npz (arrays `x` or named inputs, optional `y`), DATA.npy (the inputs `x`, no labels) or
+    module:function returning such a dict."""
     import importlib
 
     if ":" in spec and not os.path.exists(spec):
@@ -19,8 +21,12 @@ def load_data(spec):
             raise WcompressError(f"cannot import data loader {spec!r} ({exc})") from exc
     else:
         try:
-            with np.load(spec, allow_pickle=False) as archive:
-                data = {k: archive[k] for k in archive.files}
+            loaded = np.load(spec, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                data = {"x": loaded}
+            else:
+                with loaded as archive:
+                    data = {k: archive[k] for k in archive.files}
         except (OSError, ValueError) as exc:
             raise WcompressError(f"not a readable .npz data file ({str(exc).splitlines()[0]})", spec) from exc
     if not isinstance(data, dict) or not [k for k in data if k != "y"]:

@@ -18,6 +18,7 @@ import numpy as np
 from wcompress.formats import open_model
 from wcompress.formats.container import ContainerStore, restore
 from wcompress.formats.dtypes import is_float, is_numeric
+from wcompress.formats.tensors import QUANTIZATION, quantized_layers
 
 
 def binary_entropy(p):
@@ -127,7 +128,18 @@ def report(path, against=None, gzip=True):
         totals["file_over_against"] = store.bytes / original.bytes
     return {"path": path, "kind": "container" if isinstance(store, ContainerStore) else "model",
             "container_version": store.version if isinstance(store, ContainerStore) else None,
-            "format": kind, "tensors": rows, "totals": totals}
+            "format": kind, "tensors": rows, "totals": totals, "quantized_layers": _quantized(store, rows)}
+
+
+def _quantized(store, rows):
+    """The layers the input already held as integer codes: their stored bytes (codes and scales) per weight."""
+    stored = {}
+    for r in rows:
+        if r["role"] in QUANTIZATION:
+            stored[r["layer"]] = stored.get(r["layer"], 0) + r["stored_bytes"]
+    return [{"layer": layer, "code_bits": bits, "weights": weights, "bytes": size, "stored_bytes": stored[layer],
+             "bits_per_weight": 8 * stored[layer] / weights if weights else 0.0}
+            for layer, (bits, weights, size) in quantized_layers(store.tensors, store.quantization_modes).items()]
 
 
 def _entropy_bound(array, value_dtype, pattern=None):

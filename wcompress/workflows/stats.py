@@ -7,7 +7,7 @@ import numpy as np
 
 from wcompress.formats.dtypes import computing
 from wcompress.formats import TRAINING_STATE
-from wcompress.formats.tensors import OPTIMIZER
+from wcompress.formats.tensors import OPTIMIZER, quantized_layers
 from wcompress.progress import tensor_progress
 
 HIST_BINS = 16
@@ -112,6 +112,10 @@ def profile_model(store, show_progress=True):
                 "bytes": info.nbytes, **stats,
             })
             advance(info)
+    quantized = [{"layer": layer, "code_bits": bits, "weights": weights, "bytes": size,
+                  "bits_per_weight": 8 * size / weights if weights else 0.0}
+                 for layer, (bits, weights, size) in quantized_layers(
+                     store.tensors, getattr(store, "quantization_modes", None)).items()]
     model_bytes = sum(r["bytes"] for r in rows)
     for r in rows:
         r["share"] = r["bytes"] / model_bytes if model_bytes else 0.0
@@ -123,6 +127,7 @@ def profile_model(store, show_progress=True):
         "order": store.order_source,
         "file_bytes": store.bytes,
         "tensors": rows,
+        "quantized_layers": quantized,
         "totals": {
             "tensors": len(rows),
             "model_tensors": len(model),

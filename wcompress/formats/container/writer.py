@@ -17,6 +17,7 @@ from wcompress.formats.container.layout import (
 from wcompress.formats.container.quantization import (
     channel_axis, quantizable, quantize, quantize_calibrated)
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
+from wcompress.formats.tensors import QUANTIZATION
 
 
 def _stream_options(codec, array):
@@ -143,6 +144,8 @@ class ContainerWriter:
         with codec auto, of the encodings competing once coded. The array itself is not kept."""
         quantized, scale = None, None
         values = self.value_plan.get(info.name, self.values)
+        if info.role in QUANTIZATION:
+            values = None  # codes and scales of a layer already quantized: kept exactly as they are
         if values in QUANT_LEVELS and quantizable(array):
             quantized = {"bits": 8 if values == "int8" else 4, "axis": channel_axis(array.shape)}
             original = array
