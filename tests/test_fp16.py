@@ -235,7 +235,7 @@ def test_fp16_bad_options(tiny, tmp_path):
     assert "one of --cover" in run_error("fp16", tiny["keras"], "--cover", "0.5", "--min-bytes", "10",
                                          "-o", tmp_path / "x.keras")
     assert "--cover must be" in run_error("fp16", tiny["keras"], "--cover", "2", "-o", tmp_path / "x.keras")
-    assert "no float32 tensor" in run_error("fp16", tiny["keras"], "--tensors", "nope*", "-o", tmp_path / "x.keras")
+    assert "no float32 or bfloat16 tensor" in run_error("fp16", tiny["keras"], "--tensors", "nope*", "-o", tmp_path / "x.keras")
 
 
 def test_fp16_savedmodel_loads_in_stock_tf(real, tmp_path):

@@ -331,7 +331,7 @@ def autotune_report(result):
             widths.setdefault(chosen, []).append(name)
         others = "".join(f", {len(names)} tensors {chosen}" for chosen, names in widths.items())
         console.print(f"sizes as a fraction of the input file ({dense:,} B): this file {ours:,} B "
-                      f"({ours / dense:.3f}×, values {t.get('values', 'float32')}{others})"
+                      f"({ours / dense:.3f}×, values {t.get('values') or 'in their own dtype'}{others})"
                       + "".join(f"; {item}" for item in shown))
     if result.get("search_stopped_by"):
         console.print(f"the search stopped at its {result['search_stopped_by']}: the best state found by then")

@@ -533,6 +533,10 @@ def convert_keras(source, source_format, target, target_format, unsafe=False):
 
         raise WcompressError(f"cannot write {native_suffix(target_format)}: Keras could not load the model to "
                              f"convert it ({root_cause(exc)}); name the output {native_suffix(source_format)}") from exc
+    if target_format == "keras-h5" and any(np.dtype(w.dtype) == BFLOAT16 for w in model.weights):
+        # Keras writes them (as opaque 2-byte data) but its legacy loader has no cast back: checked in 3.15.
+        raise WcompressError("Keras cannot load bfloat16 weights from a legacy .h5 file (it writes them, then fails "
+                             "to read them back): name the output .keras or .weights.h5", target)
     save_keras(model, target, weights_only=target_format == "keras-weights-h5")
     return [target]
 
