@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The base install needs no TensorFlow; the tests run every command, so they add the CPU build (any
 # TensorFlow distribution in pyproject's tested range works the same).
-TENSORFLOW ?= tensorflow-cpu>=2.16,<2.22
+TENSORFLOW ?= tensorflow-cpu>=2.20,<2.22
 export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS := 0
 
@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_sparsify.py
 	$(PY) bench/bench_sweep.py
 	$(PY) bench/bench_container.py
+	$(PY) bench/bench_bfloat16.py
 	$(PY) bench/bench_quantize.py
 	$(PY) bench/bench_calibration.py
 	$(PY) bench/bench_ray.py

@@ -16,7 +16,7 @@ class TensorFlowMissing(WcompressError):
     def __init__(self):
         super().__init__("this needs TensorFlow (checkpoints, SavedModels, .tflite and running a model do), "
                          "which is not installed: pip install 'wcompress[tensorflow]' (or any tensorflow or "
-                         "tensorflow-cpu from 2.16 to 2.21)")
+                         "tensorflow-cpu 2.20 or 2.21)")
 
 
 class WcompressWarning(UserWarning):
