@@ -242,3 +242,29 @@ def test_bfloat16_matrix_outputs_load_stock_with_the_expected_values(bf16, tmp_p
             assert got.dtype == (value.dtype if form == "out.weights.h5" else np.float16), name
             expected = value.astype(np.float32).astype(np.float16).astype(got.dtype)
             assert np.array_equal(bits(got), bits(expected)), name
+
+
+@pytest.mark.parametrize("key", ["keras", "mixed"])
+def test_evaluate_and_compress_run_bfloat16_models_and_keep_their_dtypes(bf16, tmp_path, key):
+    """Running a bfloat16 (or mixed_bfloat16) model end to end: evaluate measures it, compress judges its
+    file on held-out examples, and the .keras it writes keeps every variable's dtype."""
+    import keras
+
+    from wcompress.workflows.metrics import agreement
+    from wcompress.workflows.scoring import split_examples
+
+    shape = (8, 8, 3) if key == "keras" else (32,)
+    x = np.random.default_rng(2).random((200, *shape), dtype=np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    fidelity = run_json("evaluate", bf16[key], "--reference", bf16[key], "--data", tmp_path / "x.npz")
+    assert fidelity["results"][0]["value"] == 1.0 and fidelity["examples"] == 200
+    out = tmp_path / "small.keras"
+    document = wcompress.compress(bf16[key], x, 0.05, output=out, max_evals=10).to_dict()
+    assert document["output_bytes"] == os.path.getsize(out)
+    before, after = keras_weights(bf16[key]), keras_weights(out)
+    assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
+    _, held = split_examples(len(x), 0.3)
+    dense = keras.models.load_model(bf16[key], compile=False).predict(x[held], verbose=0)
+    ours = keras.models.load_model(out, compile=False).predict(x[held], verbose=0)
+    assert agreement(dense, ours) == pytest.approx(document["tuned"]["held_out_value"]) and \
+        document["tuned"]["held_out_value"] >= 0.95
