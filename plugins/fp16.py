@@ -11,11 +11,11 @@ import fnmatch
 
 import numpy as np
 
-from wcompress.errors import WcompressError, warn
+from wcompress.errors import WcompressError, short_list, warn
 from wcompress.hookspecs import hookimpl
 from wcompress.formats import TRAINING_STATE
 from wcompress.formats.dtypes import BFLOAT16
-from wcompress.formats.tensors import QUANTIZATION
+from wcompress.formats.tensors import QUANTIZATION, quantized_layer_names
 from wcompress.methods.passes import Pass
 
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -66,15 +66,15 @@ class Float16Pass(Pass):
     def prepare(self, source):
         _refuse_unloadable(source)
         model = [t for t in source.tensors if t.role not in TRAINING_STATE]
-        quantized = list(dict.fromkeys(t.layer for t in model if t.role in QUANTIZATION))
+        quantized = quantized_layer_names(model, QUANTIZATION)
         model = [t for t in model if t.layer not in quantized]  # a layer's dtype policy is one: Keras's own
         floats = [t for t in model if np.dtype(t.dtype) in (np.float32, BFLOAT16)]
         if quantized and not model:
-            raise WcompressError(f"every layer with weights is already quantized ({', '.join(quantized[:5])}): "
+            raise WcompressError(f"every layer with weights is already quantized ({short_list(quantized)}): "
                                  "float16 would only cast the scales their integer codes need", source.path)
         if quantized:
             warn(f"left alone: {len(quantized)} already-quantized layers, their integer codes, scales and biases "
-                 f"({', '.join(quantized[:5])}{', …' if len(quantized) > 5 else ''})", source.path)
+                 f"({short_list(quantized)})", source.path)
         if self.patterns:
             picked = [t for t in floats if self._named(t)]
         elif self.min_bytes is not None:

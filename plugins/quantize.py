@@ -12,10 +12,10 @@ them into the container.
 
 import numpy as np
 
-from wcompress.errors import WcompressError, warn
+from wcompress.errors import WcompressError, short_list, warn
 from wcompress.hookspecs import hookimpl
 from wcompress.formats import TRAINING_STATE
-from wcompress.formats.tensors import QUANTIZED
+from wcompress.formats.tensors import quantized_layer_names
 from wcompress.methods.passes import Pass
 from wcompress.formats.container.quantization import (
     LEVELS, QuantizedCodes, broadcast_scale, channel_axis, quantizable, quantize, quantize_calibrated)
@@ -38,14 +38,13 @@ class QuantizePass(Pass):
             raise WcompressError("quantize rewrites TF1 checkpoints with their .meta graph; for other formats use "
                                  "`wcompress pack --values int8` (the container, restored dequantized)", source.path)
         self.quantized, self.compensated = {}, []
-        already = list(dict.fromkeys(t.layer for t in source.tensors if t.role == QUANTIZED))
+        already = quantized_layer_names(source.tensors)
         floats = [t for t in source.tensors if t.role not in TRAINING_STATE and t.is_float and len(t.shape) >= 2]
         if already and not floats:
-            raise WcompressError(f"already quantized: every kernel holds integer codes ({', '.join(already[:5])})",
+            raise WcompressError(f"already quantized: every kernel holds integer codes ({short_list(already)})",
                                  source.path)
         if already:
-            warn(f"left alone: {len(already)} already-quantized layers ({', '.join(already[:5])}"
-                 f"{', …' if len(already) > 5 else ''})", source.path)
+            warn(f"left alone: {len(already)} already-quantized layers ({short_list(already)})", source.path)
 
     def apply(self, info, array):
         if info.role in TRAINING_STATE:

@@ -13,9 +13,9 @@ import fnmatch
 
 import numpy as np
 
-from wcompress.errors import WcompressError, warn
+from wcompress.errors import WcompressError, short_list, warn
 from wcompress.hookspecs import hookimpl
-from wcompress.formats.tensors import EMBEDDING, KERNEL, QUANTIZED, RECURRENT
+from wcompress.formats.tensors import EMBEDDING, KERNEL, RECURRENT, quantized_layer_names
 from wcompress.methods.passes import Pass
 from wcompress.methods.pruning import keep_n_of_m, parse_pattern, pattern_fits
 
@@ -170,18 +170,17 @@ class ThresholdPass(Pass):
         chosen = [t for t in selected if t.size >= self.floor]
         below = [t for t in selected if t.size < self.floor]
         self.skipped_small = {t.name: int(t.size) for t in below}
-        already = list(dict.fromkeys(t.layer for t in source.tensors if t.role == QUANTIZED))
+        already = quantized_layer_names(source.tensors)
         if not chosen and already and not self.include:
-            raise WcompressError(f"every kernel is already quantized ({', '.join(already[:5])}): their integer "
+            raise WcompressError(f"every kernel is already quantized ({short_list(already)}): their integer "
                                  "codes are not weights to threshold; sparsify the float model, then quantize",
                                  source.path)
         if not chosen:
             raise WcompressError("no eligible tensor to sparsify (kernels, recurrent kernels, embeddings; "
                                  "see --include/--exclude" + ("/--min-size)" if self.skipped_small else ")"))
         if already and not self.include:
-            warn(f"left alone: {len(already)} already-quantized layers ({', '.join(already[:5])}"
-                 f"{', …' if len(already) > 5 else ''}), whose integer codes are not weights to threshold",
-                 source.path)
+            warn(f"left alone: {len(already)} already-quantized layers ({short_list(already)}), whose integer codes "
+                 "are not weights to threshold", source.path)
         self._warn_overrides_below_floor(chosen, below)
         self.eligible_names = {t.name for t in chosen}
         if self.plan is not None:

@@ -29,6 +29,12 @@ def warn(message, path=None):
     warnings.warn(WcompressWarning(f"{path}: {message}" if path is not None else message), stacklevel=2)
 
 
+def short_list(names, limit=5):
+    """"a, b, c" — at most `limit` names, then "…": for messages that name what they are about."""
+    names = list(names)
+    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
+
+
 def root_cause(exc, limit=300):
     """The first line of an exception that says what went wrong, not where (TF's and Keras's
     messages often open with a generic line such as 'Graph execution error:')."""

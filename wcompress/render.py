@@ -4,6 +4,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from wcompress.errors import short_list
 
 _BARS = " ▁▂▃▄▅▆▇█"
 
@@ -172,10 +173,9 @@ def profile_table(profile, wide=False, width=None):
         weights = sum(q["weights"] for q in quantized)
         size = sum(q["bytes"] for q in quantized)
         codes = "/".join(f"int{bits}" for bits in sorted({q["code_bits"] for q in quantized}))
-        each = ", ".join(f"{q['layer']} {q['bits_per_weight']:.2f}" for q in quantized[:6])
-        more = ", …" if len(quantized) > 6 else ""
+        each = short_list((f"{q['layer']} {q['bits_per_weight']:.2f}" for q in quantized), limit=6)
         out.print(f"already quantized: {len(quantized)} layers of {codes} codes with scales, {weights:,} weights "
-                  f"in {size:,} B ({8 * size / weights:.2f} bits per weight; {each}{more})", width=width)
+                  f"in {size:,} B ({8 * size / weights:.2f} bits per weight; {each})", width=width)
 
 
 def size_change(label, before, after):

@@ -95,6 +95,11 @@ def classify(leaf, shape, dtype, parents=()):
     return OTHER
 
 
+def quantized_layer_names(infos, roles=(QUANTIZED,)):
+    """The layers holding tensors of these roles (by default integer codes), in model order."""
+    return list(dict.fromkeys(t.layer for t in infos if t.role in roles))
+
+
 def quantized_layers(infos, modes=None):
     """layer -> (code bits, weights, bytes) for each layer holding integer codes: the bytes of its codes
     and scales over the weights they stand for. `modes` (layer -> Keras quantization mode, where the file

@@ -12,10 +12,10 @@ import os
 
 import numpy as np
 
-from wcompress.errors import WcompressError
+from wcompress.errors import WcompressError, short_list
 from wcompress.formats.container.quantization import LEVELS, quantize_calibrated
 from wcompress.formats.keras_h5 import save_keras
-from wcompress.formats.tensors import QUANTIZED
+from wcompress.formats.tensors import quantized_layer_names
 from wcompress.formats.writing import write_safely
 
 
@@ -29,9 +29,9 @@ def quantize_keras(store, dest, force=False, data=None, unsafe=False, custom_obj
 
     if store.format not in ("keras", "keras-h5"):
         raise WcompressError(f"Keras's quantized format needs a Keras model, not a {store.format}", store.path)
-    already = list(dict.fromkeys(t.layer for t in store.tensors if t.role == QUANTIZED))
+    already = quantized_layer_names(store.tensors)
     if already:
-        raise WcompressError(f"already quantized: {', '.join(already[:5])}{', …' if len(already) > 5 else ''} hold "
+        raise WcompressError(f"already quantized: {short_list(already)} hold "
                              "integer codes, and quantizing starts from float weights; quantize the float model, or "
                              "`wcompress pack` this one (its codes kept as they are)", store.path)
     model = load_keras_model(store.path, unsafe, custom_objects)
