@@ -186,11 +186,16 @@ def container_options(f):
     f = click.option("--codec", type=click.Choice(available_codecs()), default="auto", show_default=True,
                      help="auto: each stream coded by the smallest of raw, zstd and pcodec; none: raw streams; "
                           "gzip/lzf: an HDF5 filter over raw streams.")(f)
-    f = click.option("--values", "values_dtype", type=click.Choice(["float32", "float16", "int8", "int4"]),
+    f = click.option("--values", "values_dtype", type=click.Choice(["float32", "float16", "int8", "int4", "ecq"]),
                      default="float32", show_default=True,
                      help="How non-zero float values are stored: as they are, as float16, or (lossy) as int8/int4 "
-                          "codes with a float32 scale per output channel, for float tensors of rank 2 and more "
-                          "(biases and normalisation stay float); restore then writes dequantized values.")(f)
+                          "codes with a float32 scale per output channel, or as ecq levels (a step per output "
+                          "channel set by --qp, the levels range-coded with context models), for float tensors of "
+                          "rank 2 and more (biases and normalisation stay float); restore then writes dequantized "
+                          "values.")(f)
+    f = click.option("--qp", type=int, help="With --values ecq: the quality parameter. Each output channel's step "
+                     "is 2^(QP/4) x its output's RMS scale (from --data's inputs, else its weights'): QP 0 stores about "
+                     "2 bits per weight, and every 4 more double the step (about one bit less).")(f)
     return f
 
 
@@ -223,7 +228,7 @@ def container_options(f):
 @model_options
 @json_option
 def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include, exclude, layers, min_size,
-             plan_path, dry_run, pack, data, groups, pattern, codec, values_dtype, order_file, as_json):
+             plan_path, dry_run, pack, data, groups, pattern, codec, values_dtype, qp, order_file, as_json):
     """Zero small weights per layer, no retraining: every |w| at or under its layer's threshold, set by a
     flat (δ × the smallest layer span), triangular (--dconv on the first layer to --dfc on the last,
     linear in between) or relative (the δ quantile of the layer's |w|) rule. See docs/methods.md.
@@ -235,7 +240,7 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
     result = api.sparsify(model, method=method, delta=delta, sparsity=sparsity, dconv=dconv, dfc=dfc, include=include,
                           exclude=exclude, layers=layers, min_size=min_size, plan=plan_path, dry_run=dry_run,
                           pack=pack, data=data, groups=groups, pattern=pattern, codec=codec, values=values_dtype,
-                          output=output, force=force, order_file=order_file, progress=not as_json)
+                          qp=qp, output=output, force=force, order_file=order_file, progress=not as_json)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -251,16 +256,16 @@ def sparsify(model, output, force, method, delta, sparsity, dconv, dfc, include,
 @click.argument("model", type=click.Path())
 @output_options
 @container_options
-@click.option("--data", help="With --values int8|int4: calibration inputs (DATA.npz or module:function) to "
+@click.option("--data", help="With --values int8|int4|ecq: calibration inputs (DATA.npz or module:function) to "
               "compensate each kernel's rounding error GPTQ-style; the model must run (a Keras model or a TF graph).")
 @model_options
 @json_option
-def pack(model, output, force, codec, values_dtype, data, order_file, as_json):
+def pack(model, output, force, codec, values_dtype, qp, data, order_file, as_json):
     """Write any model into the sparse HDF5 container: each tensor in its smallest encoding."""
     from wcompress import api
 
     result = api.pack(model, output=output, values=values_dtype, codec=codec, data=data, force=force,
-                      order_file=order_file, progress=not as_json)
+                      order_file=order_file, progress=not as_json, qp=qp)
     if as_json:
         emit_json(result.to_dict())
         return

@@ -242,13 +242,14 @@ def report_table(result):
     t = result["totals"]
     kind = f"container version {result['container_version']}" if result.get("container_version") else result["kind"]
     table = Table(title=f"{result['path']} ({kind}, {result['format']})", header_style="bold")
-    for col in ("tensor", "role", "sparsity", "encoding", "coders", "values", "original B", "stored B",
+    for col in ("tensor", "role", "sparsity", "encoding", "coders", "values", "original B", "stored B", "bits/w",
                 "raw bound B", "stored/raw", "entropy bound B", "stored/entropy"):
         table.add_column(col, justify="left" if col in ("tensor", "role", "encoding", "coders", "values") else "right")
     ratio = (lambda x: "" if x is None else f"{x:.3f}")
     for r in result["tensors"]:
         table.add_row(r["name"], r["role"], f"{100 * r['sparsity']:.2f}%", r["encoding"], "+".join(r["coders"]),
-                      r["value_dtype"], f"{r['original_bytes']:,}", f"{r['stored_bytes']:,}", f"{r['bound_bytes']:,.0f}",
+                      r["value_dtype"], f"{r['original_bytes']:,}", f"{r['stored_bytes']:,}",
+                      f"{r['bits_per_weight']:.3f}", f"{r['bound_bytes']:,.0f}",
                       ratio(r["stored_over_bound"]), f"{r['entropy_bound_bytes']:,.0f}",
                       ratio(r["stored_over_entropy_bound"]))
     console.print(table)

@@ -63,10 +63,24 @@ def strip(model, output=None, force=False, order_file=None, progress=False, unsa
                 unsafe=unsafe)
 
 
+def stored_values(values, qp=None):
+    """The container's values setting from `values` and `qp` ("ecq" with qp N is "ecq:N"), checked."""
+    from wcompress.formats.container.quantization import ecq_values, parse_values
+
+    if values == "ecq":
+        if qp is None:
+            raise WcompressError("--values ecq needs --qp N (larger N: coarser steps, a smaller file)")
+        values = ecq_values(qp)
+    elif qp is not None and parse_values(values)[0] != "ecq":
+        raise WcompressError("--qp sets the step of --values ecq: add --values ecq")
+    parse_values(values)  # a malformed or out-of-range QP, before anything is read
+    return values
+
+
 def sparsify(model, method=None, delta=None, sparsity=None, dconv=None, dfc=None, include=(), exclude=(),
              layers=(), min_size=None, plan=None, dry_run=False, pack=False, data=None, groups=None, pattern=None,
              codec="auto", values="float32", output=None, force=False, order_file=None, progress=False,
-             unsafe=False):
+             unsafe=False, qp=None):
     """Zero small weights per layer, no retraining (`wcompress sparsify`; see docs/methods.md)."""
     from wcompress.formats import open_model
     from wcompress.formats.container import ContainerWriter
@@ -76,6 +90,7 @@ def sparsify(model, method=None, delta=None, sparsity=None, dconv=None, dfc=None
     from wcompress.methods.runner import dry_run as simulate
 
     plan, output = fspath(plan), fspath(output)
+    values = stored_values(values, qp)
     plan_thresholds = None
     if plan and not dry_run:
         plan_method, plan_thresholds = read_plan(plan)
@@ -134,12 +149,15 @@ def _hessians(path, data, progress):
 
 
 def pack(model, output=None, values="float32", codec="auto", data=None, force=False, order_file=None,
-         progress=False):
-    """Write the sparse container: each tensor in its smallest encoding (`wcompress pack`)."""
+         progress=False, qp=None):
+    """Write the sparse container: each tensor in its smallest encoding (`wcompress pack`). `values="ecq"`
+    with `qp` (or values="ecq:QP") stores entropy-coded levels at that quality parameter."""
     from wcompress.formats.container import ContainerWriter
+    from wcompress.formats.container.quantization import parse_values
 
-    if data is not None and values not in ("int8", "int4"):
-        raise WcompressError("--data calibrates int8/int4 codes: add --values int8 or int4")
+    values = stored_values(values, qp)
+    if data is not None and parse_values(values)[0] not in ("int8", "int4", "ecq"):
+        raise WcompressError("--data calibrates int8/int4/ecq codes: add --values int8, int4 or ecq")
 
     def writer(store):
         hessians = _hessians(store.path, data, progress) if data is not None else None

@@ -17,6 +17,7 @@ import numpy as np
 
 from wcompress.formats import open_model
 from wcompress.formats.container import ContainerStore, restore
+from wcompress.formats.container.quantization import quantized_label
 from wcompress.formats.dtypes import is_float, is_numeric
 from wcompress.formats.tensors import QUANTIZATION, quantized_layers
 
@@ -76,11 +77,11 @@ def report(path, against=None, gzip=True):
         for info in store.tensors:
             e = store.entries[info.name]
             as_stored = store.load_stored(info.name)  # float16 values or integer codes, as stored
-            bits = e["quantized"]["bits"] if e.get("quantized") else np.dtype(e["value_dtype"]).itemsize * 8
+            bits = _stored_bits(e, as_stored)
             pattern = tuple(e["pattern"]) if e["encoding"] == "nm" else None
             encoding = "nm %d:%d" % pattern if pattern else e["encoding"]
             rows.append(_row(info, e["nnz"], store.stored_bytes(info.name), encoding, bits,
-                             f"int{bits}" if e.get("quantized") else e["value_dtype"],
+                             quantized_label(e["quantized"]) if e.get("quantized") else e["value_dtype"],
                              _entropy_bound(as_stored, as_stored.dtype, pattern),
                              sorted({str(r.get("coder", "raw")) for r in e["streams"].values()}), pattern))
         if gzip:
@@ -129,6 +130,17 @@ def report(path, against=None, gzip=True):
     return {"path": path, "kind": "container" if isinstance(store, ContainerStore) else "model",
             "container_version": store.version if isinstance(store, ContainerStore) else None,
             "format": kind, "tensors": rows, "totals": totals, "quantized_layers": _quantized(store, rows)}
+
+
+def _stored_bits(entry, as_stored):
+    """Bits of one stored value: the value dtype's, an int8/int4 code's, or what ecq's widest level needs."""
+    quantized = entry.get("quantized")
+    if not quantized:
+        return np.dtype(entry["value_dtype"]).itemsize * 8
+    if "ecq" in quantized:
+        top = int(np.abs(as_stored).max(initial=0))
+        return max(1, int(np.ceil(np.log2(2 * top + 1))))
+    return quantized["bits"]
 
 
 def _quantized(store, rows):

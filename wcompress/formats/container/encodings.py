@@ -11,7 +11,8 @@ import numpy as np
 
 from wcompress.errors import WcompressError
 
-ENCODINGS = ("dense", "bitmask", "coo", "csr", "delta8", "nm")
+# ecq: a quantized tensor's levels range-coded with context models (levels.py); chosen by --values ecq only.
+ENCODINGS = ("dense", "bitmask", "coo", "csr", "delta8", "nm", "ecq")
 _GAP = 256  # delta8: one byte per gap (1..256); a longer gap is bridged by explicit zero fillers
 # nm: group sizes M tried on every sparse tensor of rank 2+ (the N:M patterns accelerators run).
 GROUP_SIZES = (4, 8, 2, 16)
@@ -216,6 +217,7 @@ STREAMS = {
     "csr": ("indptr", "col", "values"),
     "delta8": ("gap", "values"),
     "nm": ("choice", "values"),
+    "ecq": ("levels",),
 }
 
 
@@ -238,6 +240,8 @@ def stream_lengths(encoding, shape, nnz, entries=None, pattern=None):
         return {"choice": -(-groups // digits_per_word(len(nm_tables(kept, m)[0]))), "values": groups * kept}
     if encoding == "dense":
         return {"values": n}
+    if encoding == "ecq":
+        return {"levels": entries}
     if encoding == "bitmask":
         return {"mask": -(-n // 8), "values": nnz}
     if encoding == "coo":
@@ -252,15 +256,24 @@ def stream_lengths(encoding, shape, nnz, entries=None, pattern=None):
     raise WcompressError(f"unknown encoding {encoding!r}")
 
 
-def decode(encoding, streams, shape, dtype, what="tensor", pattern=None):
+def decode(encoding, streams, shape, dtype, what="tensor", pattern=None, axis=None):
     """Rebuild a dense tensor from validated streams. Any inconsistency is a WcompressError."""
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     dtype = np.dtype(dtype)
-    values = streams["values"]
 
     def bad(problem):
         return WcompressError(f"{what}: {problem}")
 
+    if encoding == "ecq":
+        from wcompress.formats.container import levels
+
+        long, short, _ = levels.plane_shape(shape, axis)
+        try:
+            plane = levels.decode(streams["levels"], long, short)
+        except ValueError as exc:
+            raise bad(str(exc)) from exc
+        return levels.from_plane(plane, shape, axis).astype(dtype, copy=False)
+    values = streams["values"]
     if encoding == "dense":
         if values.size != n:
             raise bad(f"dense stream holds {values.size} values, shape needs {n}")

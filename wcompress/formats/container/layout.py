@@ -16,11 +16,15 @@ MAGIC = "wcompress-sparse-container"
 # version 3 entropy-codes each stream with the smallest of our coders (codec "auto", io/coders.py).
 # version 4 adds the N:M encoding ("nm", with the entry's "pattern": [N, M]); version 5 copies the root
 # attributes into the index and names skeleton and raw blobs there, so every byte a reader uses is
-# covered by a checksum (see docs/format.md).
+# covered by a checksum (see docs/format.md); version 6 adds the ecq encoding (entropy-coded levels, levels.py)
+# and is written only by a container holding an ecq tensor, so a reader that predates it says so.
 VERSION = 5
 
 
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+ECQ_VERSION = 6
+
+
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 
 
 # Root attributes a version-5 index repeats under its checksum (index_crc32 covers the index itself).
@@ -65,7 +69,8 @@ _VALUE_DTYPES = {"float32", "float16", "float64", "bfloat16", "int8", "int16", "
 # How non-zero values are stored: floats as they are or as float16, or quantized (lossy) to symmetric
 # integers per output channel (quantization.channel_axis) with a float32 scale per channel: int4 codes lie in -7..7,
 # one per int8 element, which the coders pack to their entropy (at most 4 bits).
-VALUE_CHOICES = ("float32", "float16", "int8", "int4")
+# ecq (written ecq:QP): levels of any step per channel, context-coded (quantization.py, levels.py).
+VALUE_CHOICES = ("float32", "float16", "int8", "int4", "ecq")
 
 
 QUANT_LEVELS = {"int8": 127, "int4": 7}  # see wcompress/formats/container/quantization.py

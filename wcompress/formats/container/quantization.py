@@ -10,9 +10,70 @@ scale per channel it filters, and a Dense kernel with one output a scale per inp
 
 import numpy as np
 
+from wcompress.errors import WcompressError
 from wcompress.formats.dtypes import is_float
 
 LEVELS = {8: 127, 4: 7}
+
+# ecq: entropy-coded uniform quantization (`--values ecq --qp N`, written "ecq:N"). Channel c of a kernel
+# gets the step 2^(N/4) x sqrt(w_c' H w_c / tr H), H = X'X of the layer's inputs (the identity without
+# calibration data: then the channel's RMS). Every channel's output then carries the same signal-to-noise
+# ratio, whatever the scale of its weights or its inputs; N moves all of them together, 4 steps of N per
+# doubling of the step (about one bit per weight less). Levels round(w / step) are not clipped.
+QP_RANGE = (-48, 48)
+MAX_ECQ_LEVEL = 1 << 23  # well inside the coder's bound (levels.MAX_LEVEL)
+
+
+def parse_values(values):
+    """("ecq", qp) for "ecq:N", else (values, None); a malformed ecq setting is a WcompressError."""
+    if not isinstance(values, str) or not values.startswith("ecq"):
+        return values, None
+    try:
+        qp = int(values.split(":", 1)[1])
+    except (IndexError, ValueError):
+        raise WcompressError(f"ecq values are written ecq:QP with an integer QP, not {values!r}") from None
+    if not QP_RANGE[0] <= qp <= QP_RANGE[1]:
+        raise WcompressError(f"--qp takes {QP_RANGE[0]}..{QP_RANGE[1]}, not {qp}")
+    return "ecq", qp
+
+
+def ecq_values(qp):
+    return f"ecq:{int(qp)}"
+
+
+def quantized_label(quantized):
+    """How an index entry's `quantized` record is named to users: int8, int4 or ecq:QP."""
+    return ecq_values(quantized["ecq"]) if "ecq" in quantized else f"int{quantized['bits']}"
+
+
+def ecq_steps(flat, qp, hessian=None):
+    """The float32 step of each column of `flat` (inputs, channels) at quality parameter `qp`."""
+    flat = flat.astype(np.float64, copy=False)
+    energy = np.mean(flat * flat, axis=0)
+    if hessian is not None:
+        h = np.asarray(hessian, dtype=np.float64)
+        trace = float(np.trace(h))
+        if trace > 0:
+            # A channel its inputs hardly excite still gets a step from its own RMS, not from nothing.
+            energy = np.maximum(np.einsum("ic,ic->c", flat, h @ flat) / trace, 1e-4 * energy)
+    steps = 2.0 ** (qp / 4) * np.sqrt(energy)
+    top = np.abs(flat).max(axis=0) if flat.size else np.zeros(flat.shape[1])
+    steps = np.maximum(steps, top / MAX_ECQ_LEVEL)
+    return np.where(steps > 0, steps, 1.0).astype(np.float32)
+
+
+def quantize_ecq(array, qp, hessian=None):
+    """(int32 levels of the array's shape, float32 step per channel of `channel_axis`): GPTQ-rounded where
+    `hessian` fits the array (see quantize_calibrated), else rounded to nearest."""
+    calibrated = quantize_calibrated(array, hessian, None, qp)
+    if calibrated is not None:
+        return calibrated
+    axis = channel_axis(array.shape)
+    moved = np.moveaxis(array, axis, -1)
+    flat = moved.reshape(-1, moved.shape[-1]).astype(np.float32, copy=False)
+    steps = ecq_steps(flat, qp)
+    levels = np.rint(flat / steps).astype(np.int32)
+    return np.moveaxis(levels.reshape(moved.shape), -1, axis), steps
 
 
 def channel_axis(shape):
@@ -57,7 +118,7 @@ class QuantizedCodes(np.ndarray):
         self.scale = getattr(obj, "scale", None)
 
 
-def gptq(array, hessian, levels, damp=0.01, block=128):
+def gptq(array, hessian, levels, damp=0.01, block=128, qp=None):
     """Codes and scales like `quantize`, the rounding error of each input row compensated on the rows not
     yet quantized (GPTQ: Frantar et al. 2022, "Accurate Post-Training Quantization for Generative
     Pre-trained Transformers", Algorithm 1, with act-order).
@@ -66,14 +127,18 @@ def gptq(array, hessian, levels, damp=0.01, block=128):
     kernel whose leading axes are one im2col patch. `hessian` is X^T X / n over calibration inputs X
     (n x inputs); it is damped by `damp` x its mean diagonal. The scales are `quantize`'s, so the two
     differ only in rounding. Weights that are zero stay zero (a pruned model keeps its mask); their
-    error is compensated like any other.
+    error is compensated like any other. With `qp` (and `levels` None) the grid is ecq's: `ecq_steps`,
+    levels unclipped, int32.
     """
     flat = array.reshape(-1, array.shape[-1]).astype(np.float64)
     rows = flat.shape[0]
     if hessian.shape != (rows, rows):
         raise ValueError(f"hessian {hessian.shape} does not match {rows} input rows")
-    top = np.abs(flat).max(axis=0)
-    scale = np.where(top > 0, top / levels, 1.0).astype(np.float32)
+    if qp is None:
+        top = np.abs(flat).max(axis=0)
+        scale = np.where(top > 0, top / levels, 1.0).astype(np.float32)
+    else:
+        scale, levels = ecq_steps(flat, qp, hessian), MAX_ECQ_LEVEL
     h = np.array(hessian, dtype=np.float64)
     dead = np.diag(h) <= 0  # inputs never active: nothing to compensate through them
     h[dead, dead] = 1.0
@@ -83,7 +148,7 @@ def gptq(array, hessian, levels, damp=0.01, block=128):
     work = flat[order]
     pruned = work == 0
     upper = upper_cholesky_of_inverse(h)  # H^-1 = U^T U
-    codes = np.empty(work.shape, dtype=np.int8)
+    codes = np.empty(work.shape, dtype=np.int8 if qp is None else np.int32)
     step = scale.astype(np.float64)
     for start in range(0, rows, block):
         end = min(start + block, rows)
@@ -121,7 +186,7 @@ def _lower_inverse(lower, leaf=256):
     return out
 
 
-def quantize_calibrated(array, hessian, levels):
+def quantize_calibrated(array, hessian, levels, qp=None):
     """`gptq` codes and scales where `hessian` fits the array, else None (round to nearest instead).
 
     A 2-D hessian is shared by every output channel (Dense, convolutions); a stack of them, one per
@@ -131,12 +196,13 @@ def quantize_calibrated(array, hessian, levels):
         return None
     rows = array.size // array.shape[-1]
     if hessian.ndim == 2 and channel_axis(array.shape) == array.ndim - 1 and hessian.shape == (rows, rows):
-        return gptq(array, hessian, levels)
+        return gptq(array, hessian, levels, qp=qp)
     if hessian.ndim == 3 and array.ndim == 4 and array.shape[-1] == 1 \
             and hessian.shape == (array.shape[2], array.shape[0] * array.shape[1], array.shape[0] * array.shape[1]):
-        codes, scales = np.empty(array.shape, np.int8), np.empty(array.shape[2], np.float32)
+        codes = np.empty(array.shape, np.int8 if qp is None else np.int32)
+        scales = np.empty(array.shape[2], np.float32)
         for c in range(array.shape[2]):
-            codes[:, :, c, :], (scales[c],) = gptq(array[:, :, c, :], hessian[c], levels)
+            codes[:, :, c, :], (scales[c],) = gptq(array[:, :, c, :], hessian[c], levels, qp=qp)
         return codes, scales
     return None
 
@@ -150,8 +216,12 @@ def restored_values(array, values, hessian=None):
         if finite.size and finite.max() > np.finfo(np.float16).max:
             return array  # the container keeps such a tensor at full precision
         return array.astype(np.float16).astype(array.dtype)
-    levels = {"int8": LEVELS[8], "int4": LEVELS[4]}[values]
     if not quantizable(array):
         return array
+    kind, qp = parse_values(values)
+    if kind == "ecq":
+        codes, scale = quantize_ecq(array, qp, hessian)
+        return dequantize(codes, scale, array.dtype, channel_axis(array.shape))
+    levels = {"int8": LEVELS[8], "int4": LEVELS[4]}[values]
     codes, scale = quantize_calibrated(array, hessian, levels) or quantize(array, levels)
     return dequantize(codes, scale, array.dtype, channel_axis(array.shape))

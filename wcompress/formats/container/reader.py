@@ -12,7 +12,7 @@ from wcompress.formats.container import coders, encodings
 from wcompress.formats.container.layout import (
     COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR, _INDEX_DTYPES, _VALUE_DTYPES,
     _crc, _fits, _unzipped)
-from wcompress.formats.container.quantization import dequantize
+from wcompress.formats.container.quantization import QP_RANGE, dequantize
 from wcompress.formats.dtypes import is_float
 from wcompress.formats.h5check import check_structure, foreign_storage
 from wcompress.formats.store import ModelStore
@@ -156,14 +156,20 @@ class ContainerStore(ModelStore):
             if str(e["dtype"]) not in _VALUE_DTYPES or str(e["value_dtype"]) not in _VALUE_DTYPES:
                 raise ValueError(f"dtype {e['dtype']}/{e['value_dtype']} not allowed")
             nnz, entries = int(e["nnz"]), int(e["entries"])
-            if not 0 <= nnz <= n or entries < nnz:
+            if not 0 <= nnz <= n or (entries < nnz and e.get("encoding") != "ecq"):  # ecq: entries are bytes
                 raise ValueError(f"non-zero count {nnz} impossible for {n} elements")
             expected = encodings.stream_lengths(e["encoding"], shape, nnz, entries, e.get("pattern"))
             quantized = e.get("quantized")
+            if (e["encoding"] == "ecq") != (isinstance(quantized, dict) and "ecq" in quantized):
+                raise ValueError("the ecq encoding and ecq quantization come together")
             if quantized is not None:
-                if not isinstance(quantized, dict) or quantized.get("bits") not in (4, 8) or len(shape) < 2 \
+                ecq = isinstance(quantized, dict) and "ecq" in quantized
+                if not isinstance(quantized, dict) or len(shape) < 2 \
                         or quantized.get("axis") not in (len(shape) - 1, len(shape) - 2) \
-                        or str(e["value_dtype"]) != "int8" or not is_float(np.dtype(str(e["dtype"]))):
+                        or not is_float(np.dtype(str(e["dtype"]))) \
+                        or (ecq and (type(quantized["ecq"]) is not int or not QP_RANGE[0] <= quantized["ecq"] <= QP_RANGE[1]
+                                     or str(e["value_dtype"]) != "int32")) \
+                        or (not ecq and (quantized.get("bits") not in (4, 8) or str(e["value_dtype"]) != "int8")):
                     raise ValueError(f"malformed quantization {quantized!r}")
                 expected["scales"] = shape[quantized["axis"]]
             if set(expected) != set(e["streams"]):
@@ -239,7 +245,7 @@ class ContainerStore(ModelStore):
         scales = streams.pop("scales", None) if e.get("quantized") else None
         dtype = e["value_dtype"] if stored or scales is not None else e["dtype"]
         codes = encodings.decode(e["encoding"], streams, tuple(e["shape"]), dtype, what=f"{self.path}: {name!r}",
-                                 pattern=e.get("pattern"))
+                                 pattern=e.get("pattern"), axis=(e.get("quantized") or {}).get("axis"))
         return codes, scales
 
     def _read_stream(self, ref):

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 
 from wcompress.errors import warn
+from wcompress.formats.container.quantization import quantized_label
 from wcompress.formats.container.reader import ContainerStore
 
 
@@ -14,9 +15,9 @@ def lossy_values(container):
     entries = list(container.entries.values())
     quantized = [e for e in entries if e.get("quantized")]
     if quantized:
-        bits = sorted({e["quantized"]["bits"] for e in quantized})
-        yield (f"{len(quantized)} tensors were stored as {'/'.join(f'int{b}' for b in bits)} codes: the restored "
-               "tensors are dequantized (codes x channel scale), not the original values")
+        kinds = sorted({quantized_label(e["quantized"]) for e in quantized})
+        yield (f"{len(quantized)} tensors were stored as {'/'.join(kinds)} codes: the restored "
+               "tensors are dequantized (codes x channel scale or step), not the original values")
     halved = [e for e in entries if not e.get("quantized") and e.get("value_dtype") == "float16"
               and e.get("dtype") in ("float32", "float64")]
     if halved:

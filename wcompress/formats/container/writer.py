@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from wcompress.errors import WcompressError
-from wcompress.formats.container import coders, encodings
+from wcompress.formats.container import coders, encodings, levels
 from wcompress.formats.container.coders import CODECS
 from wcompress.formats.container.layout import (
-    MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits)
+    ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits)
 from wcompress.formats.container.quantization import (
-    channel_axis, quantizable, quantize, quantize_calibrated)
+    channel_axis, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq)
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.tensors import QUANTIZATION
 
@@ -65,11 +65,13 @@ class ContainerWriter:
         if codec not in CODECS:
             raise WcompressError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
         self.value_plan = dict(value_plan or {})
+        kinds = set()
         for chosen in {values, *self.value_plan.values()}:
-            if chosen not in VALUE_CHOICES:
+            kinds.add(parse_values(chosen)[0])
+            if kinds - set(VALUE_CHOICES):
                 raise WcompressError(f"--values takes {', '.join(VALUE_CHOICES)}, not {chosen!r}")
-        if hessians and not {values, *self.value_plan.values()} & set(QUANT_LEVELS):
-            raise WcompressError("calibration data is for --values int8 or int4")
+        if hessians and not kinds & {*QUANT_LEVELS, "ecq"}:
+            raise WcompressError("calibration data is for --values int8, int4 or ecq")
         self.store, self.values, self.codec, self.hessians = store, values, codec, hessians or {}
         self.group_sizes = tuple(sorted(set(encodings.GROUP_SIZES) | set(group_sizes)))
 
@@ -82,6 +84,7 @@ class ContainerWriter:
                               codec=self.codec, values=self.values)
             h5.attrs.update(attributes)
             streams = create_group(h5, "streams")
+            self._ecq = False
             self._pool, self._pool_bytes, self._pools, self._checksums = [], 0, 0, {}
             # Coding a tensor's streams (pcodec, zstd: both release the GIL) runs in a worker while the next
             # tensor is read and thresholded here; at most one tensor's streams wait, never a whole array.
@@ -102,6 +105,9 @@ class ContainerWriter:
                 if pending is not None:
                     entries.append(self._store(streams, len(entries), *pending.result()))
             self._flush_pool(streams)
+            if self._ecq:
+                attributes["version"] = ECQ_VERSION
+                h5.attrs["version"] = ECQ_VERSION
             with tempfile.TemporaryDirectory() as work:
                 files, raw = self.store.skeleton(kept, retyped, work)
             # What each blob is (a skeleton file's path, a raw entry's key) is recorded in the index only.
@@ -146,6 +152,12 @@ class ContainerWriter:
         values = self.value_plan.get(info.name, self.values)
         if info.role in QUANTIZATION:
             values = None  # codes and scales of a layer already quantized: kept exactly as they are
+        kind, qp = parse_values(values)
+        if kind == "ecq" and quantizable(array):
+            prepared = self._prepare_ecq(info, array, qp)
+            if prepared is not None:
+                return prepared
+            values = None  # levels coded too small for a reader to accept (an all-zero tensor): stored as it is
         if values in QUANT_LEVELS and quantizable(array):
             quantized = {"bits": 8 if values == "int8" else 4, "axis": channel_axis(array.shape)}
             original = array
@@ -187,11 +199,30 @@ class ContainerWriter:
                 streams["scales"] = scale
         return entry, encoding, options, decoded, array.dtype != object
 
+    def _prepare_ecq(self, info, array, qp):
+        """An ecq tensor: its levels context-coded (levels.py) and a float32 step per channel; None when the
+        coded levels are too small for a reader to accept them (see _fits)."""
+        axis = channel_axis(array.shape)
+        calibrated = quantize_calibrated(array, self.hessians.get(info.name), None, qp)
+        codes, steps = calibrated or quantize_ecq(array, qp)
+        blob = levels.encode(levels.to_plane(codes, axis))
+        if not _fits(array.nbytes, blob.nbytes + steps.nbytes):
+            return None
+        self._ecq = True
+        quantized = {"ecq": qp, "axis": axis, **({"calibrated": True} if calibrated is not None else {})}
+        entry = {"name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
+                 "role": info.role, "order": info.order, "nnz": int(np.count_nonzero(codes)), "value_dtype": "int32",
+                 "fp16_overflow": False, "quantized": quantized}
+        return entry, "ecq", {"ecq": {"levels": blob, "scales": steps}}, array.nbytes, True
+
     def _code(self, prepared):
         """(entry, encoding, streams, {stream: (coder, stored bytes)} or None): with codec auto, the
         encoding whose streams are fewest bytes once each is coded by its smallest coder."""
         entry, raw_encoding, options, decoded, numeric = prepared
         raw_streams = options[raw_encoding]
+        if raw_encoding == "ecq":  # range-coded already: no other coder makes the levels smaller
+            return entry, "ecq", raw_streams, {"levels": ("raw", raw_streams["levels"]),
+                                               "scales": coders.smallest(raw_streams["scales"])}
         if self.codec != "auto" or not numeric:
             return entry, raw_encoding, raw_streams, None
         best = None
@@ -232,4 +263,5 @@ class ContainerWriter:
                 names[stream] = {"dataset": name, **ref}
         if encoding != "nm":
             entry = {k: v for k, v in entry.items() if k != "pattern"}
-        return {**entry, "encoding": encoding, "streams": names, "entries": int(streams["values"].size)}
+        counted = streams["levels" if encoding == "ecq" else "values"]  # ecq: the coded levels' bytes
+        return {**entry, "encoding": encoding, "streams": names, "entries": int(counted.size)}
