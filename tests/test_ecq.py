@@ -1,0 +1,227 @@
+"""ecq: entropy-coded uniform quantization. The levels coder round-trips and refuses damage; the steps follow
+their definition; a container restores exactly the values the evaluation scored; every output format loads."""
+
+import json
+import lzma
+import os
+import zlib
+
+import h5py
+import numpy as np
+import pytest
+from helpers import run_cli, run_error, run_json, stock_tensors
+
+from wcompress.formats.container import levels
+from wcompress.formats.container.quantization import ecq_steps, quantize_ecq, restored_values
+
+
+def _laplace_plane(shape, scale, seed=0):
+    return np.rint(np.random.default_rng(seed).laplace(0, scale, shape)).astype(np.int32)
+
+
+@pytest.mark.parametrize("shape, scale", [((1, 1), 1), ((7, 3), 0.3), ((500, 40), 1.5), ((300, 2), 40),
+                                          ((70000, 2), 0.7), ((2000, 64), 0.2)])
+def test_levels_round_trip(shape, scale):
+    plane = _laplace_plane(shape, scale)
+    plane[0, 0] = -(levels.MAX_LEVEL - 1)  # the widest level there is, through the escape list
+    assert np.array_equal(levels.decode(levels.encode(plane), *shape), plane)
+
+
+def test_levels_cost_at_most_their_order0_entropy():
+    """Coded with the tensor's own context statistics: within a header of the order-0 bound, and well below
+    it where rows are structured (whole rows at zero, as pruned or dead inputs leave them)."""
+    plane = _laplace_plane((4000, 32), 0.8)
+    assert levels.encode(plane).nbytes * 8 <= levels.order0_bits(plane) * 1.01 + 800
+    plane[::3] = 0
+    assert levels.encode(plane).nbytes * 8 < levels.order0_bits(plane) * 0.9
+
+
+def test_damaged_levels_are_an_error_never_other_levels():
+    plane = _laplace_plane((300, 24), 1.0, seed=3)
+    blob = levels.encode(plane).tobytes()
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        damaged = bytearray(blob)
+        if case % 3 == 0:
+            damaged = damaged[:rng.integers(0, len(blob))]
+        else:
+            for at in rng.integers(0, len(blob), size=1 + case % 4):
+                damaged[at] ^= 1 << int(rng.integers(0, 8))
+        try:
+            decoded = levels.decode(np.frombuffer(bytes(damaged), np.uint8), 300, 24)
+        except ValueError:
+            continue
+        # A flip the coder cannot see must still decode to the declared counts; only then is it accepted.
+        assert decoded.shape == (300, 24)
+
+
+def test_steps_follow_their_definition():
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (20, 5)) * np.array([1, 2, 0.5, 3, 0])
+    x = rng.normal(0, 1, (200, 20)) * np.linspace(0.1, 2, 20)
+    h = x.T @ x / len(x)
+    for qp in (-8, 0, 5):
+        rms = np.sqrt((w ** 2).mean(axis=0))
+        expected = np.where(rms > 0, 2 ** (qp / 4) * rms, 1.0)
+        assert np.allclose(ecq_steps(w, qp), expected, rtol=1e-6)
+        energy = np.array([w[:, c] @ h @ w[:, c] for c in range(5)]) / np.trace(h)
+        expected = np.where(energy > 0, 2 ** (qp / 4) * np.sqrt(energy), 1.0)
+        assert np.allclose(ecq_steps(w, qp, h), expected, rtol=1e-5)
+
+
+def test_rounded_levels_and_pruned_zeros():
+    w = np.random.default_rng(2).normal(0, 1, (3, 3, 4, 6)).astype(np.float32)
+    w[0] = 0
+    codes, steps = quantize_ecq(w, 2)
+    assert codes.dtype == np.int32 and steps.shape == (6,)
+    assert np.array_equal(codes, np.rint(w / steps).astype(np.int32)) and not codes[0].any()
+
+
+@pytest.fixture(scope="module")
+def packed(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ecq")
+    out = {}
+    for kind in ("keras", "tf1"):
+        out[kind] = root / f"{kind}.h5"
+        run_cli("pack", tiny[kind], "--values", "ecq", "--qp", "0", "-o", out[kind])
+    return out
+
+
+def test_restore_gives_exactly_the_values_the_evaluation_used(tiny, packed, tmp_path):
+    from wcompress.formats import open_model
+
+    source, container = open_model(tiny["keras"]), open_model(str(packed["keras"]))
+    assert container.version == 6
+    restored = stock_tensors(run_json("restore", packed["keras"], "-o", tmp_path / "r.keras", "--json")["output"])
+    for info in source.tensors:
+        expected = restored_values(source.load(info.name), "ecq:0")
+        assert np.array_equal(container.load(info.name), expected)
+    kernels = [info for info in source.tensors if info.role == "kernel"]
+    assert kernels and all(container.entries[k.name]["encoding"] == "ecq" for k in kernels)
+    stored = sorted(restored.values(), key=lambda a: (a.shape, a.sum()))
+    wanted = sorted((restored_values(source.load(i.name), "ecq:0") for i in source.tensors),
+                    key=lambda a: (a.shape, a.sum()))
+    assert all(np.array_equal(a, b) for a, b in zip(stored, wanted))
+
+
+def test_calibrated_ecq_restores_what_gptq_chose(tiny, tmp_path):
+    """With --data the levels are GPTQ-rounded on ecq's grid: restore gives those values, bit for bit."""
+    from wcompress.formats import open_model
+    from wcompress.runtime.capture import input_hessians
+
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=tiny["x"][:32])
+    container = tmp_path / "c.h5"
+    run_cli("pack", tiny["keras"], "--values", "ecq", "--qp", "0", "--data", data, "-o", container)
+    hessians = input_hessians(tiny["keras"], str(data))
+    source, stored = open_model(tiny["keras"]), open_model(str(container))
+    calibrated = [n for n, e in stored.entries.items() if (e.get("quantized") or {}).get("calibrated")]
+    assert calibrated
+    for name in calibrated:
+        assert np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0", hessians[name]))
+        assert not np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0"))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5", ".weights.h5"])
+def test_every_output_loads_in_stock_keras(tiny, packed, tmp_path, suffix):
+    import keras
+
+    dest = str(tmp_path / "out") + suffix
+    run_cli("restore", packed["keras"], "-o", dest)
+    if suffix == ".weights.h5":
+        model = keras.models.load_model(tiny["keras"])
+        model.load_weights(dest)
+    else:
+        model = keras.models.load_model(dest)
+    assert model.predict(tiny["x"][:4], verbose=0).shape == (4, 3)
+
+
+def test_tf1_checkpoint_restores_for_stock_tensorflow(tiny, packed, tmp_path):
+    from wcompress.formats import open_model
+
+    dest = str(tmp_path / "tf1") + "/"
+    written = run_json("restore", packed["tf1"], "-o", dest, "--json")["output"]
+    tensors = stock_tensors(written)
+    source = open_model(tiny["tf1"])
+    for info in source.tensors:
+        assert np.array_equal(tensors[info.name], restored_values(source.load(info.name), "ecq:0"))
+
+
+def test_report_shows_bits_per_weight(packed):
+    result = run_json("report", packed["tf1"], "--json")
+    assert result["container_version"] == 6
+    rows = [r for r in result["tensors"] if r["encoding"] == "ecq"]
+    assert rows and all(r["value_dtype"] == "ecq:0" and 0 < r["bits_per_weight"] < 8 for r in rows)
+    assert all(r["bits_per_weight"] == 8 * r["stored_bytes"] / r["elements"] for r in rows)
+
+
+def test_smaller_qp_steps_make_larger_files_and_closer_values(tiny, tmp_path):
+    sizes, errors = [], []
+    from wcompress.formats import open_model
+
+    source = open_model(tiny["tf1"])
+    for qp in (-8, 0, 8):
+        out = tmp_path / f"q{qp}.h5"
+        sizes.append(run_json("pack", tiny["tf1"], "--values", "ecq", "--qp", str(qp), "-o", out, "--json")
+                     ["output_bytes"])
+        stored = open_model(str(out))
+        errors.append(sum(float(np.abs(stored.load(i.name) - source.load(i.name)).sum()) for i in source.tensors
+                          if i.role == "kernel"))
+    assert sizes[0] > sizes[1] > sizes[2] and errors[0] < errors[1] < errors[2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--values", "ecq"), "--values ecq needs --qp"),
+    (("--values", "int8", "--qp", "2"), "--qp sets the step of --values ecq"),
+    (("--values", "ecq", "--qp", "99"), "--qp takes -48..48"),
+])
+def test_option_errors(tiny, tmp_path, args, message):
+    line = run_error("pack", tiny["keras"], "-o", tmp_path / "c.h5", *args)
+    assert message in line and not (tmp_path / "c.h5").exists()
+
+
+def _edit(container, edit, blob=None):
+    """A crafted container: the index (and optionally one ecq levels stream) edited, checksums made to match."""
+    with h5py.File(container, "r+") as h5:
+        index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
+        edit(index)
+        if blob is not None:
+            entry = next(e for e in index["tensors"] if e["encoding"] == "ecq" and "dataset" in e["streams"]["levels"])
+            name = entry["streams"]["levels"]["dataset"]
+            data = blob(h5["streams"][name][()])
+            del h5["streams"][name]
+            h5["streams"][name] = data
+            index["checksums"][f"streams/{name}"] = zlib.crc32(data.tobytes())
+            entry["streams"]["levels"]["bytes"] = entry["entries"] = int(data.size)
+        packed = np.frombuffer(lzma.compress(json.dumps(index).encode()), dtype=np.uint8)
+        del h5["index"]
+        h5["index"] = packed
+        h5.attrs["index_crc32"] = zlib.crc32(packed.tobytes())
+
+
+def _first_ecq(index):
+    return next(e for e in index["tensors"] if e["encoding"] == "ecq")
+
+
+@pytest.mark.parametrize("edit, blob, message", [
+    (lambda i: _first_ecq(i)["quantized"].update(ecq=400), None, "malformed quantization"),
+    (lambda i: _first_ecq(i).update(value_dtype="int8"), None, "malformed quantization"),
+    (lambda i: _first_ecq(i).pop("quantized"), None, "come together"),
+    (lambda i: _first_ecq(i)["quantized"].update(axis=5), None, "malformed quantization"),
+    (lambda i: None, lambda d: d[: len(d) // 2], "ecq"),
+    (lambda i: None, lambda d: np.concatenate([d[:1], np.frombuffer(bytes([250, 255, 255, 255, 15]), np.uint8),
+                                               d[1:]]), "ecq"),
+])
+def test_crafted_ecq_entries_are_refused(tmp_path, edit, blob, message):
+    from wcompress.formats.bundle import write_bundle
+
+    prefix = str(tmp_path / "ck" / "model.ckpt")
+    os.makedirs(os.path.dirname(prefix))
+    w = np.random.default_rng(0).normal(0, 1, (600, 600)).astype(np.float32)
+    write_bundle(prefix, [("big/kernel", w)])
+    container = tmp_path / "c.h5"
+    run_cli("pack", prefix, "--values", "ecq", "--qp", "0", "-o", container)
+    _edit(container, edit, blob)
+    line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
+    assert message in line and str(container) in line
+    assert not os.path.exists(tmp_path / "r")
