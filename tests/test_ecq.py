@@ -225,3 +225,23 @@ def test_crafted_ecq_entries_are_refused(tmp_path, edit, blob, message):
     line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
     assert message in line and str(container) in line
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_autotune_searches_the_quality_parameter_and_holds_out(mhc, tmp_path):
+    """--bits ecq: the coarsest QP that holds on the tuning part, refined per layer; judged on examples the
+    search never saw, and that figure is what the written container gives when restored and evaluated."""
+    data = np.load(mhc["data"])
+    tune, check = tmp_path / "tune.npz", tmp_path / "check.npz"
+    np.savez(tune, x=data["x"][:400], y=data["y"][:400])
+    np.savez(check, x=data["x"][400:], y=data["y"][400:])
+    out = tmp_path / "small.h5"
+    result = run_json("autotune", mhc["ba"], "--data", tune, "--validation", check, "--metric", "auc",
+                      "--max-drop", "0.05", "--target", "bytes", "--pack", "--bits", "ecq", "--max-layers", "0",
+                      "-o", out)
+    assert result["tuned"]["within_budget"] and result["output_bytes"] == os.path.getsize(out)
+    assert result["tuned"]["values"].startswith("ecq:")
+    restored = run_json("restore", out, "-o", tmp_path / "r.keras")
+    again = run_json("evaluate", restored["output"], "--data", check, "--metric", "auc")["results"][0]["value"]
+    assert again == pytest.approx(result["tuned"]["held_out_value"])
+    int8 = run_json("pack", mhc["ba"], "--values", "int8", "-o", tmp_path / "int8.h5")["output_bytes"]
+    assert result["output_bytes"] < int8

@@ -479,7 +479,7 @@ def eval_options(f):
     return f
 
 
-_BITS = {"32": "float32", "16": "float16", "8": "int8", "4": "int4"}
+_BITS = {"32": "float32", "16": "float16", "8": "int8", "4": "int4", "ecq": "ecq"}
 
 
 def _parse_bits(ctx, param, text):
@@ -487,9 +487,10 @@ def _parse_bits(ctx, param, text):
         return None
     chosen = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part not in _BITS:
-            raise click.BadParameter(f"{part!r}: bits are 32 (float32), 16 (float16), 8 (int8) or 4 (int4)")
-        chosen.append(_BITS[part])
+        if part not in _BITS and not (part.startswith("ecq:") and part[4:].lstrip("-").isdigit()):
+            raise click.BadParameter(f"{part!r}: bits are 32 (float32), 16 (float16), 8 (int8), 4 (int4), ecq "
+                                     "(entropy-coded levels, QP searched) or ecq:N (at QP N)")
+        chosen.append(_BITS.get(part, part))
     return tuple(dict.fromkeys(chosen)) or None
 
 
@@ -541,8 +542,10 @@ def values_options(f):
                      help="Calibration inputs (.npz): GPTQ rounding for --bits 8/4, and the statistics wanda and "
                           "sparsegpt score weights by (keep them apart from --data).")(f)
     f = click.option("--bits", callback=_parse_bits, help="Comma list of value widths to cross with sparsity: 32 "
-                     "(float32), 16 (float16), 8 (int8 codes), 4 (int4 codes); variants are evaluated as the "
-                     "container restores them and packed bytes are that container's (default: 32).")(f)
+                     "(float32), 16 (float16), 8 (int8 codes), 4 (int4 codes), ecq:N (entropy-coded levels at QP N; autotune "
+                     "also takes plain ecq: the coarsest QP that holds, searched, then per layer); variants are "
+                     "evaluated as the container restores them and packed bytes are that container's "
+                     "(default: 32).")(f)
     return f
 
 

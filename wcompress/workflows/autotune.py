@@ -26,6 +26,7 @@ import numpy as np
 
 from wcompress.errors import WcompressError, warn
 from wcompress.formats import TRAINING_STATE, open_model
+from wcompress.formats.container.quantization import QP_RANGE, ecq_values, parse_values
 from wcompress.formats.outputs import native_suffix, suffix_format
 from wcompress.runtime.user_code import custom_object_scope
 from wcompress.workflows.metrics import within_budget
@@ -44,6 +45,9 @@ LAYER_STEPS = (-0.2, -0.1, 0.05, 0.1, 0.2, 0.3)
 DELTA_PROBES = [0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6,
                 0.7, 0.8, 0.9, 1.0]
 MIN_HELD_OUT = 10  # fewer held-out examples than this would judge nothing
+# ecq's QP: searched within these bounds, walked 4 at a time (each step of 4 doubles every channel's step).
+ECQ_QP_SEARCH = (-16, 32)
+ECQ_QP_STRIDE = 4
 
 
 def sparsifier_methods(calibrated=False):
@@ -159,6 +163,41 @@ class Search:
                              calibration=self.calibration, **options, **self.selection)
         self.uniform_variants.add(variant)
         return variant
+
+    # --- phase 2 for ecq: the quality parameter ---
+    def ecq_start(self, method):
+        """The row of the coarsest ecq QP that holds on the tuning part with nothing zeroed (None: not even the
+        finest tried). QP is walked in steps of 4 from 0 (a doubling of every step each), then bisected."""
+        def row_at(qp):
+            self.values = ecq_values(qp)
+            (row,) = self.score([self._uniform_variant(method, 0.0)]) or [None]
+            return row
+
+        low, high = ECQ_QP_SEARCH
+        rows, qp, direction = {}, 0, None
+        while low <= qp <= high and not self.exhausted():
+            row = row_at(qp)
+            if row is None:
+                break
+            rows[qp] = row
+            step = ECQ_QP_STRIDE if self.ok(row) else -ECQ_QP_STRIDE
+            if direction is not None and step != direction:
+                break  # the edge of the budget lies between the last two
+            direction, qp = step, qp + step
+        passing = [q for q, r in rows.items() if r is not None and self.ok(r)]
+        if not passing:
+            return None
+        best = max(passing)
+        failing = min((q for q, r in rows.items() if r is not None and not self.ok(r) and q > best), default=None)
+        while failing is not None and failing - best > 1 and not self.exhausted():
+            middle = (best + failing) // 2
+            row = row_at(middle)
+            if row is None:
+                break
+            rows[middle] = row
+            best, failing = (middle, failing) if self.ok(row) else (best, middle)
+        self.values = ecq_values(best)
+        return rows[best]
 
     # --- phases 2-3 with an N:M pattern: which layers take it ---
     def pattern_variant(self, method, pattern, tensors=None):
@@ -360,7 +399,8 @@ class Search:
     # --- phase 4: value width per layer ---
     def per_layer_values(self, widths):
         """From the smallest state that holds, lower one layer's value width at a time (largest layers
-        first) to the next narrower width allowed, keeping each change that holds and saves bytes."""
+        first) to the next narrower width allowed, keeping each change that holds and saves bytes. An ecq
+        state's layers go to a coarser QP instead (its rate allocation refined by measurement)."""
         from dataclasses import replace
 
         order = [w for w in ("float32", "float16", "int8", "int4") if w in widths]
@@ -368,16 +408,24 @@ class Search:
         if not passing:
             return
         variant, row = max(passing, key=lambda state: self.objective(state[1]))
+
+        def narrower(current):
+            """The next setting down from `current`: ecq's QP one stride coarser, else the next width."""
+            kind, qp = parse_values(current)
+            if kind == "ecq":
+                return ecq_values(qp + ECQ_QP_STRIDE // 2) if qp + ECQ_QP_STRIDE // 2 <= QP_RANGE[1] else None
+            return order[order.index(current) + 1] if current in order and order.index(current) + 1 < len(order) \
+                else None
+
         layers = {}
         for info in self.store.tensors:
             if info.role not in TRAINING_STATE and np.dtype(info.dtype).kind == "f" and len(info.shape) >= 2:
                 layers.setdefault(info.layer, []).append(info.name)
         for names in sorted(layers.values(), key=lambda n: -sum(self._sizes[x] for x in n)):
             plan = dict(variant.value_plan)
-            current = plan.get(names[0], variant.values)
-            if current not in order or order.index(current) + 1 >= len(order):
+            lower = narrower(plan.get(names[0], variant.values))
+            if lower is None:
                 continue
-            lower = order[order.index(current) + 1]
             trial = replace(variant, value_plan=tuple(sorted({**plan, **{n: lower for n in names}}.items())),
                             calibration=variant.calibration or self.calibration)
             rows = self.score([trial])
@@ -474,6 +522,11 @@ def _search(search, methods, value_options, pattern, max_layers, target, spec, b
     search.advance("dense")
     starts = []
     for stored in value_options:
+        if stored == "ecq":  # its own start: the coarsest QP that holds, nothing zeroed
+            row = search.ecq_start("relative" if "relative" in methods else methods[0])
+            if row is not None:
+                starts.append(row)
+            continue
         search.values = stored
         for method in methods:
             row = search.patterned(method, pattern, max_layers) if pattern else search.uniform(method)
@@ -500,7 +553,7 @@ def _search(search, methods, value_options, pattern, max_layers, target, spec, b
         start_variant = search._uniform_variant(start["method"], start["delta"])
     if max_layers != 0 and not pattern:
         search.per_layer(start, start_variant, max_layers)
-    if target == "bytes" and len(value_options) > 1:
+    if target == "bytes" and (len(value_options) > 1 or parse_values(start["values"])[0] == "ecq"):
         search.per_layer_values(value_options)
     return {"starts": starts, "start": start, "start_variant": start_variant}
 

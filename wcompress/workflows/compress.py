@@ -1,8 +1,8 @@
 """compress: the smallest file that holds a quality budget on examples the search never saw, every lever on.
 
 It is autotune with the choices made for the user: the container, every sparsification method (the
-calibrated ones on the tuning examples), values in int8, int4 and float16 (GPTQ-rounded), per-layer levels
-and per-layer value widths, searched cheapest and most promising first so that a time limit still ends with
+calibrated ones on the tuning examples), values as ecq levels (the coarsest QP that holds), int8, int4 and
+float16 (GPTQ-rounded), per-layer levels and per-layer value widths (for ecq: a coarser QP per layer), searched cheapest and most promising first so that a time limit still ends with
 a good file. What it refuses to do quietly: judge a budget on examples it tuned on. Data too small to hold
 a part out is refused unless the caller gives a validation set or says `no_holdout` (the result is then
 labelled unverified); a result that fails the budget on the held-out part is never written.
@@ -19,8 +19,9 @@ from wcompress.workflows.autotune import MIN_HELD_OUT, autotune, sparsifier_meth
 from wcompress.workflows.scoring import split_examples
 from wcompress.workflows.variants import evaluator_for
 
-# Most promising first: int8 loses least per byte saved and int4 halves it again; float16 is the fallback.
-VALUE_ORDER = ("int8", "int4", "float16")
+# Most promising first: ecq spends the fewest bits for a given error (entropy-coded levels at any step), int8
+# loses least per byte saved and int4 halves it again; float16 is the fallback.
+VALUE_ORDER = ("ecq", "int8", "int4", "float16")
 # The calibrated methods keep most at a given sparsity; magnitude (relative) is the cheapest to evaluate.
 METHOD_ORDER = ("relative", "sparsegpt", "wanda", "flat", "triangular")
 

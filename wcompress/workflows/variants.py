@@ -27,7 +27,7 @@ class Variant:
     options: tuple = ()
     pack: bool = False  # also measure the packed container's bytes (training state dropped)
     delta: float = None  # for display: the δ a sweep row stands for
-    # How the container stores values (float32, float16, int8, int4): the variant is evaluated with the
+    # How the container stores values (float32, float16, int8, int4, ecq:QP): the variant is evaluated with the
     # values a restore of that container gives, and its packed bytes are that container's.
     values: str = "float32"
     calibration: str = None  # DATA.npz whose inputs make int8/int4 codes GPTQ-rounded
@@ -39,7 +39,7 @@ class Variant:
             options["plan"] = tuple(sorted(options["plan"].items()))
         shown = options.get("delta", options.get("dconv"))
         value_plan = tuple(sorted((value_plan or {}).items()))
-        quantized = {values, *(v for _, v in value_plan)} & {"int8", "int4"}
+        quantized = _quantized({values, *(v for _, v in value_plan)})
         if needs_calibration(method) and calibration is None:
             raise WcompressError(f"{method} scores weights by calibration inputs: give them with --calibration "
                                  "CALIB.npz")
@@ -50,7 +50,7 @@ class Variant:
     @property
     def quantized(self):
         """Whether int8/int4 codes are stored (calibration then also rounds them)."""
-        return bool({self.values, *(v for _, v in self.value_plan)} & {"int8", "int4"})
+        return _quantized({self.values, *(v for _, v in self.value_plan)})
 
     def sparsifier(self, spec=None):
         """The configured pass; a method scored by calibration inputs gets this process's statistics."""
@@ -62,6 +62,14 @@ class Variant:
         if needs_calibration(self.method):
             options["hessians"] = calibration_hessians(self, spec)
         return get_pass(self.method).new(**options)
+
+
+def _quantized(values):
+    """Whether any of these value settings stores integer codes (int8, int4, ecq:QP), which calibration rounds;
+    a malformed setting is refused here, before any evaluation."""
+    from wcompress.formats.container.quantization import parse_values
+
+    return any(parse_values(v)[0] in ("int8", "int4", "ecq") for v in values)
 
 
 def needs_calibration(method):
