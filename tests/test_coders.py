@@ -13,6 +13,7 @@ import pytest
 from helpers import assert_same_tensors, run_cli, run_error, run_json, stock_tensors
 
 from wcompress.formats.container import coders
+from wcompress.formats.container.layout import read_attributes
 
 
 def _streams():
@@ -111,7 +112,8 @@ def test_default_container_is_coded_and_near_the_entropy_bound(sparse_checkpoint
         for name, w in tensors.items():
             assert np.array_equal(back[name], w.astype(values).astype(np.float32))
         with h5py.File(container) as h5:
-            assert h5.attrs["version"] == 5 and h5.attrs["codec"] == "auto"
+            attributes = read_attributes(h5)  # strings stored fixed-length: h5py reads them as bytes
+            assert attributes["version"] == 5 and attributes["codec"] == "auto"
 
 
 def _rewrite_index(h5, index):

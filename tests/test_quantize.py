@@ -212,7 +212,7 @@ def test_quantize_refuses_what_it_cannot_write(real, small_keras, tmp_path):
     line = run_error("quantize", container, "-o", tmp_path / "q.h5")
     assert "pack --values int8" in line and not (tmp_path / "q.h5").exists()
     assert "4-bit" in run_error("quantize", real["musicnn"], "-o", str(tmp_path / "q4") + "/", "--bits", "4")
-    assert "--values int8 or int4" in run_error("pack", small_keras[1], "-o", tmp_path / "c.h5", "--data",
+    assert "--values int8, int4 or ecq" in run_error("pack", small_keras[1], "-o", tmp_path / "c.h5", "--data",
                                                 small_keras[2])
 
 

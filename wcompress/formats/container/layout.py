@@ -76,6 +76,30 @@ VALUE_CHOICES = ("float32", "float16", "int8", "int4", "ecq")
 QUANT_LEVELS = {"int8": 127, "int4": 7}  # see wcompress/formats/container/quantization.py
 
 
+def write_attributes(h5, attributes):
+    """Root attributes, strings as fixed-length UTF-8: a variable-length string lives in a global heap, whose
+    smallest collection is 4 KiB, a third of a small model's container."""
+    for key, value in attributes.items():
+        if isinstance(value, str):
+            data = value.encode()
+            h5.attrs.create(key, np.array(data, dtype=h5py.string_dtype("utf-8", max(1, len(data)))))
+        else:
+            h5.attrs[key] = value
+
+
+def read_attributes(h5):
+    """The root attributes with strings as str, whether stored fixed-length (ours since ecq) or variable-length."""
+    out = {}
+    for key, value in h5.attrs.items():
+        if isinstance(value, (bytes, np.bytes_)):
+            try:
+                value = bytes(value).decode()
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"attribute {key} is not UTF-8 text") from exc
+        out[key] = value
+    return out
+
+
 def _fits(decoded, stored):
     """Whether a reader accepts a tensor of `decoded` bytes from `stored` bytes of streams (see _validate)."""
     return decoded <= max(EXPANSION_FLOOR, MAX_EXPANSION * stored)

@@ -68,7 +68,7 @@ def quantize_ecq(array, qp, hessian=None):
     calibrated = quantize_calibrated(array, hessian, None, qp)
     if calibrated is not None:
         return calibrated
-    axis = channel_axis(array.shape)
+    axis = ecq_axis(array.shape)
     moved = np.moveaxis(array, axis, -1)
     flat = moved.reshape(-1, moved.shape[-1]).astype(np.float32, copy=False)
     steps = ecq_steps(flat, qp)
@@ -78,6 +78,13 @@ def quantize_ecq(array, qp, hessian=None):
 
 def channel_axis(shape):
     return len(shape) - 2 if shape[-1] == 1 else len(shape) - 1
+
+
+def ecq_axis(shape):
+    """ecq's step goes with each output a channel feeds: the last axis, but a depthwise kernel's (h, w, c, 1)
+    channels are axis 2. A Dense kernel with one output keeps one step: a step per input (channel_axis's
+    choice for int8) would be each weight's own size, and a QP above 0 would round every weight to zero."""
+    return len(shape) - 2 if len(shape) == 4 and shape[-1] == 1 else len(shape) - 1
 
 
 def quantize(array, levels):
@@ -195,7 +202,8 @@ def quantize_calibrated(array, hessian, levels, qp=None):
     if hessian is None:
         return None
     rows = array.size // array.shape[-1]
-    if hessian.ndim == 2 and channel_axis(array.shape) == array.ndim - 1 and hessian.shape == (rows, rows):
+    axis = channel_axis(array.shape) if qp is None else ecq_axis(array.shape)
+    if hessian.ndim == 2 and axis == array.ndim - 1 and hessian.shape == (rows, rows):
         return gptq(array, hessian, levels, qp=qp)
     if hessian.ndim == 3 and array.ndim == 4 and array.shape[-1] == 1 \
             and hessian.shape == (array.shape[2], array.shape[0] * array.shape[1], array.shape[0] * array.shape[1]):
@@ -221,7 +229,7 @@ def restored_values(array, values, hessian=None):
     kind, qp = parse_values(values)
     if kind == "ecq":
         codes, scale = quantize_ecq(array, qp, hessian)
-        return dequantize(codes, scale, array.dtype, channel_axis(array.shape))
+        return dequantize(codes, scale, array.dtype, ecq_axis(array.shape))
     levels = {"int8": LEVELS[8], "int4": LEVELS[4]}[values]
     codes, scale = quantize_calibrated(array, hessian, levels) or quantize(array, levels)
     return dequantize(codes, scale, array.dtype, channel_axis(array.shape))

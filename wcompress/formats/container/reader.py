@@ -11,7 +11,7 @@ from wcompress.errors import WcompressError, warn
 from wcompress.formats.container import coders, encodings
 from wcompress.formats.container.layout import (
     COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR, _INDEX_DTYPES, _VALUE_DTYPES,
-    _crc, _fits, _unzipped)
+    _crc, _fits, _unzipped, read_attributes)
 from wcompress.formats.container.quantization import QP_RANGE, dequantize
 from wcompress.formats.dtypes import is_float
 from wcompress.formats.h5check import check_structure, foreign_storage
@@ -37,7 +37,7 @@ class ContainerStore(ModelStore):
         check_structure(path)
         try:
             self.h5 = h5py.File(path, "r")
-            attrs = dict(self.h5.attrs)
+            attrs = read_attributes(self.h5)
             if attrs.get("format") != MAGIC:
                 raise WcompressError("not a wcompress container (an HDF5 file without the container's mark)", path)
             self.version = int(attrs.get("version", 0))
@@ -350,7 +350,7 @@ def is_container(path):
     check_structure(path)  # reading the root attributes of a damaged file can crash or hang HDF5
     try:
         with h5py.File(path, "r") as h5:
-            return h5.attrs.get("format") == MAGIC
+            return read_attributes(h5).get("format") == MAGIC
     except (OSError, ValueError, TypeError, RuntimeError, KeyError):
         return False
 

@@ -13,9 +13,10 @@ from wcompress.errors import WcompressError
 from wcompress.formats.container import coders, encodings, levels
 from wcompress.formats.container.coders import CODECS
 from wcompress.formats.container.layout import (
-    ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits)
+    ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits,
+    write_attributes)
 from wcompress.formats.container.quantization import (
-    channel_axis, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq)
+    channel_axis, ecq_axis, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq)
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.tensors import QUANTIZATION
 
@@ -82,7 +83,7 @@ class ContainerWriter:
                                     else os.path.normpath(self.store.path))
             attributes = dict(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
                               codec=self.codec, values=self.values)
-            h5.attrs.update(attributes)
+            write_attributes(h5, attributes)
             streams = create_group(h5, "streams")
             self._ecq = False
             self._pool, self._pool_bytes, self._pools, self._checksums = [], 0, 0, {}
@@ -202,7 +203,7 @@ class ContainerWriter:
     def _prepare_ecq(self, info, array, qp):
         """An ecq tensor: its levels context-coded (levels.py) and a float32 step per channel; None when the
         coded levels are too small for a reader to accept them (see _fits)."""
-        axis = channel_axis(array.shape)
+        axis = ecq_axis(array.shape)
         calibrated = quantize_calibrated(array, self.hessians.get(info.name), None, qp)
         codes, steps = calibrated or quantize_ecq(array, qp)
         blob = levels.encode(levels.to_plane(codes, axis))
