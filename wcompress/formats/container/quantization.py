@@ -11,7 +11,7 @@ scale per channel it filters, and a Dense kernel with one output a scale per inp
 import numpy as np
 
 from wcompress.errors import WcompressError
-from wcompress.formats.dtypes import is_float
+from wcompress.formats.dtypes import BFLOAT16, is_float
 
 LEVELS = {8: 127, 4: 7}
 
@@ -59,6 +59,9 @@ def ecq_steps(flat, qp, hessian=None):
     steps = 2.0 ** (qp / 4) * np.sqrt(energy)
     top = np.abs(flat).max(axis=0) if flat.size else np.zeros(flat.shape[1])
     steps = np.maximum(steps, top / MAX_ECQ_LEVEL)
+    # Rounded to bfloat16's 8 significant bits (kept as float32): a step is a choice, not a measurement, and
+    # the stored steps then code to ~2 bytes each instead of 4 (a 256-channel LSTM kernel: 0.5 KB less).
+    steps = np.where(steps > 0, steps, 1.0).astype(np.float32).astype(BFLOAT16).astype(np.float32)
     return np.where(steps > 0, steps, 1.0).astype(np.float32)
 
 
