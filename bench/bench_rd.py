@@ -123,7 +123,7 @@ def bench_model(name, model, kind, tune, held, measure, work):
     out = os.path.join(work, f"{name}-autotune.h5")
     tuned = wcompress.autotune(dense_path, tune, 0.05,
                                **({"metric": "auc"} if name == "mhcnuggets" else
-                                  {"metric": "fidelity", "reference": dense_path}),
+                                  {"metric": "corr", "reference": dense_path}),
                                output=out, target="bytes", pack=True, values=("ecq",), calibration=calibration,
                                time_limit=TIME_LIMIT, force=True).to_dict()
     add("autotune --bits ecq (judged here on the held-out part)", tuned["tuned"]["values"], out)

@@ -48,6 +48,9 @@ MIN_HELD_OUT = 10  # fewer held-out examples than this would judge nothing
 # ecq's QP: searched within these bounds, walked 4 at a time (each step of 4 doubles every channel's step).
 ECQ_QP_SEARCH = (-16, 32)
 ECQ_QP_STRIDE = 4
+# Sensitivity probes: each layer alone this much coarser than the uniform edge; offsets kept within ±12.
+ECQ_PROBE_ABOVE = 8
+ECQ_MAX_OFFSET = 12
 
 
 def sparsifier_methods(calibrated=False):
@@ -164,13 +167,65 @@ class Search:
         self.uniform_variants.add(variant)
         return variant
 
-    # --- phase 2 for ecq: the quality parameter ---
+    # --- phase 2 for ecq: the quality parameter, then per-layer offsets from measured sensitivity ---
     def ecq_start(self, method):
-        """The row of the coarsest ecq QP that holds on the tuning part with nothing zeroed (None: not even the
-        finest tried). QP is walked in steps of 4 from 0 (a doubling of every step each), then bisected."""
+        """The row of the smallest ecq state that holds on the tuning part with nothing zeroed (None: not even
+        the finest QP tried). First one QP for every layer, the coarsest that holds; then each layer's offset
+        from its measured sensitivity (ecq_offsets), and again the coarsest global QP that holds with them."""
+        uniform = self._ecq_walk(method, {})
+        if uniform is None or self.exhausted():
+            return uniform
+        offsets = self.ecq_offsets(method, parse_values(uniform["values"])[1] + ECQ_PROBE_ABOVE)
+        allocated = self._ecq_walk(method, offsets) if offsets else None
+        best = max((r for r in (uniform, allocated) if r is not None and self.ok(r)), key=self.objective)
+        self.values = best["values"]
+        return best
+
+    def ecq_layers(self):
+        """{layer: its float tensors of rank >= 2}: what ecq quantizes (training state aside)."""
+        layers = {}
+        for info in self.store.tensors:
+            if info.role not in TRAINING_STATE and np.dtype(info.dtype).kind == "f" and len(info.shape) >= 2:
+                layers.setdefault(info.layer, []).append(info.name)
+        return layers
+
+    def ecq_offsets(self, method, probe):
+        """{layer: QP offset}. Each layer alone is stored at QP `probe` (the rest float32) and its loss on the
+        tuning part measured: at high rate a layer's loss grows as g_l 2^(QP/2) and its bits fall n_l / 4 per
+        QP, so equal marginal returns put QP_l = Q + 2 log2(n_l / g_l). Offsets are taken from their median,
+        rounded, within ±ECQ_MAX_OFFSET; a layer whose loss does not show gets the largest."""
+        from dataclasses import replace
+
+        layers = self.ecq_layers()
+        base = self._uniform_variant(method, 0.0)
+        probes = {layer: replace(base, values="float32", calibration=self.calibration,
+                                 value_plan=tuple(sorted((n, ecq_values(probe)) for n in names)))
+                  for layer, names in layers.items()}
+        rows = self.score(list(probes.values()))
+        if len(rows) < len(probes) or len(layers) < 2:
+            return {}
+        floor = 1e-9 * max(1.0, abs(self.base))
+        raw = {layer: 2 * np.log2(sum(self._sizes[n] for n in layers[layer]) / max(self._loss(row), floor))
+               for layer, row in zip(probes, rows)}
+        middle = float(np.median(list(raw.values())))
+        return {layer: int(np.clip(round(value - middle), -ECQ_MAX_OFFSET, ECQ_MAX_OFFSET))
+                for layer, value in raw.items()}
+
+    def _ecq_walk(self, method, offsets):
+        """The row of the coarsest global QP that holds with these per-layer offsets: walked by
+        ECQ_QP_STRIDE from 0 to the edge of the budget, then bisected (None: nothing held)."""
+        from dataclasses import replace
+
+        layers = self.ecq_layers()
+
         def row_at(qp):
             self.values = ecq_values(qp)
-            (row,) = self.score([self._uniform_variant(method, 0.0)]) or [None]
+            variant = self._uniform_variant(method, 0.0)
+            plan = {n: ecq_values(int(np.clip(qp + offsets[layer], *QP_RANGE)))
+                    for layer, names in layers.items() if offsets.get(layer) for n in names}
+            if plan:
+                variant = replace(variant, value_plan=tuple(sorted(plan.items())))
+            (row,) = self.score([variant]) or [None]
             return row
 
         low, high = ECQ_QP_SEARCH
@@ -184,11 +239,11 @@ class Search:
             if direction is not None and step != direction:
                 break  # the edge of the budget lies between the last two
             direction, qp = step, qp + step
-        passing = [q for q, r in rows.items() if r is not None and self.ok(r)]
+        passing = [q for q, r in rows.items() if self.ok(r)]
         if not passing:
             return None
         best = max(passing)
-        failing = min((q for q, r in rows.items() if r is not None and not self.ok(r) and q > best), default=None)
+        failing = min((q for q, r in rows.items() if not self.ok(r) and q > best), default=None)
         while failing is not None and failing - best > 1 and not self.exhausted():
             middle = (best + failing) // 2
             row = row_at(middle)
@@ -196,7 +251,6 @@ class Search:
                 break
             rows[middle] = row
             best, failing = (middle, failing) if self.ok(row) else (best, middle)
-        self.values = ecq_values(best)
         return rows[best]
 
     # --- phases 2-3 with an N:M pattern: which layers take it ---
@@ -399,8 +453,9 @@ class Search:
     # --- phase 4: value width per layer ---
     def per_layer_values(self, widths):
         """From the smallest state that holds, lower one layer's value width at a time (largest layers
-        first) to the next narrower width allowed, keeping each change that holds and saves bytes. An ecq
-        state's layers go to a coarser QP instead (its rate allocation refined by measurement)."""
+        first) to the next narrower width allowed, keeping each change that holds and saves bytes, pass after
+        pass. An ecq state's layers go to a coarser QP instead, 2 at a time: its rate allocation refined by
+        each layer's measured effect on the metric."""
         from dataclasses import replace
 
         order = [w for w in ("float32", "float16", "int8", "int4") if w in widths]
@@ -417,22 +472,26 @@ class Search:
             return order[order.index(current) + 1] if current in order and order.index(current) + 1 < len(order) \
                 else None
 
-        layers = {}
-        for info in self.store.tensors:
-            if info.role not in TRAINING_STATE and np.dtype(info.dtype).kind == "f" and len(info.shape) >= 2:
-                layers.setdefault(info.layer, []).append(info.name)
-        for names in sorted(layers.values(), key=lambda n: -sum(self._sizes[x] for x in n)):
-            plan = dict(variant.value_plan)
-            lower = narrower(plan.get(names[0], variant.values))
-            if lower is None:
-                continue
-            trial = replace(variant, value_plan=tuple(sorted({**plan, **{n: lower for n in names}}.items())),
-                            calibration=variant.calibration or self.calibration)
-            rows = self.score([trial])
-            if not rows:
-                break
-            if self.ok(rows[0]) and self.objective(rows[0]) > self.objective(row):
-                variant, row = trial, rows[0]
+        layers = self.ecq_layers()
+        # Passes over the layers until none takes a narrower setting (ecq's QP can go on rising); a layer that
+        # fails once stays where it is.
+        frozen, improved = set(), True
+        while improved and not self.exhausted():
+            improved = False
+            for layer, names in sorted(layers.items(), key=lambda item: -sum(self._sizes[x] for x in item[1])):
+                plan = dict(variant.value_plan)
+                lower = None if layer in frozen else narrower(plan.get(names[0], variant.values))
+                if lower is None:
+                    continue
+                trial = replace(variant, value_plan=tuple(sorted({**plan, **{n: lower for n in names}}.items())),
+                                calibration=variant.calibration or self.calibration)
+                rows = self.score([trial])
+                if not rows:
+                    return
+                if self.ok(rows[0]) and self.objective(rows[0]) > self.objective(row):
+                    variant, row, improved = trial, rows[0], True
+                else:
+                    frozen.add(layer)
 
     def closest(self):
         """(variant, row) of the evaluated state that lost least on the tuning part (--best-effort)."""
@@ -551,7 +610,8 @@ def _search(search, methods, value_options, pattern, max_layers, target, spec, b
         start_variant = search.pattern_variant(start["method"], pattern)
     else:
         start_variant = search._uniform_variant(start["method"], start["delta"])
-    if max_layers != 0 and not pattern:
+    # An ecq start is refined per layer in its QP (per_layer_values), not in sparsity.
+    if max_layers != 0 and not pattern and parse_values(start["values"])[0] != "ecq":
         search.per_layer(start, start_variant, max_layers)
     if target == "bytes" and (len(value_options) > 1 or parse_values(start["values"])[0] == "ecq"):
         search.per_layer_values(value_options)
