@@ -116,21 +116,23 @@ def quality(reference, pred):
             "maxdiff": max_abs_diff(reference, pred)}
 
 
-def tflite_int8(model, kind, out):
+def tflite_int8(model, kind, out, optimize=True):
+    """The TFLite converter's file: dynamic-range int8 (Optimize.DEFAULT), or float with optimize=False."""
     import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):  # the converter prints; stdout is for the JSON
-        return _tflite_int8(model, kind, out)
+        return _tflite_int8(model, kind, out, optimize)
 
 
-def _tflite_int8(model, kind, out):
+def _tflite_int8(model, kind, out, optimize=True):
     import tensorflow as tf
 
+    optimizations = [tf.lite.Optimize.DEFAULT] if optimize else []
     if kind == "keras":
         import keras
 
         converter = tf.lite.TFLiteConverter.from_keras_model(keras.models.load_model(model, compile=False))
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.optimizations = optimizations
         content = converter.convert()
     else:
         from wcompress.formats.tf1_meta import load_meta_graph_def
@@ -145,7 +147,7 @@ def _tflite_int8(model, kind, out):
             saver.restore(session, model)
             converter = tf.compat.v1.lite.TFLiteConverter.from_session(
                 session, [graph.get_tensor_by_name(MUSICNN_IN)], [graph.get_tensor_by_name(MUSICNN_OUT)])
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.optimizations = optimizations
             content = converter.convert()
     with open(out, "wb") as fh:
         fh.write(content)

@@ -62,41 +62,29 @@ def float_tflite(model, kind, out):
     """`out`: the float .tflite of a Keras model (kind "keras") or a TF1 checkpoint with .meta ("tf1")."""
     import contextlib
 
+    from bench_quantize import tflite_int8
+
+    if kind != "keras":
+        return tflite_int8(model, kind, out, optimize=False)
     with contextlib.redirect_stdout(sys.stderr):  # the converter prints; stdout is for the JSON
-        content = _convert(model, kind)
+        content = _convert_keras(model)
     with open(out, "wb") as fh:
         fh.write(content)
     return out
 
 
-def _convert(model, kind):
+def _convert_keras(model):
+    import keras
     import tensorflow as tf
-    from bench_quantize import MUSICNN_FLAG, MUSICNN_IN, MUSICNN_OUT
 
-    if kind == "keras":
-        import keras
-
-        loaded = keras.models.load_model(model, compile=False)
-        if any(isinstance(layer, keras.layers.RNN) for layer in loaded.layers):
-            # At a free batch size the loop's tensor lists need Flex ops; at batch 1 it is builtin ops only.
-            batch_1 = keras.Input(batch_shape=(1,) + loaded.input_shape[1:])
-            fixed = keras.models.clone_model(loaded, input_tensors=batch_1)
-            fixed.set_weights(loaded.get_weights())
-            loaded = fixed
-        return tf.lite.TFLiteConverter.from_keras_model(loaded).convert()
-    from wcompress.formats.tf1_meta import load_meta_graph_def
-
-    prefix = os.path.join(model, "") if os.path.isdir(model) else model
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
-        meta = load_meta_graph_def(prefix + ".meta")
-        for node in meta.graph_def.node:
-            if "_output_shapes" in node.attr:
-                del node.attr["_output_shapes"]
-        saver = tf.compat.v1.train.import_meta_graph(meta, input_map={MUSICNN_FLAG: tf.constant(False)})
-        saver.restore(session, prefix)
-        return tf.compat.v1.lite.TFLiteConverter.from_session(
-            session, [graph.get_tensor_by_name(MUSICNN_IN)], [graph.get_tensor_by_name(MUSICNN_OUT)]).convert()
+    loaded = keras.models.load_model(model, compile=False)
+    if any(isinstance(layer, keras.layers.RNN) for layer in loaded.layers):
+        # At a free batch size the loop's tensor lists need Flex ops; at batch 1 it is builtin ops only.
+        batch_1 = keras.Input(batch_shape=(1,) + loaded.input_shape[1:])
+        fixed = keras.models.clone_model(loaded, input_tensors=batch_1)
+        fixed.set_weights(loaded.get_weights())
+        loaded = fixed
+    return tf.lite.TFLiteConverter.from_keras_model(loaded).convert()
 
 
 def main():

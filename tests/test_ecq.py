@@ -245,3 +245,19 @@ def test_autotune_searches_the_quality_parameter_and_holds_out(mhc, tmp_path):
     assert again == pytest.approx(result["tuned"]["held_out_value"])
     int8 = run_json("pack", mhc["ba"], "--values", "int8", "-o", tmp_path / "int8.h5")["output_bytes"]
     assert result["output_bytes"] < int8
+
+
+def test_sparsify_pack_ecq_keeps_the_zeros(tiny, tmp_path):
+    """Pruned weights stay zero through ecq (a zero rounds to level 0, GPTQ or not)."""
+    from wcompress.formats import open_model
+
+    sparse = tmp_path / "sparse.keras"
+    run_cli("sparsify", tiny["keras"], "--method", "relative", "--delta", "0.5", "--min-size", "0", "-o", sparse)
+    container = tmp_path / "c.h5"
+    run_cli("sparsify", tiny["keras"], "--method", "relative", "--delta", "0.5", "--min-size", "0", "--pack",
+            "--values", "ecq", "--qp", "0", "-o", container)
+    before, after = open_model(str(sparse)), open_model(str(container))
+    for info in before.tensors:
+        if info.role == "kernel":
+            zeros = before.load(info.name) == 0
+            assert zeros.any() and not after.load(info.name)[zeros].any()
