@@ -48,6 +48,7 @@ MIN_HELD_OUT = 10  # fewer held-out examples than this would judge nothing
 # ecq's QP: searched within these bounds, walked 4 at a time (each step of 4 doubles every channel's step).
 ECQ_QP_SEARCH = (-16, 32)
 ECQ_QP_STRIDE = 4
+ECQ_QP_FIRST = -8  # ~4 bits per weight: most models hold there, so even a short search ends with a state
 # Sensitivity probes: each layer alone this much coarser than the uniform edge; offsets kept within ±12.
 ECQ_PROBE_ABOVE = 8
 ECQ_MAX_OFFSET = 12
@@ -213,7 +214,7 @@ class Search:
 
     def _ecq_walk(self, method, offsets):
         """The row of the coarsest global QP that holds with these per-layer offsets: walked by
-        ECQ_QP_STRIDE from 0 to the edge of the budget, then bisected (None: nothing held)."""
+        ECQ_QP_STRIDE from ECQ_QP_FIRST to the edge of the budget, then bisected (None: nothing held)."""
         from dataclasses import replace
 
         layers = self.ecq_layers()
@@ -229,7 +230,7 @@ class Search:
             return row
 
         low, high = ECQ_QP_SEARCH
-        rows, qp, direction = {}, 0, None
+        rows, qp, direction = {}, ECQ_QP_FIRST, None
         while low <= qp <= high and not self.exhausted():
             row = row_at(qp)
             if row is None:
@@ -475,9 +476,10 @@ class Search:
         layers = self.ecq_layers()
         # Passes over the layers until none takes a narrower setting (ecq's QP can go on rising); a layer that
         # fails once stays where it is.
-        frozen, improved = set(), True
-        while improved and not self.exhausted():
-            improved = False
+        frozen, improved, first = set(), True, True
+        # A width ladder ends after one pass (int4 is its bottom); ecq's QP can go on rising.
+        while improved and not self.exhausted() and (first or parse_values(variant.values)[0] == "ecq"):
+            improved, first = False, False
             for layer, names in sorted(layers.items(), key=lambda item: -sum(self._sizes[x] for x in item[1])):
                 plan = dict(variant.value_plan)
                 lower = None if layer in frozen else narrower(plan.get(names[0], variant.values))
