@@ -142,3 +142,14 @@ def as_version_1(container):
 def abort_like_a_damaged_file(path):
     """Stands in for the HDF5 structure walk in tests: dies the way libhdf5 dies on a double free."""
     os.abort()
+
+
+def split_labelled(data, at, folder):
+    """A labelled .npz split at example `at` into (tune.npz, check.npz) in `folder`."""
+    import numpy as np
+
+    arrays = np.load(data)
+    tune, check = folder / "tune.npz", folder / "check.npz"
+    np.savez(tune, x=arrays["x"][:at], y=arrays["y"][:at])
+    np.savez(check, x=arrays["x"][at:], y=arrays["y"][at:])
+    return tune, check

@@ -9,7 +9,7 @@ import zlib
 import h5py
 import numpy as np
 import pytest
-from helpers import run_cli, run_error, run_json, stock_tensors
+from helpers import run_cli, run_error, run_json, split_labelled, stock_tensors
 
 from wcompress.formats.container import levels
 from wcompress.formats.container.quantization import ecq_steps, quantize_ecq, restored_values
@@ -230,10 +230,7 @@ def test_crafted_ecq_entries_are_refused(tmp_path, edit, blob, message):
 def test_autotune_searches_the_quality_parameter_and_holds_out(mhc, tmp_path):
     """--bits ecq: the coarsest QP that holds on the tuning part, refined per layer; judged on examples the
     search never saw, and that figure is what the written container gives when restored and evaluated."""
-    data = np.load(mhc["data"])
-    tune, check = tmp_path / "tune.npz", tmp_path / "check.npz"
-    np.savez(tune, x=data["x"][:400], y=data["y"][:400])
-    np.savez(check, x=data["x"][400:], y=data["y"][400:])
+    tune, check = split_labelled(mhc["data"], 400, tmp_path)
     out = tmp_path / "small.h5"
     result = run_json("autotune", mhc["ba"], "--data", tune, "--validation", check, "--metric", "auc",
                       "--max-drop", "0.05", "--target", "bytes", "--pack", "--bits", "ecq", "--max-layers", "0",

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import run_cli, run_error, run_json, stock_tensors
+from helpers import run_cli, run_error, run_json, split_labelled, stock_tensors
 
 from wcompress.errors import WcompressError
 
@@ -168,10 +168,7 @@ def test_autotune_jobs_2_equals_jobs_1(tuned_mhc, mhc, tmp_path):
 
 
 def test_autotune_validation_file_and_bytes_target(mhc, tmp_path):
-    data = np.load(mhc["data"])
-    tune, check = tmp_path / "tune.npz", tmp_path / "check.npz"
-    np.savez(tune, x=data["x"][:400], y=data["y"][:400])
-    np.savez(check, x=data["x"][400:], y=data["y"][400:])
+    tune, check = split_labelled(mhc["data"], 400, tmp_path)
     out = tmp_path / "small.h5"
     result = run_json("autotune", mhc["ba"], "--data", tune, "--validation", check, "--metric", "auc",
                       "--max-drop", "0.05", "--target", "bytes", "--pack", "--max-layers", "0", "-o", out)
