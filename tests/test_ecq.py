@@ -12,7 +12,7 @@ import pytest
 from helpers import run_cli, run_error, run_json, split_labelled, stock_tensors
 
 from wcompress.formats.container import levels
-from wcompress.formats.container.quantization import ecq_steps, quantize_ecq, restored_values
+from wcompress.formats.container.quantization import ecq_steps, ecq_unit, ecq_units, quantize_ecq, restored_values
 
 
 def _laplace_plane(shape, scale, seed=0):
@@ -67,6 +67,77 @@ def test_steps_follow_their_definition():
         energy = np.array([w[:, c] @ h @ w[:, c] for c in range(5)]) / np.trace(h)
         expected = np.where(energy > 0, 2 ** (qp / 4) * np.sqrt(energy), 1.0)
         assert np.allclose(ecq_steps(w, qp, h), expected, rtol=2 ** -8)
+        unit = np.array([0.5, 1, 2, 4, 8])  # measured sensitivity: the step goes halfway to it, on a log scale
+        expected = np.where(energy > 0, 2 ** (qp / 4) * np.sqrt(np.sqrt(energy) * unit), 1.0)
+        assert np.allclose(ecq_steps(w, qp, h, unit), expected, rtol=2 ** -8)
+
+
+def test_units_follow_their_definition():
+    """u_c = sqrt(variance / (N F_c)), F_c the mean sensitivity of channel c's weights (a depthwise kernel's
+    channels on axis 2), floored at 1e-4 x its tensor's mean; a tensor the output ignores gets none."""
+    rng = np.random.default_rng(4)
+    dense, depthwise = rng.random((6, 4)), rng.random((3, 3, 5, 1))
+    dense[:, 1] = 0
+    units = ecq_units({"d": dense, "dw": depthwise, "bias": rng.random(4), "dead": np.zeros((2, 2))}, 7.0)
+    total = dense.size + depthwise.size + 4
+    channel = dense.mean(axis=0)
+    channel[1] = 1e-4 * channel.mean()
+    assert set(units) == {"d", "dw"}
+    assert np.allclose(units["d"], np.sqrt(7.0 / (total * channel)))
+    assert np.allclose(units["dw"], np.sqrt(7.0 / (total * depthwise.mean(axis=(0, 1, 3)))))
+    assert ecq_units({"d": dense}, 0.0) == {}
+
+
+def _probes(rows, outputs, batch=16):
+    """The standard normal probe of each batch, as the predictors draw it (seeded by the batch's index)."""
+    import tensorflow as tf
+
+    return [tf.random.stateless_normal((min(batch, rows - s), outputs), seed=(i, 0)).numpy().astype(np.float64)
+            for i, s in enumerate(range(0, rows, batch))]
+
+
+def test_keras_output_sensitivity_is_the_probed_gradient_squared(tiny):
+    """The linear head's gradient is h' v (h its input): its Fisher is the mean of (h' v)^2 over batches."""
+    import keras
+
+    from wcompress.runtime.predictors import load_predictor
+
+    predictor = load_predictor(tiny["keras"])
+    try:
+        fisher, variance = predictor.kernel_output_fisher({"x": tiny["x"]})
+        model = predictor.model
+        head = next(i for i, v in enumerate(model.weights) if v is model.get_layer("head").kernel)
+        hidden = keras.Model(model.inputs, model.get_layer("hidden2").output).predict(tiny["x"], verbose=0)
+        outputs = model.predict(tiny["x"], verbose=0).astype(np.float64)
+    finally:
+        predictor.close()
+    hidden = hidden.astype(np.float64)
+    expected = sum((hidden[16 * i:16 * i + 16].T @ v) ** 2 for i, v in enumerate(_probes(64, 3))) / 64
+    assert np.allclose(fisher[head], expected, rtol=1e-4)
+    assert variance == pytest.approx(outputs.var(axis=0).sum(), rel=1e-5)
+    assert {len(model.weights[i].shape) for i in fisher} == {2}
+
+
+def test_tf1_output_sensitivity_is_the_probed_gradient_squared(tiny):
+    """sigmoid(relu(x w1 + b1) w2 + b2): d(v . out)/d w2 = a' (v s (1 - s)), a = relu(x w1 + b1)."""
+    from wcompress.formats import open_model
+    from wcompress.runtime.predictors import load_predictor
+
+    store = open_model(tiny["tf1"])
+    w1, b1, w2, b2 = (store.load(n).astype(np.float64) for n in ("fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias"))
+    x = np.random.default_rng(5).random((40, 10)).astype(np.float32)
+    predictor = load_predictor(tiny["tf1"])
+    try:
+        fisher, variance = predictor.kernel_output_fisher({"x": x})
+    finally:
+        predictor.close()
+    a = np.maximum(x @ w1 + b1, 0)
+    s = 1 / (1 + np.exp(-(a @ w2 + b2)))
+    expected = sum((a[16 * i:16 * i + 16].T @ (v * s[16 * i:16 * i + 16] * (1 - s[16 * i:16 * i + 16]))) ** 2
+                   for i, v in enumerate(_probes(40, 4))) / 40
+    assert sorted(fisher) == ["fc1/kernel", "fc2/kernel"]
+    assert np.allclose(fisher["fc2/kernel"], expected, rtol=1e-4)
+    assert variance == pytest.approx(s.var(axis=0).sum(), rel=1e-4)
 
 
 def test_rounded_levels_and_pruned_zeros():
@@ -105,7 +176,8 @@ def test_restore_gives_exactly_the_values_the_evaluation_used(tiny, packed, tmp_
 
 
 def test_calibrated_ecq_restores_what_gptq_chose(tiny, tmp_path):
-    """With --data the levels are GPTQ-rounded on ecq's grid: restore gives those values, bit for bit."""
+    """With --data the levels are GPTQ-rounded on ecq's grid, its steps moved by the measured sensitivity:
+    restore gives those values, bit for bit."""
     from wcompress.formats import open_model
     from wcompress.runtime.capture import input_hessians
 
@@ -113,13 +185,14 @@ def test_calibrated_ecq_restores_what_gptq_chose(tiny, tmp_path):
     np.savez(data, x=tiny["x"][:32])
     container = tmp_path / "c.h5"
     run_cli("pack", tiny["keras"], "--values", "ecq", "--qp", "0", "--data", data, "-o", container)
-    hessians = input_hessians(tiny["keras"], str(data))
+    calibration = input_hessians(tiny["keras"], str(data), sensitivity=True)
     source, stored = open_model(tiny["keras"]), open_model(str(container))
     calibrated = [n for n, e in stored.entries.items() if (e.get("quantized") or {}).get("calibrated")]
-    assert calibrated
+    assert calibrated and set(calibrated) <= set(calibration.units)
     for name in calibrated:
-        assert np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0", hessians[name]))
-        assert not np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0"))
+        assert np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0", calibration[name],
+                                                                 ecq_unit(calibration, name)))
+        assert not np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0", calibration[name]))
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5", ".weights.h5"])

@@ -140,12 +140,15 @@ def sparsify(model, method=None, delta=None, sparsity=None, dconv=None, dfc=None
         return SparsifyResult(result.summaries[sparsifier.name], result.tensors, result, result.warnings, result.model)
 
 
-def _hessians(path, data, progress):
+def _hessians(path, data, progress, values=None):
+    """The model's calibration statistics; ecq values also measure each kernel's output sensitivity."""
+    from wcompress.formats.container.quantization import parse_values
     from wcompress.runtime.capture import input_hessians
 
     shown = data if isinstance(data, (str, os.PathLike)) else "the calibration data"
     announce(progress, f"calibrating on {shown} …")
-    return input_hessians(path, as_examples(data), show_progress=bars(progress))
+    return input_hessians(path, as_examples(data), show_progress=bars(progress),
+                          sensitivity=parse_values(values)[0] == "ecq")
 
 
 def pack(model, output=None, values="float32", codec="auto", data=None, force=False, order_file=None,
@@ -160,7 +163,7 @@ def pack(model, output=None, values="float32", codec="auto", data=None, force=Fa
         raise WcompressError("--data calibrates int8/int4/ecq codes: add --values int8, int4 or ecq")
 
     def writer(store):
-        hessians = _hessians(store.path, data, progress) if data is not None else None
+        hessians = _hessians(store.path, data, progress, values) if data is not None else None
         return ContainerWriter(store, values=values, codec=codec, hessians=hessians)
 
     return _run(model, [], fspath(output), force, order_file, progress, "packed", writer=writer)

@@ -12,23 +12,30 @@ import numpy as np
 
 from wcompress.errors import WcompressError
 from wcompress.formats import open_model
+from wcompress.formats.container.quantization import Calibration, ecq_units
 from wcompress.runtime.data import load_data
 from wcompress.runtime.predictors import load_predictor
 
 
-def input_hessians(path, data, batch_size=16, show_progress=False, **load_options):
-    """{stored tensor name: H (inputs x inputs, float64)} for the kernels the model's products read."""
+def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=False, **load_options):
+    """A Calibration: {stored tensor name: H (inputs x inputs, float64)} for the kernels the model's products
+    read; with `sensitivity`, also ecq's unit steps from how the output moves with each kernel's weights
+    (one more pass, forward and backward, over the data)."""
     examples = load_data(data) if isinstance(data, str) else data
     predictor = load_predictor(path, **load_options)
     try:
         by_key = predictor.kernel_input_hessians(examples, batch_size, show_progress)
+        fisher, variance = predictor.kernel_output_fisher(examples, batch_size, show_progress) \
+            if sensitivity and by_key else ({}, 0.0)
         handles = match_by_content(open_model(path), predictor.weights())
         keys = {name: predictor.handle_key(handle) for name, handle in handles.items()}
     finally:
         predictor.close()
     if not by_key:
         raise WcompressError("found no Dense/Conv layer or MatMul/Conv2D op reading a kernel to calibrate", path)
-    return {name: by_key[key] for name, key in keys.items() if key in by_key}
+    hessians = {name: by_key[key] for name, key in keys.items() if key in by_key}
+    units = ecq_units({name: fisher[key] for name, key in keys.items() if key in fisher}, variance)
+    return Calibration(hessians, units)
 
 
 def content_key(array):

@@ -47,6 +47,30 @@ class Predictor:
         """{handle key: X^T X / n} of the inputs of each kernel a product reads (io/capture.py)."""
         return {}
 
+    def kernel_output_fisher(self, data, batch_size=16, show_progress=False):
+        """({handle key: E over examples of (d(v . f)/dW)^2, W's shape}, the outputs' summed variance) for the
+        model's float kernels (rank >= 2), f its output and v a standard normal probe per output: how far
+        the output moves with each weight (ecq's allocation, quantization.ecq_units). ({}, 0.0) where the
+        model cannot be differentiated."""
+        return {}, 0.0
+
+    def _accumulate_fisher(self, step, data, batch_size, show_progress):
+        """Run step(batch, seed) -> ({key: d(v . f)/dW}, f) over the data; squares and output moments summed
+        in float64. The probe v is drawn from `seed` (the batch's index): the same data gives the same figures."""
+        feeds = self.match(data)
+        n = next(iter(feeds.values())).shape[0]
+        sums, first, second = {}, 0.0, 0.0
+        with batch_progress(n, enabled=show_progress, label="measuring sensitivity") as advance:
+            for index, start in enumerate(range(0, n, batch_size)):
+                grads, out = step({k: v[start:start + batch_size] for k, v in feeds.items()}, index)
+                for key, grad in grads.items():
+                    sums[key] = sums.get(key, 0) + np.square(np.asarray(grad, dtype=np.float64))
+                out = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
+                first, second = first + out.sum(axis=0), second + (out * out).sum(axis=0)
+                advance(min(batch_size, n - start))
+        variance = float(np.sum(second / max(n, 1) - (first / max(n, 1)) ** 2)) if n else 0.0
+        return {key: total / n for key, total in sums.items()}, max(variance, 0.0)
+
     def _accumulate(self, step, data, batch_size, show_progress):
         """Run step(batch) -> {key: (X^T X, rows)} over the data; the mean per key, in float64."""
         feeds = self.match(data)
@@ -164,6 +188,26 @@ class KerasPredictor(Predictor):
 
         return self._accumulate(step, data, batch_size, show_progress)
 
+    def kernel_output_fisher(self, data, batch_size=16, show_progress=False):
+        kernels = [(i, v) for i, v in enumerate(self.model.weights)
+                   if len(v.shape) >= 2 and np.dtype(v.dtype).kind == "f"]
+        if not kernels:
+            return {}, 0.0
+        variables = [getattr(v, "value", v) for _, v in kernels]  # Keras 3 wraps a tf.Variable
+
+        def step(batch, seed):
+            values = [batch[t.name] for t in self.model.inputs]
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(variables)
+                out = self.model(values if len(values) > 1 else values[0], training=False)
+                out = tf.cast(out[0] if isinstance(out, (list, tuple)) else out, tf.float32)
+                probe = tf.random.stateless_normal(tf.shape(out), seed=(seed, 0))
+                total = tf.reduce_sum(out * probe)
+            grads = tape.gradient(total, variables)
+            return {i: g.numpy() for (i, _), g in zip(kernels, grads) if g is not None}, out.numpy()
+
+        return self._accumulate_fisher(step, data, batch_size, show_progress)
+
 
 class GraphPredictor(Predictor):
     """A TF1 graph in its own session: a MetaGraph + checkpoint, or a SavedModel via the stock v1 loader."""
@@ -260,6 +304,35 @@ class GraphPredictor(Predictor):
             return {key: (sum(g for g, _ in parts), sum(c for _, c in parts)) for key, parts in values.items()}
 
         return self._accumulate(step, data, batch_size, show_progress)
+
+    def kernel_output_fisher(self, data, batch_size=16, show_progress=False):
+        reads = {}
+        for op in self.graph.get_operations():
+            if op_patch(op) is not None:
+                variable = variable_behind(op.inputs[1])
+                if variable is not None:
+                    reads.setdefault(variable, []).append(op.inputs[1])
+        if not reads or not self.output.dtype.is_floating:
+            return {}, 0.0
+        with self.graph.as_default(), tf.name_scope("wcompress_sensitivity"):
+            seed = tf.compat.v1.placeholder(tf.int64, (), name="seed")
+            out = tf.cast(self.output, tf.float32)
+            total = tf.reduce_sum(out * tf.random.stateless_normal(tf.shape(out), seed=tf.stack([seed, 0])))
+            try:
+                grads = tf.gradients(total, [t for ts in reads.values() for t in ts])
+            except LookupError:  # an op on the way has no gradient: the steps come from H instead
+                return {}, 0.0
+        fetches, position = {}, 0
+        for variable, tensors in reads.items():
+            parts = [g for g in grads[position:position + len(tensors)] if g is not None]
+            position += len(tensors)
+            if parts:
+                fetches[variable] = tf.add_n(parts) if len(parts) > 1 else parts[0]
+
+        def step(batch, index):
+            return self.session.run((fetches, out), {**self.fixed, **batch, seed: index})
+
+        return self._accumulate_fisher(step, data, batch_size, show_progress)
 
     def close(self):
         self.session.close()

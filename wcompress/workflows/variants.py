@@ -138,7 +138,7 @@ def with_values(store, changed, values, hessians=None, value_plan=None):
     value_plan = value_plan or {}
     if values == "float32" and not value_plan:
         return changed
-    from wcompress.formats.container.quantization import restored_values
+    from wcompress.formats.container.quantization import ecq_unit, restored_values
 
     out = dict(changed)
     for info in store.tensors:
@@ -147,7 +147,8 @@ def with_values(store, changed, values, hessians=None, value_plan=None):
             continue
         array = changed.get(info.name)
         array = store.load(info.name) if array is None else array
-        out[info.name] = restored_values(array, chosen, (hessians or {}).get(info.name))
+        hessian = (hessians or {}).get(info.name)
+        out[info.name] = restored_values(array, chosen, hessian, ecq_unit(hessians, info.name))
     return out
 
 
@@ -171,7 +172,7 @@ def model_hessians(model, calibration, spec):
             input_names=spec.input_names or None, output_name=spec.output_name, feeds=spec.feeds,
             unsafe=spec.unsafe, custom_objects=spec.custom_objects, model_code=spec.model_code)
         _hessians.clear()
-        _hessians[key] = input_hessians(model, calibration, **options)
+        _hessians[key] = input_hessians(model, calibration, sensitivity=True, **options)
     return _hessians[key]
 
 

@@ -16,7 +16,7 @@ from wcompress.formats.container.layout import (
     ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits,
     write_attributes)
 from wcompress.formats.container.quantization import (
-    channel_axis, ecq_axis, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq)
+    channel_axis, ecq_axis, ecq_unit, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq)
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.tensors import QUANTIZATION
 
@@ -73,7 +73,8 @@ class ContainerWriter:
                 raise WcompressError(f"--values takes {', '.join(VALUE_CHOICES)}, not {chosen!r}")
         if hessians and not kinds & {*QUANT_LEVELS, "ecq"}:
             raise WcompressError("calibration data is for --values int8, int4 or ecq")
-        self.store, self.values, self.codec, self.hessians = store, values, codec, hessians or {}
+        self.store, self.values, self.codec = store, values, codec
+        self.hessians = {} if hessians is None else hessians  # a Calibration also carries ecq's units
         self.group_sizes = tuple(sorted(set(encodings.GROUP_SIZES) | set(group_sizes)))
 
     def __call__(self, target, produce):
@@ -204,8 +205,9 @@ class ContainerWriter:
         """An ecq tensor: its levels context-coded (levels.py) and a float32 step per channel; None when the
         coded levels are too small for a reader to accept them (see _fits)."""
         axis = ecq_axis(array.shape)
-        calibrated = quantize_calibrated(array, self.hessians.get(info.name), None, qp)
-        codes, steps = calibrated or quantize_ecq(array, qp)
+        unit = ecq_unit(self.hessians, info.name)
+        calibrated = quantize_calibrated(array, self.hessians.get(info.name), None, qp, unit)
+        codes, steps = calibrated or quantize_ecq(array, qp, unit=unit)
         blob = levels.encode(levels.to_plane(codes, axis))
         if not _fits(array.nbytes, blob.nbytes + steps.nbytes):
             return None
