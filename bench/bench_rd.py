@@ -29,6 +29,9 @@ import time
 import tracemalloc
 import warnings
 
+# As the CLI does before TensorFlow loads (some bench helpers import it first): ecq's calibration
+# differentiates the model, which oneDNN's kernels crash (wcompress.formats.tfenv.onednn_enabled).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)

@@ -331,3 +331,23 @@ def test_sparsify_pack_ecq_keeps_the_zeros(tiny, tmp_path):
         if info.role == "kernel":
             zeros = before.load(info.name) == 0
             assert zeros.any() and not after.load(info.name)[zeros].any()
+
+
+def test_tensorflow_imported_with_onednn_on_skips_the_sensitivity_with_a_warning(tiny, tmp_path):
+    """oneDNN's convolution gradients crash TensorFlow: a script that imported it first (oneDNN on) still
+    gets its container, with steps from H alone and a warning that says how to get the rest."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=tiny["x"][:32])
+    script = ("import warnings, tensorflow, wcompress\n"
+              "with warnings.catch_warnings(record=True) as seen:\n"
+              "    warnings.simplefilter('always')\n"
+              f"    wcompress.pack({tiny['keras']!r}, output={str(tmp_path / 'c.h5')!r}, values='ecq', qp=0, "
+              f"data={str(data)!r})\n"
+              "print([str(w.message) for w in seen if 'oneDNN' in str(w.message)])\n")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TF_ENABLE_ONEDNN_OPTS=0" in done.stdout and (tmp_path / "c.h5").exists()

@@ -45,6 +45,19 @@ def loaded():
     return "tensorflow" in sys.modules
 
 
+def onednn_enabled():
+    """Whether the TensorFlow running here uses oneDNN's kernels: on when TensorFlow was imported before us
+    without TF_ENABLE_ONEDNN_OPTS=0 (load() sets it). Their convolution gradients crash this TensorFlow
+    (a segfault in Conv2DBackpropFilter, seen on fer's CNN), so nothing here differentiates a model then."""
+    load()
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow without that probe: trust the setting
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0"
+
+
 class _LazyTensorFlow:
     def __getattr__(self, name):
         value = getattr(load(), name)

@@ -10,9 +10,10 @@ import hashlib
 
 import numpy as np
 
-from wcompress.errors import WcompressError
+from wcompress.errors import WcompressError, warn
 from wcompress.formats import open_model
 from wcompress.formats.container.quantization import Calibration, ecq_units
+from wcompress.formats.tfenv import onednn_enabled
 from wcompress.runtime.data import load_data
 from wcompress.runtime.predictors import load_predictor
 
@@ -26,7 +27,7 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
     try:
         by_key = predictor.kernel_input_hessians(examples, batch_size, show_progress)
         fisher, variance = predictor.kernel_output_fisher(examples, batch_size, show_progress) \
-            if sensitivity and by_key else ({}, 0.0)
+            if sensitivity and by_key and _differentiable() else ({}, 0.0)
         handles = match_by_content(open_model(path), predictor.weights())
         keys = {name: predictor.handle_key(handle) for name, handle in handles.items()}
     finally:
@@ -36,6 +37,16 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
     hessians = {name: by_key[key] for name, key in keys.items() if key in by_key}
     units = ecq_units({name: fisher[key] for name, key in keys.items() if key in fisher}, variance)
     return Calibration(hessians, units)
+
+
+def _differentiable():
+    """False, with a warning, where differentiating the model could crash TensorFlow (tfenv.onednn_enabled)."""
+    if not onednn_enabled():
+        return True
+    warn("ecq steps leave out the output's sensitivity: TensorFlow was imported with oneDNN on, whose gradients "
+         "crash on some convolutions; set TF_ENABLE_ONEDNN_OPTS=0 before importing TensorFlow (or import "
+         "wcompress first)")
+    return False
 
 
 def content_key(array):

@@ -267,7 +267,8 @@ def quantize_calibrated(array, hessian, levels, qp=None, unit=None):
 
 def restored_values(array, values, hessian=None, unit=None):
     """The float array a container storing `values` gives back for `array` (what restore writes)."""
-    if values == "float16":
+    kind, qp = parse_values(values)
+    if values == "float16" or (kind == "ecq" and not quantizable(array)):
         if array.dtype not in (np.float32, np.float64):
             return array
         finite = np.abs(array[np.isfinite(array)])
@@ -276,7 +277,6 @@ def restored_values(array, values, hessian=None, unit=None):
         return array.astype(np.float16).astype(array.dtype)
     if not quantizable(array):
         return array
-    kind, qp = parse_values(values)
     if kind == "ecq":
         codes, scale = quantize_ecq(array, qp, hessian, unit)
         return dequantize(codes, scale, array.dtype, ecq_axis(array.shape))

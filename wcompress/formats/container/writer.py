@@ -141,7 +141,9 @@ class ContainerWriter:
         self._pool, self._pool_bytes, self._pools = [], 0, self._pools + (1 if self._pool else 0)
 
     def _value_dtype(self, array, values):
-        if values == "float16" and array.dtype in (np.float32, np.float64):
+        # ecq's other float tensors (biases, batch norms: what quantizable() leaves) go to float16: their
+        # rounding is three orders of magnitude below the kernels' at any useful QP (docs/methods.md).
+        if (values == "float16" or parse_values(values)[0] == "ecq") and array.dtype in (np.float32, np.float64):
             if _max_finite_abs(array) > float(np.finfo(np.float16).max):
                 return array.dtype, True  # would overflow: keep full precision for this tensor
             return np.dtype(np.float16), False
