@@ -13,7 +13,9 @@ Rows, each a curve of files:
 - ecq --data (GPTQ on ecq's grid, calibrated on the tuning part) at QP -8..28 step 2;
 - container int8 and int4 --data (GPTQ);
 - TFLite converter dynamic-range int8 (fer, musicnn; mhcnuggets' LSTM needs Flex ops at a free batch);
-- LiteRT AI Edge Quantizer 0.10 int8 and int4 channelwise weights (bench/litert.py, its own venv).
+- LiteRT AI Edge Quantizer 0.10 int8 and int4 channelwise weights (bench/litert.py, its own venv);
+- NNCodec 2.1.3 at QP -40..-12 step 4 (bench/nncodec_peer.py, its own venv; BENCH_NNCODEC=0 leaves it out):
+  its bitstream's bytes alone, the decoded tensors put into the loaded model and scored the same way.
 Printed for each: the smallest file within the budget on the held-out part (the curve's best: an oracle
 choice, as "at a 5% held-out drop" asks), and, honest ones: ecq with the QP chosen on the tuning part, and
 `autotune --bits ecq --target bytes` given the tuning part only (it holds part of that out itself) and judged
@@ -44,6 +46,9 @@ from wcompress import samples  # noqa: E402
 BUDGET = 0.95
 QPS = range(-8, 29, 2)
 TIME_LIMIT = os.environ.get("BENCH_TIME_LIMIT", "3m")
+NNCODEC = os.environ.get("BENCH_NNCODEC", "1") != "0"  # BENCH_NNCODEC=0 leaves out its ~6 GB venv
+NNC_QPS = range(-40, -11, 4)
+NNCODEC_CURVE = "NNCodec 2.1.3 (bitstream only)"
 
 
 def models(work):
@@ -99,9 +104,10 @@ def bench_model(name, model, kind, tune, held, measure, work):
     reference = {"tune": predictions(dense_path, tune), "held": predictions(dense_path, held)}
     curves = {}
 
-    def add(curve, label, path, held_pred=None, tune_pred=None):
+    def add(curve, label, path, held_pred=None, tune_pred=None, size=None):
         held_pred = predictions(path, held) if held_pred is None else held_pred
-        point = {"label": label, "bytes": os.path.getsize(path), "over_dense": os.path.getsize(path) / denominator,
+        size = os.path.getsize(path) if size is None else size
+        point = {"label": label, "bytes": size, "over_dense": size / denominator,
                  "quality": float(measure(reference["held"], held_pred, "held"))}
         if tune_pred is not None:
             point["tuning_quality"] = float(measure(reference["tune"], tune_pred, "tune"))
@@ -123,6 +129,8 @@ def bench_model(name, model, kind, tune, held, measure, work):
         path = litert.quantize(source, os.path.join(work, f"{name}-litert{bits}.tflite"), bits)
         add(f"LiteRT AI Edge Quantizer int{bits}", f"int{bits}", path, tflite_predictions(path, held))
 
+    if NNCODEC:
+        nncodec_curve(name, dense_path, tune, held, work, add)
     out = os.path.join(work, f"{name}-autotune.h5")
     tuned = wcompress.autotune(dense_path, tune, 0.05,
                                **({"metric": "auc"} if name == "mhcnuggets" else
@@ -144,7 +152,44 @@ def bench_model(name, model, kind, tune, held, measure, work):
     if ecq:
         result["ecq_over_int4_gptq"] = ecq["bytes"] / int4["bytes"]
         result["ecq_over_litert_int4"] = ecq["bytes"] / litert_int4["bytes"]
+        if best.get(NNCODEC_CURVE):
+            result["ecq_over_nncodec"] = ecq["bytes"] / best[NNCODEC_CURVE]["bytes"]
     return result
+
+
+def nncodec_curve(name, dense_path, tune, held, work, add):
+    """NNCodec 2.1.3 (bench/nncodec_peer.py, its own venv) on every float tensor the denominator counts, at
+    NNC_QPS (its default non-weight QP -75 for vectors), the decoded tensors assigned into the loaded model and
+    scored like every other row. Its bytes are the bitstream alone: no architecture, no tensor names (the
+    tensors go in as t0, t1, ...), so the row flatters NNCodec against our whole files."""
+    import nncodec_peer
+    from wcompress.formats import TRAINING_STATE, open_model
+    from wcompress.formats.dtypes import is_float
+    from wcompress.runtime.capture import match_by_content
+    from wcompress.runtime.data import load_data
+    from wcompress.runtime.predictors import load_predictor
+
+    store = open_model(dense_path)
+    names = [t.name for t in store.tensors if t.role not in TRAINING_STATE and is_float(t.dtype)]
+    source = os.path.join(work, f"{name}-nncodec-in.npz")
+    np.savez(source, **{f"t{i}": store.load(n) for i, n in enumerate(names)})
+    predictor = load_predictor(dense_path)
+    try:
+        handles = match_by_content(store, predictor.weights())
+        if set(names) - set(handles):  # a tensor left at float32 would flatter NNCodec's row
+            raise SystemExit(f"{name}: no variable holds {sorted(set(names) - set(handles))[:3]}")
+        held_data, tune_data = load_data(held), load_data(tune)
+        for qp in NNC_QPS:
+            decoded_path = os.path.join(work, f"{name}-nncodec{qp}.npz")
+            coded = nncodec_peer.code(source, qp, decoded_path)
+            with np.load(decoded_path) as decoded:
+                for i, n in enumerate(names):
+                    if n in handles:
+                        predictor.assign(handles[n], decoded[f"t{i}"])
+            add(NNCODEC_CURVE, f"qp {qp}", None, predictor.predict(held_data), predictor.predict(tune_data),
+                size=coded["bytes"])
+    finally:
+        predictor.close()
 
 
 def speed(work):
