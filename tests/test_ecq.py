@@ -63,13 +63,15 @@ def test_steps_follow_their_definition():
     for qp in (-8, 0, 5):
         rms = np.sqrt((w ** 2).mean(axis=0))
         expected = np.where(rms > 0, 2 ** (qp / 4) * rms, 1.0)
-        assert np.allclose(ecq_steps(w, qp), expected, rtol=2 ** -8)  # rounded to bfloat16's precision
+        assert np.allclose(ecq_steps(w, qp), expected, rtol=2 ** (1 / 16) - 1)  # rounded to the grid 2^(k/8)
         energy = np.array([w[:, c] @ h @ w[:, c] for c in range(5)]) / np.trace(h)
         expected = np.where(energy > 0, 2 ** (qp / 4) * np.sqrt(energy), 1.0)
-        assert np.allclose(ecq_steps(w, qp, h), expected, rtol=2 ** -8)
+        assert np.allclose(ecq_steps(w, qp, h), expected, rtol=2 ** (1 / 16) - 1)
         unit = np.array([0.5, 1, 2, 4, 8])  # measured sensitivity: the step goes halfway to it, on a log scale
         expected = np.where(energy > 0, 2 ** (qp / 4) * np.sqrt(np.sqrt(energy) * unit), 1.0)
-        assert np.allclose(ecq_steps(w, qp, h, unit), expected, rtol=2 ** -8)
+        assert np.allclose(ecq_steps(w, qp, h, unit), expected, rtol=2 ** (1 / 16) - 1)
+        steps = ecq_steps(w, qp, h, unit)
+        assert np.array_equal(steps, (2.0 ** (np.rint(8 * np.log2(steps)) / 8)).astype(np.float32))  # on it
 
 
 def test_units_follow_their_definition():
@@ -162,7 +164,7 @@ def test_restore_gives_exactly_the_values_the_evaluation_used(tiny, packed, tmp_
     from wcompress.formats import open_model
 
     source, container = open_model(tiny["keras"]), open_model(str(packed["keras"]))
-    assert container.version == 6
+    assert container.version == 7
     restored = stock_tensors(run_json("restore", packed["keras"], "-o", tmp_path / "r.keras", "--json")["output"])
     for info in source.tensors:
         expected = restored_values(source.load(info.name), "ecq:0")
@@ -222,7 +224,7 @@ def test_tf1_checkpoint_restores_for_stock_tensorflow(tiny, packed, tmp_path):
 
 def test_report_shows_bits_per_weight(packed):
     result = run_json("report", packed["tf1"], "--json")
-    assert result["container_version"] == 6
+    assert result["container_version"] == 7
     rows = [r for r in result["tensors"] if r["encoding"] == "ecq"]
     assert rows and all(r["value_dtype"] == "ecq:0" and 0 < r["bits_per_weight"] < 8 for r in rows)
     assert all(r["bits_per_weight"] == 8 * r["stored_bytes"] / r["elements"] for r in rows)
@@ -276,6 +278,66 @@ def _first_ecq(index):
     return next(e for e in index["tensors"] if e["encoding"] == "ecq")
 
 
+def _replace_scales(container, scales, version=None):
+    """The first ecq entry's `scales` stream replaced by `scales`, raw in a dataset of its own (and the file's
+    version set), checksums made to match."""
+    with h5py.File(container, "r+") as h5:
+        index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
+        h5["streams"]["crafted_scales"] = scales.view(np.uint8)
+        index["checksums"]["streams/crafted_scales"] = zlib.crc32(scales.tobytes())
+        _first_ecq(index)["streams"]["scales"] = {"dataset": "crafted_scales", "coder": "raw", "bytes": scales.nbytes,
+                                                  "count": scales.size, "dtype": str(scales.dtype)}
+        if version is not None:
+            index["attributes"]["version"] = version
+            h5.attrs["version"] = version
+        packed = np.frombuffer(lzma.compress(json.dumps(index).encode()), dtype=np.uint8)
+        del h5["index"]
+        h5["index"] = packed
+        h5.attrs["index_crc32"] = zlib.crc32(packed.tobytes())
+
+
+def _one_kernel_container(tmp_path):
+    from wcompress.formats.bundle import write_bundle
+
+    prefix = str(tmp_path / "ck" / "model.ckpt")
+    os.makedirs(os.path.dirname(prefix))
+    w = np.random.default_rng(0).normal(0, 1, (600, 600)).astype(np.float32)
+    write_bundle(prefix, [("big/kernel", w)])
+    container = tmp_path / "c.h5"
+    run_cli("pack", prefix, "--values", "ecq", "--qp", "0", "-o", container)
+    return container
+
+
+def test_steps_are_stored_as_exponents_and_version_6_float_steps_still_read(tmp_path):
+    """Version 7 stores each step 2^(k/8) as its int16 k; a version-6 file's float32 steps give the same values."""
+    from wcompress.formats import open_model
+
+    container = _one_kernel_container(tmp_path)
+    with h5py.File(container, "r") as h5:
+        assert h5.attrs["version"] == 7
+        index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
+    assert _first_ecq(index)["streams"]["scales"]["dtype"] == "int16"
+    store = open_model(str(container))
+    expected = store.load("big/kernel")
+    levels_ = store.load_stored("big/kernel").astype(np.float64)
+    rows = np.abs(levels_).argmax(axis=0)
+    steps = expected[rows, np.arange(600)] / levels_[rows, np.arange(600)]
+    k = np.rint(8 * np.log2(steps))
+    assert np.array_equal(steps.astype(np.float32), (2.0 ** (k / 8)).astype(np.float32))  # every step on the grid
+    old = tmp_path / "v6.h5"
+    old.write_bytes(container.read_bytes())
+    _replace_scales(old, (2.0 ** (k / 8)).astype(np.float32), version=6)
+    assert np.array_equal(open_model(str(old)).load("big/kernel"), expected)
+
+
+def test_an_out_of_range_step_exponent_is_refused(tmp_path):
+    container = _one_kernel_container(tmp_path)
+    _replace_scales(container, np.full(600, 2000, np.int16))
+    line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
+    assert "step exponent is out of range" in line and str(container) in line
+    assert not os.path.exists(tmp_path / "r")
+
+
 @pytest.mark.parametrize("edit, blob, message", [
     (lambda i: _first_ecq(i)["quantized"].update(ecq=400), None, "malformed quantization"),
     (lambda i: _first_ecq(i).update(value_dtype="int8"), None, "malformed quantization"),
@@ -286,14 +348,7 @@ def _first_ecq(index):
                                                d[1:]]), "ecq"),
 ])
 def test_crafted_ecq_entries_are_refused(tmp_path, edit, blob, message):
-    from wcompress.formats.bundle import write_bundle
-
-    prefix = str(tmp_path / "ck" / "model.ckpt")
-    os.makedirs(os.path.dirname(prefix))
-    w = np.random.default_rng(0).normal(0, 1, (600, 600)).astype(np.float32)
-    write_bundle(prefix, [("big/kernel", w)])
-    container = tmp_path / "c.h5"
-    run_cli("pack", prefix, "--values", "ecq", "--qp", "0", "-o", container)
+    container = _one_kernel_container(tmp_path)
     _edit(container, edit, blob)
     line = run_error("restore", container, "-o", str(tmp_path / "r") + "/")
     assert message in line and str(container) in line

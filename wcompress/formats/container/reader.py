@@ -12,7 +12,7 @@ from wcompress.formats.container import coders, encodings
 from wcompress.formats.container.layout import (
     COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR, _INDEX_DTYPES, _VALUE_DTYPES,
     _crc, _fits, _unzipped, read_attributes)
-from wcompress.formats.container.quantization import QP_RANGE, dequantize
+from wcompress.formats.container.quantization import QP_RANGE, STEP_EXPONENT_RANGE, dequantize, steps_from_exponents
 from wcompress.formats.dtypes import is_float
 from wcompress.formats.h5check import check_structure, foreign_storage
 from wcompress.formats.store import ModelStore
@@ -178,8 +178,9 @@ class ContainerStore(ModelStore):
             for stream, length in expected.items():
                 ref = e["streams"][stream]
                 dtype = str(ref["dtype"])
-                allowed = {str(e["value_dtype"])} if stream == "values" else {"float32"} if stream == "scales" \
-                    else _INDEX_DTYPES
+                # ecq's steps: int16 exponents k of 2^(k/8) since version 7, float32 steps in version 6
+                allowed = {str(e["value_dtype"])} if stream == "values" else _INDEX_DTYPES if stream != "scales" \
+                    else {"float32", "int16"} if e["encoding"] == "ecq" else {"float32"}
                 if dtype not in allowed:
                     raise ValueError(f"stream {stream} has dtype {dtype}, expected {' or '.join(sorted(allowed))}")
                 if int(ref["count"]) != length:
@@ -243,6 +244,10 @@ class ContainerStore(ModelStore):
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise WcompressError(f"cannot read tensor {name!r} ({str(exc).splitlines()[0]})", self.path) from exc
         scales = streams.pop("scales", None) if e.get("quantized") else None
+        if scales is not None and scales.dtype == np.int16:
+            if scales.size and not (STEP_EXPONENT_RANGE[0] <= scales.min() and scales.max() <= STEP_EXPONENT_RANGE[1]):
+                raise WcompressError(f"tensor {name!r}: a step exponent is out of range (damaged)", self.path)
+            scales = steps_from_exponents(scales)
         dtype = e["value_dtype"] if stored or scales is not None else e["dtype"]
         codes = encodings.decode(e["encoding"], streams, tuple(e["shape"]), dtype, what=f"{self.path}: {name!r}",
                                  pattern=e.get("pattern"), axis=(e.get("quantized") or {}).get("axis"))

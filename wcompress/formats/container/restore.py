@@ -34,8 +34,6 @@ def restore(container_path, dest, force=False, unsafe=False):
     from wcompress.formats.verify import verify_output
 
     container = ContainerStore(container_path)
-    for message in lossy_values(container):
-        warn(message, container_path)
     work = tempfile.mkdtemp(prefix="wcompress-restore-")
     try:
         store = container.original(work)
@@ -50,8 +48,11 @@ def restore(container_path, dest, force=False, unsafe=False):
         def verify(nbytes, target, fmt):  # before the rename: the stock reader must open what we wrote
             verify_output(target, fmt, expected if fmt == store.format else None, container_path)
 
-        return write_safely(store, dest, lambda info: store.load(info.name), force=force, tag="restored",
-                            name=name, beside=container_path, extra_inputs=[container_path], unsafe=unsafe,
-                            check=verify)
+        written = write_safely(store, dest, lambda info: store.load(info.name), force=force, tag="restored",
+                               name=name, beside=container_path, extra_inputs=[container_path], unsafe=unsafe,
+                               check=verify)
+        for message in lossy_values(container):  # once written: a damaged tensor's error comes alone
+            warn(message, container_path)
+        return written
     finally:
         shutil.rmtree(work, ignore_errors=True)

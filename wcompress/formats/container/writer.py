@@ -16,7 +16,8 @@ from wcompress.formats.container.layout import (
     ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits,
     write_attributes)
 from wcompress.formats.container.quantization import (
-    channel_axis, ecq_axis, ecq_unit, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq)
+    channel_axis, ecq_axis, ecq_unit, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq,
+    step_exponents, steps_from_exponents)
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.tensors import QUANTIZATION
 
@@ -204,21 +205,23 @@ class ContainerWriter:
         return entry, encoding, options, decoded, array.dtype != object
 
     def _prepare_ecq(self, info, array, qp):
-        """An ecq tensor: its levels context-coded (levels.py) and a float32 step per channel; None when the
-        coded levels are too small for a reader to accept them (see _fits)."""
+        """An ecq tensor: its levels context-coded (levels.py) and each channel's step 2^(k/8) as its int16 k;
+        None when the coded levels are too small for a reader to accept them (see _fits)."""
         axis = ecq_axis(array.shape)
         unit = ecq_unit(self.hessians, info.name)
         calibrated = quantize_calibrated(array, self.hessians.get(info.name), None, qp, unit)
         codes, steps = calibrated or quantize_ecq(array, qp, unit=unit)
         blob = levels.encode(levels.to_plane(codes, axis))
-        if not _fits(array.nbytes, blob.nbytes + steps.nbytes):
+        exponents = step_exponents(steps)  # steps are on the grid already: this recovers each k exactly
+        assert np.array_equal(steps_from_exponents(exponents), steps)
+        if not _fits(array.nbytes, blob.nbytes + exponents.nbytes):
             return None
         self._ecq = True
         quantized = {"ecq": qp, "axis": axis, **({"calibrated": True} if calibrated is not None else {})}
         entry = {"name": info.name, "shape": list(array.shape), "dtype": str(array.dtype), "layer": info.layer,
                  "role": info.role, "order": info.order, "nnz": int(np.count_nonzero(codes)), "value_dtype": "int32",
                  "fp16_overflow": False, "quantized": quantized}
-        return entry, "ecq", {"ecq": {"levels": blob, "scales": steps}}, array.nbytes, True
+        return entry, "ecq", {"ecq": {"levels": blob, "scales": exponents}}, array.nbytes, True
 
     def _code(self, prepared):
         """(entry, encoding, streams, {stream: (coder, stored bytes)} or None): with codec auto, the
