@@ -176,8 +176,11 @@ def nncodec_curve(name, dense_path, tune, held, work, add):
     predictor = load_predictor(dense_path)
     try:
         handles = match_by_content(store, predictor.weights())
-        if set(names) - set(handles):  # a tensor left at float32 would flatter NNCodec's row
-            raise SystemExit(f"{name}: no variable holds {sorted(set(names) - set(handles))[:3]}")
+        # A tensor left at float32 would flatter NNCodec's row; single values (a one-output bias) aside,
+        # which match_by_content cannot place.
+        unplaced = sorted(n for n in set(names) - set(handles) if store.load(n).size > 1)
+        if unplaced:
+            raise SystemExit(f"{name}: no variable holds {unplaced[:3]}")
         held_data, tune_data = load_data(held), load_data(tune)
         for qp in NNC_QPS:
             decoded_path = os.path.join(work, f"{name}-nncodec{qp}.npz")
