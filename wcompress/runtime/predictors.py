@@ -54,44 +54,40 @@ class Predictor:
         model cannot be differentiated."""
         return {}, 0.0
 
+    def _batches(self, data, batch_size, show_progress, label):
+        """(index, {input: its rows}) for each batch of the data in order, the progress bar advanced after each."""
+        feeds = self.match(data)
+        n = next(iter(feeds.values())).shape[0]
+        with batch_progress(n, enabled=show_progress, label=label) as advance:
+            for index, start in enumerate(range(0, n, batch_size)):
+                yield index, {k: v[start:start + batch_size] for k, v in feeds.items()}
+                advance(min(batch_size, n - start))
+
     def _accumulate_fisher(self, step, data, batch_size, show_progress):
         """Run step(batch, seed) -> ({key: d(v . f)/dW}, f) over the data; squares and output moments summed
         in float64. The probe v is drawn from `seed` (the batch's index): the same data gives the same figures."""
-        feeds = self.match(data)
-        n = next(iter(feeds.values())).shape[0]
-        sums, first, second = {}, 0.0, 0.0
-        with batch_progress(n, enabled=show_progress, label="measuring sensitivity") as advance:
-            for index, start in enumerate(range(0, n, batch_size)):
-                grads, out = step({k: v[start:start + batch_size] for k, v in feeds.items()}, index)
-                for key, grad in grads.items():
-                    sums[key] = sums.get(key, 0) + np.square(np.asarray(grad, dtype=np.float64))
-                out = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
-                first, second = first + out.sum(axis=0), second + (out * out).sum(axis=0)
-                advance(min(batch_size, n - start))
-        variance = float(np.sum(second / max(n, 1) - (first / max(n, 1)) ** 2)) if n else 0.0
+        sums, first, second, n = {}, 0.0, 0.0, 0
+        for index, batch in self._batches(data, batch_size, show_progress, "measuring sensitivity"):
+            grads, out = step(batch, index)
+            for key, grad in grads.items():
+                sums[key] = sums.get(key, 0) + np.square(np.asarray(grad, dtype=np.float64))
+            out = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
+            first, second, n = first + out.sum(axis=0), second + (out * out).sum(axis=0), n + len(out)
+        variance = float(np.sum(second / n - (first / n) ** 2)) if n else 0.0
         return {key: total / n for key, total in sums.items()}, max(variance, 0.0)
 
     def _accumulate(self, step, data, batch_size, show_progress):
         """Run step(batch) -> {key: (X^T X, rows)} over the data; the mean per key, in float64."""
-        feeds = self.match(data)
-        n = next(iter(feeds.values())).shape[0]
         sums, rows = {}, {}
-        with batch_progress(n, enabled=show_progress, label="calibrating") as advance:
-            for start in range(0, n, batch_size):
-                for key, (product, count) in step({k: v[start:start + batch_size] for k, v in feeds.items()}).items():
-                    sums[key] = sums.get(key, 0) + np.asarray(product, dtype=np.float64)
-                    rows[key] = rows.get(key, 0) + int(count)
-                advance(min(batch_size, n - start))
+        for _, batch in self._batches(data, batch_size, show_progress, "calibrating"):
+            for key, (product, count) in step(batch).items():
+                sums[key] = sums.get(key, 0) + np.asarray(product, dtype=np.float64)
+                rows[key] = rows.get(key, 0) + int(count)
         return {key: sums[key] / max(1, rows[key]) for key in sums}
 
     def predict(self, data, batch_size=256, show_progress=False):
-        feeds = self.match(data)
-        n = next(iter(feeds.values())).shape[0]
-        outputs = []
-        with batch_progress(n, enabled=show_progress) as advance:
-            for start in range(0, n, batch_size):
-                outputs.append(np.asarray(self.run({k: v[start:start + batch_size] for k, v in feeds.items()})))
-                advance(min(batch_size, n - start))
+        outputs = [np.asarray(self.run(batch)) for _, batch in self._batches(data, batch_size, show_progress,
+                                                                              "predicting")]
         return np.concatenate(outputs).astype(np.float32, copy=False) if outputs else np.zeros((0,), np.float32)
 
     def match(self, data):

@@ -288,10 +288,17 @@ def quantize_calibrated(array, hessian, levels, qp=None, unit=None):
     return None
 
 
+def halves_floats(values):
+    """Whether a container storing `values` keeps its float tensors that are not quantized as float16: with
+    float16, and with ecq (biases, batch norms: their rounding is three orders of magnitude below the kernels'
+    at any useful QP, docs/methods.md)."""
+    return values == "float16" or parse_values(values)[0] == "ecq"
+
+
 def restored_values(array, values, hessian=None, unit=None):
     """The float array a container storing `values` gives back for `array` (what restore writes)."""
     kind, qp = parse_values(values)
-    if values == "float16" or (kind == "ecq" and not quantizable(array)):
+    if halves_floats(values) and not (kind == "ecq" and quantizable(array)):
         if array.dtype not in (np.float32, np.float64):
             return array
         finite = np.abs(array[np.isfinite(array)])

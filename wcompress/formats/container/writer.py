@@ -16,7 +16,7 @@ from wcompress.formats.container.layout import (
     ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits,
     write_attributes)
 from wcompress.formats.container.quantization import (
-    channel_axis, ecq_axis, ecq_unit, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq,
+    channel_axis, ecq_axis, ecq_unit, halves_floats, parse_values, quantizable, quantize, quantize_calibrated, quantize_ecq,
     step_exponents, steps_from_exponents)
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.tensors import QUANTIZATION
@@ -142,9 +142,7 @@ class ContainerWriter:
         self._pool, self._pool_bytes, self._pools = [], 0, self._pools + (1 if self._pool else 0)
 
     def _value_dtype(self, array, values):
-        # ecq's other float tensors (biases, batch norms: what quantizable() leaves) go to float16: their
-        # rounding is three orders of magnitude below the kernels' at any useful QP (docs/methods.md).
-        if (values == "float16" or parse_values(values)[0] == "ecq") and array.dtype in (np.float32, np.float64):
+        if halves_floats(values) and array.dtype in (np.float32, np.float64):
             if _max_finite_abs(array) > float(np.finfo(np.float16).max):
                 return array.dtype, True  # would overflow: keep full precision for this tensor
             return np.dtype(np.float16), False
