@@ -79,6 +79,13 @@ def build_corpus(folder):
     CliRunner().invoke(cli, ["pack", corpus["legacy_weights"], "--values", "ecq", "--qp", "-8", "-o", container],
                        catch_exceptions=False)
     corpus["container_legacy_weights_ecq"] = container
+    # ecq with calibration data: the tiny model's biases as ecq vectors, Exp-Golomb coded.
+    data = os.path.join(folder, "tiny-data.npz")
+    np.savez(data, x=np.random.default_rng(0).random((32, 12), dtype=np.float32))
+    container = os.path.join(folder, "keras.ecq.container.h5")
+    CliRunner().invoke(cli, ["pack", corpus["keras"], "--values", "ecq", "--qp", "0", "--data", data, "-o", container],
+                       catch_exceptions=False)
+    corpus["container_keras_ecq"] = container
     container = os.path.join(folder, "tf1.container.h5")
     CliRunner().invoke(cli, ["pack", prefix, "-o", container], catch_exceptions=False)
     corpus["container_tf1"] = container
@@ -205,7 +212,7 @@ def _craft_index(h5, rng):
         entry["encoding"] = rng.choice(["dense", "bitmask", "coo", "csr", "delta8", "nm", "ecq", "zip"])
     elif field == "quantized":
         entry["quantized"] = rng.choice([{"ecq": 0, "axis": 1}, {"ecq": 99, "axis": 1}, {"ecq": "0", "axis": 1},
-                                         {"bits": 8, "axis": 1}, {"ecq": 0, "axis": 7}, None, [], 3])
+                                         {"bits": 8, "axis": 1}, {"ecq": 0, "axis": 7}, {"ecq": 0, "axis": None}, None, [], 3])
     elif field == "pattern":
         entry["pattern"] = rng.choice([[2, 4], [1, 4], [4, 4], [0, 4], [2, 3], [2, 32], [2], "2:4", None, [2.0, 4]])
     elif field == "stream_name":

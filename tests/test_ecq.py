@@ -76,15 +76,17 @@ def test_steps_follow_their_definition():
 
 def test_units_follow_their_definition():
     """u_c = sqrt(variance / (N F_c)), F_c the mean sensitivity of channel c's weights (a depthwise kernel's
-    channels on axis 2), floored at 1e-4 x its tensor's mean; a tensor the output ignores gets none."""
+    channels on axis 2), floored at 1e-4 x its tensor's mean; a tensor the output ignores gets none. N counts
+    kernel weights; a vector gets one unit from its mean sensitivity."""
     rng = np.random.default_rng(4)
-    dense, depthwise = rng.random((6, 4)), rng.random((3, 3, 5, 1))
+    dense, depthwise, bias = rng.random((6, 4)), rng.random((3, 3, 5, 1)), rng.random(4)
     dense[:, 1] = 0
-    units = ecq_units({"d": dense, "dw": depthwise, "bias": rng.random(4), "dead": np.zeros((2, 2))}, 7.0)
+    units = ecq_units({"d": dense, "dw": depthwise, "bias": bias, "dead": np.zeros((2, 2)), "off": np.zeros(3)}, 7.0)
     total = dense.size + depthwise.size + 4
     channel = dense.mean(axis=0)
     channel[1] = 1e-4 * channel.mean()
-    assert set(units) == {"d", "dw"}
+    assert set(units) == {"d", "dw", "bias"}
+    assert np.allclose(units["bias"], [np.sqrt(7.0 / (total * bias.mean()))])
     assert np.allclose(units["d"], np.sqrt(7.0 / (total * channel)))
     assert np.allclose(units["dw"], np.sqrt(7.0 / (total * depthwise.mean(axis=(0, 1, 3)))))
     assert ecq_units({"d": dense}, 0.0) == {}
@@ -106,7 +108,7 @@ def test_keras_output_sensitivity_is_the_probed_gradient_squared(tiny):
 
     predictor = load_predictor(tiny["keras"])
     try:
-        fisher, variance = predictor.kernel_output_fisher({"x": tiny["x"]})
+        fisher, variance = predictor.output_fisher({"x": tiny["x"]})
         model = predictor.model
         head = next(i for i, v in enumerate(model.weights) if v is model.get_layer("head").kernel)
         hidden = keras.Model(model.inputs, model.get_layer("hidden2").output).predict(tiny["x"], verbose=0)
@@ -117,7 +119,9 @@ def test_keras_output_sensitivity_is_the_probed_gradient_squared(tiny):
     expected = sum((hidden[16 * i:16 * i + 16].T @ v) ** 2 for i, v in enumerate(_probes(64, 3))) / 64
     assert np.allclose(fisher[head], expected, rtol=1e-4)
     assert variance == pytest.approx(outputs.var(axis=0).sum(), rel=1e-5)
-    assert {len(model.weights[i].shape) for i in fisher} == {2}
+    assert {len(model.weights[i].shape) for i in fisher} == {1, 2}  # kernels, biases
+    bias = next(i for i, v in enumerate(model.weights) if v is model.get_layer("head").bias)
+    assert np.allclose(fisher[bias], sum(v.sum(axis=0) ** 2 for v in _probes(64, 3)) / 64, rtol=1e-4)
 
 
 def test_tf1_output_sensitivity_is_the_probed_gradient_squared(tiny):
@@ -130,7 +134,7 @@ def test_tf1_output_sensitivity_is_the_probed_gradient_squared(tiny):
     x = np.random.default_rng(5).random((40, 10)).astype(np.float32)
     predictor = load_predictor(tiny["tf1"])
     try:
-        fisher, variance = predictor.kernel_output_fisher({"x": x})
+        fisher, variance = predictor.output_fisher({"x": x})
     finally:
         predictor.close()
     a = np.maximum(x @ w1 + b1, 0)
@@ -164,7 +168,7 @@ def test_restore_gives_exactly_the_values_the_evaluation_used(tiny, packed, tmp_
     from wcompress.formats import open_model
 
     source, container = open_model(tiny["keras"]), open_model(str(packed["keras"]))
-    assert container.version == 7
+    assert container.version == 8
     restored = stock_tensors(run_json("restore", packed["keras"], "-o", tmp_path / "r.keras", "--json")["output"])
     for info in source.tensors:
         expected = restored_values(source.load(info.name), "ecq:0")
@@ -191,9 +195,12 @@ def test_calibrated_ecq_restores_what_gptq_chose(tiny, tmp_path):
     source, stored = open_model(tiny["keras"]), open_model(str(container))
     calibrated = [n for n, e in stored.entries.items() if (e.get("quantized") or {}).get("calibrated")]
     assert calibrated and set(calibrated) <= set(calibration.units)
-    for name in calibrated:
-        assert np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0", calibration[name],
-                                                                 ecq_unit(calibration, name)))
+    vectors = [n for n, e in stored.entries.items() if e["encoding"] == "ecq" and len(e["shape"]) == 1]
+    assert vectors and all(stored.entries[n]["quantized"]["axis"] is None for n in vectors)  # biases: one step
+    for info in source.tensors:
+        assert np.array_equal(stored.load(info.name), restored_values(
+            source.load(info.name), "ecq:0", calibration.get(info.name), ecq_unit(calibration, info.name)))
+    for name in calibrated:  # the measured sensitivity moved the steps
         assert not np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0", calibration[name]))
 
 
@@ -224,7 +231,7 @@ def test_tf1_checkpoint_restores_for_stock_tensorflow(tiny, packed, tmp_path):
 
 def test_report_shows_bits_per_weight(packed):
     result = run_json("report", packed["tf1"], "--json")
-    assert result["container_version"] == 7
+    assert result["container_version"] == 8
     rows = [r for r in result["tensors"] if r["encoding"] == "ecq"]
     assert rows and all(r["value_dtype"] == "ecq:0" and 0 < r["bits_per_weight"] < 8 for r in rows)
     assert all(r["bits_per_weight"] == 8 * r["stored_bytes"] / r["elements"] for r in rows)
@@ -314,7 +321,7 @@ def test_steps_are_stored_as_exponents_and_version_6_float_steps_still_read(tmp_
 
     container = _one_kernel_container(tmp_path)
     with h5py.File(container, "r") as h5:
-        assert h5.attrs["version"] == 7
+        assert h5.attrs["version"] == 8
         index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
     assert _first_ecq(index)["streams"]["scales"]["dtype"] == "int16"
     store = open_model(str(container))

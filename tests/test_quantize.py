@@ -188,8 +188,8 @@ def test_gptq_rounding_cuts_the_layer_output_error():
         nearest, nearest_scale = quantize(w, levels)
         assert np.array_equal(scale, nearest_scale) and np.abs(codes).max() <= levels
         assert np.all(codes[w == 0] == 0)
-        error = np.linalg.norm(x @ w - x @ dequantize(codes, scale, np.float32))
-        assert error < 0.9 * np.linalg.norm(x @ w - x @ dequantize(nearest, nearest_scale, np.float32))
+        error = np.linalg.norm(x @ w - x @ dequantize(codes, scale, np.float32, 1))
+        assert error < 0.9 * np.linalg.norm(x @ w - x @ dequantize(nearest, nearest_scale, np.float32, 1))
 
 
 def test_int8_tf1_graph_runs_stock_within_tolerance(real, tmp_path):

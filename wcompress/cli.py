@@ -191,8 +191,9 @@ def container_options(f):
                      help="How non-zero float values are stored: as they are, as float16, or (lossy) as int8/int4 "
                           "codes with a float32 scale per output channel, or as ecq levels (a step per output "
                           "channel set by --qp, the levels range-coded with context models), for float tensors of "
-                          "rank 2 and more (biases and normalisation stay float); restore then writes dequantized "
-                          "values.")(f)
+                          "rank 2 and more (biases and normalisation stay float32 with int8/int4, float16 with ecq, or, "
+                          "with ecq and --data, levels at one step per vector set by its measured sensitivity); "
+                          "restore then writes dequantized values.")(f)
     f = click.option("--qp", type=int, help="With --values ecq: the quality parameter. Each output channel's step "
                      "is 2^(QP/4) x its output's RMS scale (from --data's inputs, else its weights'): QP 0 stores about "
                      "2 bits per weight, and every 4 more double the step (about one bit less).")(f)

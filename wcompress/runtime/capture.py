@@ -26,7 +26,7 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
     predictor = load_predictor(path, **load_options)
     try:
         by_key = predictor.kernel_input_hessians(examples, batch_size, show_progress)
-        fisher, variance = predictor.kernel_output_fisher(examples, batch_size, show_progress) \
+        fisher, variance = predictor.output_fisher(examples, batch_size, show_progress) \
             if sensitivity and by_key and _differentiable() else ({}, 0.0)
         handles = match_by_content(open_model(path), predictor.weights())
         keys = {name: predictor.handle_key(handle) for name, handle in handles.items()}

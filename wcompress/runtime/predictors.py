@@ -47,11 +47,11 @@ class Predictor:
         """{handle key: X^T X / n} of the inputs of each kernel a product reads (io/capture.py)."""
         return {}
 
-    def kernel_output_fisher(self, data, batch_size=16, show_progress=False):
+    def output_fisher(self, data, batch_size=16, show_progress=False):
         """({handle key: E over examples of (d(v . f)/dW)^2, W's shape}, the outputs' summed variance) for the
-        model's float kernels (rank >= 2), f its output and v a standard normal probe per output: how far
-        the output moves with each weight (ecq's allocation, quantization.ecq_units). ({}, 0.0) where the
-        model cannot be differentiated."""
+        model's float kernels (rank >= 2; a Keras model's float vectors too), f its output and v a standard
+        normal probe per output: how far the output moves with each weight (ecq's allocation,
+        quantization.ecq_units). ({}, 0.0) where the model cannot be differentiated."""
         return {}, 0.0
 
     def _batches(self, data, batch_size, show_progress, label):
@@ -184,9 +184,10 @@ class KerasPredictor(Predictor):
 
         return self._accumulate(step, data, batch_size, show_progress)
 
-    def kernel_output_fisher(self, data, batch_size=16, show_progress=False):
+    def output_fisher(self, data, batch_size=16, show_progress=False):
+        # Kernels, and the float vectors (biases, batch norms, their moving statistics too) ecq also quantizes.
         kernels = [(i, v) for i, v in enumerate(self.model.weights)
-                   if len(v.shape) >= 2 and np.dtype(v.dtype).kind == "f"]
+                   if len(v.shape) >= 1 and np.dtype(v.dtype).kind == "f"]
         if not kernels:
             return {}, 0.0
         variables = [getattr(v, "value", v) for _, v in kernels]  # Keras 3 wraps a tf.Variable
@@ -301,7 +302,7 @@ class GraphPredictor(Predictor):
 
         return self._accumulate(step, data, batch_size, show_progress)
 
-    def kernel_output_fisher(self, data, batch_size=16, show_progress=False):
+    def output_fisher(self, data, batch_size=16, show_progress=False):
         reads = {}
         for op in self.graph.get_operations():
             if op_patch(op) is not None:

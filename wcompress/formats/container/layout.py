@@ -18,14 +18,16 @@ MAGIC = "wcompress-sparse-container"
 # attributes into the index and names skeleton and raw blobs there, so every byte a reader uses is
 # covered by a checksum (see docs/format.md); version 6 adds the ecq encoding (entropy-coded levels, levels.py)
 # and is written only by a container holding an ecq tensor, so a reader that predates it says so; version 7
-# stores ecq's steps as int16 exponents k of 2^(k/8) instead of float32 steps (version 6 stays readable).
+# stores ecq's steps as int16 exponents k of 2^(k/8) instead of float32 steps (version 6 stays readable);
+# version 8 adds ecq vectors (biases, batch norms: one step for the tensor, "axis": null) and Exp-Golomb
+# coded levels (levels.GOLOMB).
 VERSION = 5
 
 
-ECQ_VERSION = 7
+ECQ_VERSION = 8
 
 
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 # Root attributes a version-5 index repeats under its checksum (index_crc32 covers the index itself).

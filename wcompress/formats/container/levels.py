@@ -15,6 +15,10 @@ a few vectorised calls (a slice of a VGG-sized kernel holds thousands of levels)
 - The signs of the non-zero levels, in slice order, with one Bernoulli model; magnitudes of ESCAPE and more
   keep the rest (|level| - ESCAPE) in an escape list.
 
+A plane whose levels are mostly large (a bias or a batch norm quantized with one step for the tensor: levels
+in the tens or hundreds, where the escape list would spend 32 bits each) is coded instead as Exp-Golomb codes
+of its levels less their median (mode GOLOMB): about log2 of a level's spread plus two bits each, no tables.
+
 The coder core is `constriction`'s range coder (queue: decoded in the order encoded). Everything the blob
 declares is checked against the plane's size before anything is allocated, and what decodes is checked
 against the declared counts: a damaged blob is a ValueError, never a wrong tensor.
@@ -24,11 +28,15 @@ import numpy as np
 
 ESCAPE = 16
 CONTEXTS = 12
-# The blob's first byte: how many contexts it models. A small tensor's twelve tables and streams can cost more
-# than they save (a stream is whole 32-bit words): the encoder tries one context too and keeps the smaller.
-MODES = (CONTEXTS, 1)
+GOLOMB = 0
+# The blob's first byte: how many contexts it models, or GOLOMB. A small tensor's twelve tables and streams can
+# cost more than they save (a stream is whole 32-bit words): the encoder tries one context too, and Exp-Golomb
+# codes, and keeps the smallest. GOLOMB is version 8 of the container.
+MODES = (CONTEXTS, 1, GOLOMB)
 SMALL = 1 << 16
 MAX_LEVEL = 1 << 24  # |level| bound: exact in float32 and int32
+MAX_GOLOMB_K = 24
+MAX_CODE_BITS = 27  # a level less the median, zigzagged, plus 2^k: below 2^27
 
 
 def _models():
@@ -38,19 +46,26 @@ def _models():
 
 
 def plane_shape(shape, axis):
-    """(long, short, transposed) of the plane a tensor of `shape` quantized along `axis` is read as."""
+    """(long, short, transposed) of the plane a tensor of `shape` quantized along `axis` is read as; axis None
+    (one step for the whole tensor): a single column."""
+    if axis is None:
+        return int(np.prod(shape, dtype=np.int64)), 1, False
     channels = int(shape[axis])
     rows = int(np.prod(shape, dtype=np.int64)) // max(channels, 1)
     return (rows, channels, False) if rows >= channels else (channels, rows, True)
 
 
 def to_plane(levels, axis):
+    if axis is None:
+        return np.asarray(levels).reshape(-1, 1)
     moved = np.moveaxis(levels, axis, -1)
     flat = moved.reshape(-1, moved.shape[-1])
     return flat if flat.shape[0] >= flat.shape[1] else flat.T
 
 
 def from_plane(plane, shape, axis):
+    if axis is None:
+        return plane.reshape(shape)
     long, short, transposed = plane_shape(shape, axis)
     flat = plane.T if transposed else plane
     moved_shape = tuple(np.delete(np.asarray(shape), axis)) + (shape[axis],)
@@ -114,8 +129,69 @@ def encode(plane):
         raise ValueError(f"level {int(magnitudes.max())} beyond {MAX_LEVEL}")
     symbols = np.minimum(magnitudes, ESCAPE)
     if plane.size > SMALL:
-        return _encode(plane, symbols, CONTEXTS)
-    return min((_encode(plane, symbols, mode) for mode in MODES), key=lambda blob: blob.nbytes)
+        escaped = int(np.count_nonzero(symbols == ESCAPE))
+        blobs = [_encode(plane, symbols, CONTEXTS)] + ([_encode_golomb(plane)] if escaped > plane.size // 8 else [])
+    else:
+        blobs = [_encode_golomb(plane) if mode == GOLOMB else _encode(plane, symbols, mode) for mode in MODES]
+    return min(blobs, key=lambda blob: blob.nbytes)
+
+
+def _zigzag(values):
+    return np.where(values >= 0, 2 * values, -2 * values - 1)
+
+
+def _bit_lengths(values):
+    """The bit length of each positive int64 below 2^53 (frexp is exact there)."""
+    return np.frexp(values.astype(np.float64))[1].astype(np.int64)
+
+
+def _encode_golomb(plane):
+    """Exp-Golomb-k codes of zigzag(level - median) in slice order, bit-packed (most significant bit first):
+    for v = zigzag + 2^k of bit length b, b - k - 1 zeros, then v's b bits. k is the cheapest for this plane."""
+    flat = np.asarray(plane, np.int64).T.reshape(-1)
+    centre = int(np.rint(np.median(flat))) if flat.size else 0
+    zig = _zigzag(flat - centre)
+    costs = [int((2 * _bit_lengths(zig + (1 << k)) - k - 1).sum()) for k in range(MAX_GOLOMB_K + 1)]
+    k = int(np.argmin(costs))
+    value = zig + (1 << k)
+    width = _bit_lengths(value)
+    lengths = 2 * width - k - 1
+    starts = np.cumsum(lengths) - lengths
+    owner = np.repeat(np.arange(flat.size), width)
+    within = np.arange(owner.size) - np.repeat(np.cumsum(width) - width, width)
+    bits = np.zeros(int(lengths.sum()), dtype=np.uint8)
+    bits[starts[owner] + (width - k - 1)[owner] + within] = (value[owner] >> (width[owner] - 1 - within)) & 1
+    header = _varints([*plane.shape, k, int(_zigzag(np.int64(centre)))])
+    return np.frombuffer(bytes([GOLOMB]) + header + np.packbits(bits).tobytes(), dtype=np.uint8)
+
+
+def _decode_golomb(raw, offset, long, short):
+    (k, centre), offset = _read_varints(raw, offset, 2, 2 * MAX_LEVEL)
+    if k > MAX_GOLOMB_K:
+        raise ValueError("ecq Exp-Golomb parameter out of range")
+    centre = centre // 2 if centre % 2 == 0 else -(centre + 1) // 2
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8, offset=offset))
+    ones = np.flatnonzero(bits)
+    powers = 1 << np.arange(MAX_CODE_BITS - 1, -1, -1, dtype=np.int64)
+    out = np.empty(long * short, dtype=np.int64)
+    position = 0
+    for i in range(out.size):
+        found = np.searchsorted(ones, position)
+        if found == ones.size:
+            raise ValueError("ecq Exp-Golomb codes end early")
+        first = int(ones[found])
+        width = first - position + k + 1
+        if width > MAX_CODE_BITS or first + width > bits.size:
+            raise ValueError("ecq Exp-Golomb code too long")
+        out[i] = int(bits[first:first + width] @ powers[-width:])
+        position = first + width
+    if bits.size - position >= 8 or bits[position:].any():
+        raise ValueError("ecq Exp-Golomb codes do not fill their bytes")
+    zig = out - (1 << k)
+    levels = np.where(zig % 2 == 0, zig // 2, -(zig + 1) // 2) + centre
+    if levels.size and int(np.abs(levels).max()) >= MAX_LEVEL:
+        raise ValueError("ecq level beyond the largest level")
+    return np.ascontiguousarray(levels.astype(np.int32).reshape(short, long).T)
 
 
 def _encode(plane, symbols, mode):
@@ -161,6 +237,12 @@ def decode(data, long, short):
     if not raw or raw[0] not in MODES:
         raise ValueError("not an ecq stream")
     mode, size = raw[0], long * short
+    if mode == GOLOMB:
+        (declared_long, declared_short), offset = _read_varints(raw, 1, 2, 2**40)
+        if (declared_long, declared_short) != (long, short):
+            raise ValueError(f"ecq stream declares a {declared_long} x {declared_short} plane, {long} x {short} "
+                             "expected")
+        return _decode_golomb(raw, offset, long, short)
     (declared_long, declared_short, escapes, negatives), offset = _read_varints(raw, 1, 4, 2**40)
     if (declared_long, declared_short) != (long, short):
         raise ValueError(f"ecq stream declares a {declared_long} x {declared_short} plane, {long} x {short} expected")

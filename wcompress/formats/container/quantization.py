@@ -52,15 +52,19 @@ def quantized_label(quantized):
 
 
 def ecq_units(fisher, variance):
-    """{tensor name: float32 unit step per ecq channel} from each kernel's output sensitivity.
+    """{tensor name: float32 unit step per ecq channel} from each tensor's output sensitivity.
 
     `fisher[name]` is E over examples of (d(v . f)/dw)^2 for each weight w (f the model's output, v a
     standard normal probe): the output's squared change per squared change of w. Rounding a channel of
     n_c weights to a step D_c adds about n_c F_c D_c^2 / 12 to E|df|^2 (F_c its weights' mean), and the bits
     it saves go as -n_c log2 D_c: the sum of errors at a given size is least where every D_c^2 F_c is the
-    same. The unit is chosen so that, over all N weights, the predicted error at QP 0 is 1/12 of `variance`
-    (the outputs' summed variance): u_c = sqrt(variance / (N F_c)). A channel the output hardly moves with
-    is kept from an unbounded step: F_c >= 1e-4 x its tensor's mean."""
+    same. The unit is chosen so that, over all N kernel weights, the predicted error at QP 0 is 1/12 of
+    `variance` (the outputs' summed variance): u_c = sqrt(variance / (N F_c)). A channel the output hardly
+    moves with is kept from an unbounded step: F_c >= 1e-4 x its tensor's mean.
+
+    A float vector (bias, batch norm) gets one unit for the whole tensor, from its mean F, in the same units:
+    shape (1,). Its step is at most its RMS / 16, since the linearised sensitivity of a whole vector can
+    understate what rounding it away costs."""
     sized = {name: f for name, f in fisher.items() if f.ndim >= 2 and f.size}
     total = sum(f.size for f in sized.values())
     if not variance > 0 or not total:
@@ -72,7 +76,19 @@ def ecq_units(fisher, variance):
         mean = float(per_channel.mean())
         if np.isfinite(mean) and mean > 0:
             units[name] = np.sqrt(variance / (total * np.maximum(per_channel, 1e-4 * mean)))
+    for name, f in fisher.items():
+        mean = float(np.mean(f)) if f.ndim == 1 and f.size else 0.0
+        if np.isfinite(mean) and mean > 0:
+            units[name] = np.array([np.sqrt(variance / (total * mean))])
     return units
+
+
+def ecq_vector(array, unit):
+    """Whether ecq quantizes this float vector: one with a measured unit (see ecq_units)."""
+    return array.ndim == 1 and array.size > 0 and is_float(array.dtype) and unit is not None and np.shape(unit) == (1,)
+
+
+VECTOR_STEP_CAP = 1 / 16  # x the vector's RMS (ecq_units)
 
 
 class Calibration(dict):
@@ -136,7 +152,14 @@ def steps_from_exponents(exponents):
 
 def quantize_ecq(array, qp, hessian=None, unit=None):
     """(int32 levels of the array's shape, float32 step per channel of `ecq_axis`): GPTQ-rounded where
-    `hessian` fits the array (see quantize_calibrated), else rounded to nearest; `unit`: see ecq_units."""
+    `hessian` fits the array (see quantize_calibrated), else rounded to nearest; `unit`: see ecq_units.
+    A vector (ecq_vector) gets one step: 2^(qp/4) x min(unit, RMS / 16)."""
+    if array.ndim == 1:
+        flat = np.asarray(array, np.float64)
+        unit = min(float(unit[0]), VECTOR_STEP_CAP * float(np.sqrt(np.mean(flat * flat))))
+        top = float(np.abs(flat).max()) if flat.size else 0.0
+        steps = steps_from_exponents(step_exponents([2.0 ** (qp / 4) * unit], top / MAX_ECQ_LEVEL))
+        return np.rint(flat / steps[0]).astype(np.int32), steps
     calibrated = quantize_calibrated(array, hessian, None, qp, unit)
     if calibrated is not None:
         return calibrated
@@ -155,7 +178,10 @@ def channel_axis(shape):
 def ecq_axis(shape):
     """ecq's step goes with each output a channel feeds: the last axis, but a depthwise kernel's (h, w, c, 1)
     channels are axis 2. A Dense kernel with one output keeps one step: a step per input (channel_axis's
-    choice for int8) would be each weight's own size, and a QP above 0 would round every weight to zero."""
+    choice for int8) would be each weight's own size, and a QP above 0 would round every weight to zero.
+    A vector has one step for all its values: None."""
+    if len(shape) < 2:
+        return None
     return len(shape) - 2 if len(shape) == 4 and shape[-1] == 1 else len(shape) - 1
 
 
@@ -171,12 +197,13 @@ def quantize(array, levels):
 
 
 def broadcast_scale(scale, ndim, axis):
-    """The per-channel scales shaped to multiply a tensor of `ndim` axes along `axis`."""
+    """The per-channel scales shaped to multiply a tensor of `ndim` axes along `axis` (None: one scale)."""
+    if axis is None:
+        return np.asarray(scale).reshape(())
     return np.asarray(scale).reshape([-1 if a == axis else 1 for a in range(ndim)])
 
 
-def dequantize(codes, scale, dtype, axis=None):
-    axis = channel_axis(codes.shape) if axis is None else axis
+def dequantize(codes, scale, dtype, axis):
     return (codes.astype(np.float32) * broadcast_scale(scale, codes.ndim, axis)).astype(dtype, copy=False)
 
 
@@ -295,9 +322,17 @@ def halves_floats(values):
     return values == "float16" or parse_values(values)[0] == "ecq"
 
 
+def ecq_quantizes(array, unit):
+    """Whether an ecq container stores this tensor as levels: a float kernel, or a vector with a measured unit."""
+    return quantizable(array) or ecq_vector(array, unit)
+
+
 def restored_values(array, values, hessian=None, unit=None):
     """The float array a container storing `values` gives back for `array` (what restore writes)."""
     kind, qp = parse_values(values)
+    if kind == "ecq" and ecq_vector(array, unit):
+        codes, scale = quantize_ecq(array, qp, unit=unit)
+        return dequantize(codes, scale, array.dtype, None)
     if halves_floats(values) and not (kind == "ecq" and quantizable(array)):
         if array.dtype not in (np.float32, np.float64):
             return array

@@ -164,14 +164,16 @@ class ContainerStore(ModelStore):
                 raise ValueError("the ecq encoding and ecq quantization come together")
             if quantized is not None:
                 ecq = isinstance(quantized, dict) and "ecq" in quantized
-                if not isinstance(quantized, dict) or len(shape) < 2 \
-                        or quantized.get("axis") not in (len(shape) - 1, len(shape) - 2) \
+                # version 8: an ecq vector has one step, "axis" null
+                vector = ecq and self.version >= 8 and len(shape) == 1 and quantized.get("axis", 0) is None
+                if not isinstance(quantized, dict) or (len(shape) < 2 and not vector) \
+                        or (quantized.get("axis") not in (len(shape) - 1, len(shape) - 2) and not vector) \
                         or not is_float(np.dtype(str(e["dtype"]))) \
                         or (ecq and (type(quantized["ecq"]) is not int or not QP_RANGE[0] <= quantized["ecq"] <= QP_RANGE[1]
                                      or str(e["value_dtype"]) != "int32")) \
                         or (not ecq and (quantized.get("bits") not in (4, 8) or str(e["value_dtype"]) != "int8")):
                     raise ValueError(f"malformed quantization {quantized!r}")
-                expected["scales"] = shape[quantized["axis"]]
+                expected["scales"] = 1 if vector else shape[quantized["axis"]]
             if set(expected) != set(e["streams"]):
                 raise ValueError(f"streams {sorted(e['streams'])} do not match encoding {e['encoding']}")
             stored = 0
