@@ -237,15 +237,12 @@ def decode(data, long, short):
     if not raw or raw[0] not in MODES:
         raise ValueError("not an ecq stream")
     mode, size = raw[0], long * short
-    if mode == GOLOMB:
-        (declared_long, declared_short), offset = _read_varints(raw, 1, 2, 2**40)
-        if (declared_long, declared_short) != (long, short):
-            raise ValueError(f"ecq stream declares a {declared_long} x {declared_short} plane, {long} x {short} "
-                             "expected")
-        return _decode_golomb(raw, offset, long, short)
-    (declared_long, declared_short, escapes, negatives), offset = _read_varints(raw, 1, 4, 2**40)
+    (declared_long, declared_short), offset = _read_varints(raw, 1, 2, 2**40)
     if (declared_long, declared_short) != (long, short):
         raise ValueError(f"ecq stream declares a {declared_long} x {declared_short} plane, {long} x {short} expected")
+    if mode == GOLOMB:
+        return _decode_golomb(raw, offset, long, short)
+    (escapes, negatives), offset = _read_varints(raw, offset, 2, 2**40)
     counts = np.zeros((mode, ESCAPE + 1), dtype=np.int64)
     for k in range(mode):
         (listed,), offset = _read_varints(raw, offset, 1, ESCAPE + 1)
