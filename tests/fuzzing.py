@@ -187,7 +187,7 @@ def _craft_index(h5, rng):
     entry = rng.choice(index["tensors"])
     field = rng.choice(["dtype", "value_dtype", "stream_dtype", "shape", "nnz", "entries", "count", "offset", "name",
                         "duplicate", "encoding", "stream_name", "drop_stream", "checksum", "coder", "coded_bytes",
-                        "pattern", "quantized"])
+                        "pattern", "quantized", "tree", "tree"])
     streams = entry["streams"]
     ref = streams[rng.choice(sorted(streams))]
     if field in ("dtype", "value_dtype"):
@@ -224,6 +224,8 @@ def _craft_index(h5, rng):
         ref["coder"] = rng.choice(["raw", "zstd", "pcodec", "brotli", None, 3])
     elif field == "coded_bytes":
         ref["bytes"] = rng.choice([0, -1, ref.get("bytes", 0) + 1, max(ref.get("bytes", 0) - 1, 0), 2**40, "9"])
+    elif field == "tree" and index.get("skeleton_trees"):
+        _craft_tree(index["skeleton_trees"], rng)
     elif field == "checksum" and index.get("checksums"):
         key = rng.choice(sorted(index["checksums"]))
         index["checksums"][key] = rng.choice([None, "x", index["checksums"][key] ^ 1])
@@ -234,6 +236,38 @@ def _craft_index(h5, rng):
     if recompute:
         h5.attrs["index_crc32"] = zlib.crc32(packed.tobytes())
     return f"index:{field}" + (":crafted" if recompute else "")
+
+
+def _craft_tree(trees, rng):
+    """A skeleton tree (version 9) re-declared: hostile paths and names, odd types and shapes, deep nesting."""
+    rel = rng.choice(sorted(trees))
+    nodes, stack = [], [trees[rel]]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.get("children", {}).values())
+    node = rng.choice(nodes)
+    edit = rng.choice(["path", "name", "dataset", "attribute", "nest", "type"])
+    if edit == "path":
+        trees[rng.choice(HOSTILE_NAMES + ("model.h5/x", "model.h5"))] = trees.pop(rel)
+    elif edit == "name" and node.get("children"):
+        node["children"][rng.choice(["", ".", "..", "a/b", "x\0y", 7])] = node["children"].pop(
+            rng.choice(sorted(node["children"])))
+    elif edit == "dataset":
+        node["dataset"] = rng.choice([["<f4", [2**40, 2**40]], ["|O", [2]], ["<f4", [-1]], ["<f4"], "x",
+                                      ["<f4", [1] * 64]])
+    elif edit == "attribute" and node["attrs"]:
+        key = rng.choice(sorted(node["attrs"]))
+        node["attrs"][key] = rng.choice([["text:utf-8:0", None, []], ["text:utf-8:3", [2], ["abcdef", "\u4e2d"]],
+                                         ["<f8", [2**31], []], ["bogus", None, [1]], ["<i8", None, ["1"]], None,
+                                         ["text:utf-8:0", [2**62, 2**62], []]])
+    elif edit == "nest":
+        deep = {"attrs": {}, "children": {}}
+        for _ in range(200):
+            deep = {"attrs": {}, "children": {"g": deep}}
+        node.setdefault("children", {})["deep"] = deep
+    else:
+        node.pop(rng.choice(["attrs", "children", "dataset"]), None)
 
 
 def _craft_blob(h5, rng):

@@ -123,11 +123,23 @@ def musicnn_feed(n=2, seed=0):
 
 
 def as_version_1(container):
-    """Rewrite a container as version 1 wrote it: no checksums, blob names in dataset attributes."""
+    """Rewrite a container as version 1 wrote it: no checksums, blob names in dataset attributes, skeleton
+    files as xz-compressed images (version 9's trees rebuilt)."""
     import lzma
+    import tempfile
+
+    from wcompress.formats import h5tree
 
     with h5py.File(container, "r+") as h5:
         index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
+        for n, (path, tree) in enumerate(sorted(index.pop("skeleton_trees", {}).items())):
+            with tempfile.TemporaryDirectory() as work:
+                h5tree.rebuild(tree, os.path.join(work, "skeleton.h5"))
+                with open(os.path.join(work, "skeleton.h5"), "rb") as fh:
+                    image = lzma.compress(fh.read())
+            key = f"skeleton/{n + len(h5.get('skeleton', {}))}"
+            h5[key] = np.frombuffer(image, dtype=np.uint8)
+            index.setdefault("blobs", {})[key] = path
         for key, name in index.pop("blobs", {}).items():
             h5[key].attrs["path" if key.startswith("skeleton/") else "key"] = name
         index.pop("checksums", None)

@@ -20,14 +20,22 @@ MAGIC = "wcompress-sparse-container"
 # and is written only by a container holding an ecq tensor, so a reader that predates it says so; version 7
 # stores ecq's steps as int16 exponents k of 2^(k/8) instead of float32 steps (version 6 stays readable);
 # version 8 adds ecq vectors (biases, batch norms: one step for the tensor, "axis": null) and Exp-Golomb
-# coded levels (levels.GOLOMB).
+# coded levels (levels.GOLOMB); version 9 stores HDF5 skeleton files as trees in the index ("skeleton_trees",
+# formats/h5tree.py) and is written only by a container that has one.
 VERSION = 5
 
 
 ECQ_VERSION = 8
 
 
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+TREE_VERSION = 9
+
+
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
 
 
 # Root attributes a version-5 index repeats under its checksum (index_crc32 covers the index itself).

@@ -8,10 +8,11 @@ import h5py
 import numpy as np
 
 from wcompress.errors import WcompressError, warn
+from wcompress.formats import h5tree
 from wcompress.formats.container import coders, encodings
 from wcompress.formats.container.layout import (
-    COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR, _INDEX_DTYPES, _VALUE_DTYPES,
-    _crc, _fits, _unzipped, read_attributes)
+    COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR, TREE_VERSION, _INDEX_DTYPES,
+    _VALUE_DTYPES, _crc, _fits, _unzipped, read_attributes)
 from wcompress.formats.container.quantization import QP_RANGE, STEP_EXPONENT_RANGE, dequantize, steps_from_exponents
 from wcompress.formats.dtypes import is_float
 from wcompress.formats.h5check import check_structure, foreign_storage
@@ -57,6 +58,9 @@ class ContainerStore(ModelStore):
             if self.checksums and not isinstance(self._checksums, dict):
                 raise ValueError("checksum table missing")
             self._blob_names = self._covered_attributes(attrs, index)
+            self._trees = index.get("skeleton_trees", {}) if self.version >= TREE_VERSION else {}
+            if not isinstance(self._trees, dict):
+                raise ValueError("skeleton trees are not a table")
             self._verified = set()
         except WcompressError:
             raise
@@ -316,6 +320,15 @@ class ContainerStore(ModelStore):
             return value
         return self.load(key)
 
+    def _skeleton_target(self, root, rel):
+        """Where skeleton file `rel` (a path from the file: data) goes, refused unless inside `root`."""
+        if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/") \
+                or "\0" in rel:
+            raise WcompressError(f"skeleton path {rel!r} escapes the model folder", self.path)
+        target = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        return target
+
     def original(self, workdir):
         """The original-format store, rebuilt from the skeleton in `workdir`, reading tensors from here."""
         from wcompress.formats.checkpoint import CheckpointStore, SavedModelStore
@@ -333,16 +346,21 @@ class ContainerStore(ModelStore):
                 rel = self._blob_name(ds, "path")
             except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise WcompressError(f"damaged container ({exc})", self.path) from exc
-            if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
-                raise WcompressError(f"skeleton path {rel!r} escapes the model folder", self.path)
-            target = os.path.join(root, rel)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            target = self._skeleton_target(root, rel)
             try:
                 data = _unzipped(ds, self._checksum("skeleton/" + ds.name.split("/")[-1]))
             except (OSError, KeyError, ValueError, RuntimeError) as exc:
                 raise WcompressError(f"damaged container ({exc})", self.path) from exc
             with open(target, "wb") as fh:
                 fh.write(data)
+        for rel, tree in self._trees.items():
+            target = self._skeleton_target(root, rel)
+            if os.path.exists(target):
+                raise WcompressError(f"damaged container (skeleton {rel!r} is stored twice)", self.path)
+            try:
+                h5tree.rebuild(tree, target)
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError, RecursionError) as exc:
+                raise WcompressError(f"damaged container ({exc})", self.path) from exc
         os.makedirs(root, exist_ok=True)
         kinds = {"tf1-checkpoint": CheckpointStore, "tf2-checkpoint": CheckpointStore, "savedmodel": SavedModelStore,
                  "keras": KerasZipStore, "keras-h5": H5Store, "weights-h5": H5Store, "keras-weights-h5": H5Store}

@@ -13,11 +13,12 @@ from wcompress.errors import WcompressError
 from wcompress.formats.container import coders, encodings, levels
 from wcompress.formats.container.coders import CODECS
 from wcompress.formats.container.layout import (
-    ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, VALUE_CHOICES, VERSION, _crc, _fits,
-    write_attributes)
+    ECQ_VERSION, HDF5_SIGNATURE, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, TREE_VERSION,
+    VALUE_CHOICES, VERSION, _crc, _fits, write_attributes)
 from wcompress.formats.container.quantization import (
     channel_axis, ecq_axis, ecq_quantizes, ecq_unit, halves_floats, parse_values, quantizable, quantize,
     quantize_calibrated, quantize_ecq, step_exponents, steps_from_exponents)
+from wcompress.formats import h5tree
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.tensors import QUANTIZATION
 
@@ -56,6 +57,22 @@ def _zipped(data):
     return np.frombuffer(lzma.compress(data, preset=preset), dtype=np.uint8)
 
 
+def _described(files, work):
+    """Take the HDF5 skeleton files a tree describes exactly out of `files`: {path: tree} (h5tree.py). The
+    tree goes into the index, where xz packs it with the tensor names it repeats."""
+    trees = {}
+    for rel, data in sorted(files.items()):
+        if data.startswith(HDF5_SIGNATURE):
+            path = os.path.join(work, "described.h5")
+            with open(path, "wb") as fh:
+                fh.write(data)
+            tree = h5tree.describe(path)
+            if tree is not None:
+                trees[rel] = tree
+                del files[rel]
+    return trees
+
+
 class ContainerWriter:
     """Writes tensors one at a time, each in its smallest encoding; the index and skeleton at the end."""
 
@@ -80,7 +97,7 @@ class ContainerWriter:
 
     def __call__(self, target, produce):
         entries, kept, retyped = [], [], {}
-        with create_file(target) as h5:
+        with create_file(target, packed_metadata=True) as h5:
             name = os.path.basename(getattr(self.store, "prefix", "") if self.store.format.endswith("checkpoint")
                                     else os.path.normpath(self.store.path))
             attributes = dict(format=MAGIC, version=VERSION, source_format=self.store.format, source_name=name,
@@ -113,6 +130,10 @@ class ContainerWriter:
                 h5.attrs["version"] = ECQ_VERSION
             with tempfile.TemporaryDirectory() as work:
                 files, raw = self.store.skeleton(kept, retyped, work)
+                trees = _described(files, work)
+            if trees:
+                attributes["version"] = max(attributes["version"], TREE_VERSION)
+                h5.attrs["version"] = attributes["version"]
             # What each blob is (a skeleton file's path, a raw entry's key) is recorded in the index only.
             blob_names = {}
             skeleton = create_group(h5, "skeleton") if files else None
@@ -129,6 +150,8 @@ class ContainerWriter:
                 blob_names[f"raw/{n}"] = key
             document = {"tensors": entries, "checksums": self._checksums, "attributes": attributes,
                         "blobs": blob_names}
+            if trees:
+                document["skeleton_trees"] = trees
             index = _zipped(json.dumps(document, separators=(",", ":")).encode())
             h5.create_dataset("index", data=index, **NO_TIMES)
             h5.attrs["index_crc32"] = _crc(index)
