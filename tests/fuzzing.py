@@ -204,6 +204,8 @@ def _craft_index(h5, rng):
         ref["count"] = rng.choice([0, -1, ref["count"] + 1, max(ref["count"] - 1, 0), 2**40])
     elif field == "offset" and "offset" in ref:
         ref["offset"] = rng.choice([-1, ref["offset"] + 1, ref["offset"] + 4, 2**40])
+    elif field == "offset" and "pool" in ref:  # version 9: offsets are implicit, a declared one is refused
+        ref["offset"] = rng.choice([0, -1, 4, 2**40])
     elif field == "name":
         entry["name"] = rng.choice(["", " ", "../x", "a\0b", None, 7])
     elif field == "duplicate":

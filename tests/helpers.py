@@ -129,6 +129,7 @@ def as_version_1(container):
     import tempfile
 
     from wcompress.formats import h5tree
+    from wcompress.formats.container.reader import _place_pooled_streams
 
     with h5py.File(container, "r+") as h5:
         index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
@@ -140,6 +141,8 @@ def as_version_1(container):
             key = f"skeleton/{n + len(h5.get('skeleton', {}))}"
             h5[key] = np.frombuffer(image, dtype=np.uint8)
             index.setdefault("blobs", {})[key] = path
+        if h5.attrs["version"] >= 9:  # offsets of pooled streams were implicit
+            _place_pooled_streams(index["tensors"])
         for key, name in index.pop("blobs", {}).items():
             h5[key].attrs["path" if key.startswith("skeleton/") else "key"] = name
         index.pop("checksums", None)

@@ -41,6 +41,21 @@ def test_every_coder_round_trips_bit_exact(name):
     assert stored.nbytes == min(coders.encode(array, c).nbytes for c in coders.applicable(array))
 
 
+def test_levels_coder_round_trips_signed_integers_and_refuses_what_does_not_fit():
+    rng = np.random.default_rng(2)
+    for array in (rng.integers(-90, -20, 500).astype(np.int16), rng.integers(-3, 4, 70_000).astype(np.int32),
+                  np.zeros(0, np.int16)):
+        stored = coders.encode(array, "levels")
+        back = coders.decode("levels", stored, array.dtype, array.size)
+        assert back.dtype == array.dtype and np.array_equal(back, array)
+    wide = coders.encode(np.array([40_000, -2], np.int32), "levels")  # holds a value no int16 holds
+    with pytest.raises(ValueError, match="beyond int16"):
+        coders.decode("levels", wide, np.int16, 2)
+    with pytest.raises(ValueError):
+        coders.decode("levels", wide, np.int32, 3)
+    assert not coders.levels_codable(np.array([1 << 30], np.int32)) and not coders.levels_codable(np.ones(3, np.uint16))
+
+
 def test_positions_code_near_their_entropy():
     """The container codes positions as a packed mask or as delta8 gaps, whichever is smaller: at every
     density one of them lands within 3% of the mask's entropy."""

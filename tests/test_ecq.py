@@ -168,7 +168,7 @@ def test_restore_gives_exactly_the_values_the_evaluation_used(tiny, packed, tmp_
     from wcompress.formats import open_model
 
     source, container = open_model(tiny["keras"]), open_model(str(packed["keras"]))
-    assert container.version == 8
+    assert container.version == 9
     restored = stock_tensors(run_json("restore", packed["keras"], "-o", tmp_path / "r.keras", "--json")["output"])
     for info in source.tensors:
         expected = restored_values(source.load(info.name), "ecq:0")
@@ -231,7 +231,7 @@ def test_tf1_checkpoint_restores_for_stock_tensorflow(tiny, packed, tmp_path):
 
 def test_report_shows_bits_per_weight(packed):
     result = run_json("report", packed["tf1"], "--json")
-    assert result["container_version"] == 8
+    assert result["container_version"] == 9
     rows = [r for r in result["tensors"] if r["encoding"] == "ecq"]
     assert rows and all(r["value_dtype"] == "ecq:0" and 0 < r["bits_per_weight"] < 8 for r in rows)
     assert all(r["bits_per_weight"] == 8 * r["stored_bytes"] / r["elements"] for r in rows)
@@ -321,7 +321,7 @@ def test_steps_are_stored_as_exponents_and_version_6_float_steps_still_read(tmp_
 
     container = _one_kernel_container(tmp_path)
     with h5py.File(container, "r") as h5:
-        assert h5.attrs["version"] == 8
+        assert h5.attrs["version"] == 9
         index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
     assert _first_ecq(index)["streams"]["scales"]["dtype"] == "int16"
     store = open_model(str(container))
@@ -335,6 +335,46 @@ def test_steps_are_stored_as_exponents_and_version_6_float_steps_still_read(tmp_
     old.write_bytes(container.read_bytes())
     _replace_scales(old, (2.0 ** (k / 8)).astype(np.float32), version=6)
     assert np.array_equal(open_model(str(old)).load("big/kernel"), expected)
+
+
+def test_idle_channels_take_the_median_step_and_steps_code_as_levels(tmp_path):
+    """A channel quantized to all zeros restores to zeros at any step: it is stored with the median exponent,
+    and exponents close together code as a levels blob (version 9) when that is the smallest coding."""
+    from wcompress.formats import open_model
+    from wcompress.formats.bundle import write_bundle
+    from wcompress.formats.container import coders
+    from wcompress.formats.container.reader import _place_pooled_streams
+
+    prefix = str(tmp_path / "ck" / "model.ckpt")
+    os.makedirs(os.path.dirname(prefix))
+    rng = np.random.default_rng(3)
+    w = (rng.normal(0, 1, (300, 400)) * rng.uniform(0.7, 1.4, 400)).astype(np.float32)
+    w[:, :40] = 0  # pruned channels: all levels zero
+    write_bundle(prefix, [("big/kernel", w)])
+    container = tmp_path / "c.h5"
+    run_cli("pack", prefix, "--values", "ecq", "--qp", "4", "-o", container)
+    store = open_model(str(container))
+    levels_, steps = store._decode("big/kernel", stored=True)
+    idle = ~np.any(levels_, axis=0)
+    assert idle[:40].all() and not idle[40:].any()
+    k = np.rint(8 * np.log2(steps.astype(np.float64)))
+    assert (k[idle] == np.round(np.median(k[~idle]))).all()
+    assert np.array_equal(store.load("big/kernel")[:, idle], np.zeros((300, 40), np.float32))
+    ref = _first_ecq(json.loads(lzma.decompress(h5py.File(container, "r")["index"][()].tobytes())))["streams"]["scales"]
+    exponents = k.astype(np.int16)
+    assert ref["coder"] == "levels"
+    assert ref["bytes"] == min(coders.encode(exponents, c).nbytes for c in ("raw", "zstd", "pcodec", "levels"))
+    older = tmp_path / "v8.h5"  # version 8 had no levels coder: such a stream there is crafted
+    older.write_bytes(container.read_bytes())
+    with h5py.File(older, "r+") as h5:
+        index = json.loads(lzma.decompress(h5["index"][()].tobytes()))
+        index["attributes"]["version"] = h5.attrs["version"] = 8
+        _place_pooled_streams(index["tensors"])  # version 8 declared each pooled stream's offset
+        packed_index = np.frombuffer(lzma.compress(json.dumps(index).encode()), dtype=np.uint8)
+        del h5["index"]
+        h5["index"] = packed_index
+        h5.attrs["index_crc32"] = zlib.crc32(packed_index.tobytes())
+    assert "unknown coder 'levels'" in run_error("restore", older, "-o", str(tmp_path / "r") + "/")
 
 
 def test_an_out_of_range_step_exponent_is_refused(tmp_path):

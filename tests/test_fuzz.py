@@ -144,8 +144,8 @@ def test_container_declaring_too_much_in_all_is_refused(tiny, tmp_path):
             index["tensors"].append({"name": f"crafted/{n}", "shape": [4096, 4096], "dtype": "float32",
                                      "layer": "x", "role": "kernel", "order": 0, "encoding": "coo", "nnz": 0,
                                      "entries": 0, "value_dtype": "float32", "fp16_overflow": False,
-                                     "streams": {"index": {"pool": "pool0", "offset": 0, "count": 0, "dtype": "uint8"},
-                                                 "values": {"pool": "pool0", "offset": 0, "count": 0,
+                                     "streams": {"index": {"pool": "pool0", "count": 0, "dtype": "uint8"},
+                                                 "values": {"pool": "pool0", "count": 0,
                                                             "dtype": "float32"}}})
 
     _edit_index(container, many_zero_tensors)

@@ -129,3 +129,68 @@ def test_a_hostile_tree_is_refused(mhc_container, tmp_path, edit):
     message = run_error("restore", container, "-o", str(out) + ".h5")
     assert container in message and ("damaged container" in message or "escapes" in message), message
     assert not os.path.exists(str(out) + ".h5") and not os.path.exists(tmp_path / "escaped.h5")
+
+
+def test_pooled_streams_lie_end_to_end_and_a_declared_offset_is_refused(mhc_container, tmp_path):
+    """Version 9 writes no offsets: each pool's streams lie end to end in index order."""
+    index, _ = _index(mhc_container)
+    pooled = [ref for entry in index["tensors"] for ref in entry["streams"].values() if "pool" in ref]
+    assert pooled and not any("offset" in ref for ref in pooled)
+    with h5py.File(mhc_container, "r") as h5:
+        assert sum(ref["bytes"] for ref in pooled) == h5["streams/pool0"].shape[0]
+    container = str(tmp_path / "crafted.h5")
+    with open(mhc_container, "rb") as src, open(container, "wb") as dst:
+        dst.write(src.read())
+    pooled_entry = next(e for e in index["tensors"] if any("pool" in r for r in e["streams"].values()))
+    next(r for r in pooled_entry["streams"].values() if "pool" in r)["offset"] = 0
+    _rewrite_index(container, index)
+    assert "declares an offset" in run_error("profile", container)
+
+
+def test_a_keras_archive_skeleton_is_its_members(tiny, tmp_path):
+    """A .keras skeleton: config and metadata as text, the weights file as a tree, each member's header kept."""
+    container = str(tmp_path / "tiny.h5")
+    run_json("pack", tiny["keras"], "-o", container)
+    index, datasets = _index(container)
+    assert "skeleton" not in datasets and list(index["skeleton_trees"]) == ["model.keras"]
+    members = {m["name"]: m for m in index["skeleton_trees"]["model.keras"]["zip"]}
+    assert set(members) == {"config.json", "metadata.json", "model.weights.h5"}
+    assert json.loads(members["config.json"]["text"])["class_name"] and "children" in members["model.weights.h5"]["hdf5"]
+    restored = run_json("restore", container, "-o", str(tmp_path / "r.keras"))["output"]
+    assert_same_tensors(stock_tensors(tiny["keras"]), stock_tensors(restored))
+
+
+@pytest.fixture(scope="module")
+def keras_container(tiny, tmp_path_factory):
+    container = str(tmp_path_factory.mktemp("tree") / "tiny.h5")
+    run_json("pack", tiny["keras"], "-o", container)
+    return container
+
+
+def _member(trees, name):
+    return next(m for m in trees["model.keras"]["zip"] if m["name"] == name)
+
+
+HOSTILE_ARCHIVES = {
+    "escaping_member": lambda trees: _member(trees, "config.json").update(name="../escaped.json"),
+    "absolute_member": lambda trees: _member(trees, "config.json").update(name="/tmp/escaped.json"),
+    "bad_date": lambda trees: _member(trees, "config.json").update(date_time=[1970, 1, 1, 0, 0, 0]),
+    "bad_compression": lambda trees: _member(trees, "config.json").update(compress_type=99),
+    "text_and_tree": lambda trees: _member(trees, "config.json").update(hdf5={"attrs": {}, "children": {}}),
+    "zip_in_zip": lambda trees: _member(trees, "model.weights.h5").update(hdf5={"zip": []}),
+    "dotdot_in_weights": lambda trees: _member(trees, "model.weights.h5")["hdf5"]["children"].__setitem__(
+        "..", {"attrs": {}, "children": {}}),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(HOSTILE_ARCHIVES))
+def test_a_hostile_archive_tree_is_refused(keras_container, tmp_path, edit):
+    container = str(tmp_path / "crafted.h5")
+    with open(keras_container, "rb") as src, open(container, "wb") as dst:
+        dst.write(src.read())
+    index, _ = _index(container)
+    HOSTILE_ARCHIVES[edit](index["skeleton_trees"])
+    _rewrite_index(container, index)
+    message = run_error("restore", container, "-o", str(tmp_path / "out.keras"))
+    assert container in message and "damaged container" in message, message
+    assert not os.path.exists(tmp_path / "out.keras") and not os.path.exists(tmp_path / "escaped.json")

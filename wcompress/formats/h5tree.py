@@ -1,12 +1,14 @@
-"""An HDF5 file without tensor data as a JSON tree: groups, attributes and each dataset's shape and dtype.
+"""An HDF5 file without tensor data as a JSON tree: groups, attributes and each dataset's shape and dtype;
+and a `.keras` archive as its members: text as text, its HDF5 weights file as such a tree.
 
-A container stores a Keras HDF5 skeleton (structure, attributes, config; every tensor an empty placeholder)
-this way instead of as the file's bytes: the tree xz-compresses with the container's index into less than
-half of the image's B-trees and object headers, and names the index already holds cost almost nothing.
+A container stores a Keras skeleton (structure, attributes, config; every tensor an empty placeholder) this
+way instead of as the file's bytes: the tree xz-compresses with the container's index into less than half
+of the image's B-trees and object headers, and names the index already holds cost almost nothing.
 `describe` gives the tree only when `rebuild` reproduces it exactly; otherwise the caller keeps the file."""
 
 import os
 import tempfile
+import zipfile
 
 import h5py
 import numpy as np
@@ -23,6 +25,15 @@ MAX_NODES = 1_000_000
 MAX_DIMENSIONS = 32
 
 
+MAX_MEMBERS = 1000
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+ZIP_SIGNATURE = b"PK\x03\x04"
+
+
 _NUMERIC = {np.dtype(t).str for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "?")}
 
 
@@ -31,25 +42,108 @@ class Unsupported(ValueError):
 
 
 def describe(path):
-    """The tree of the HDF5 file at `path`, or None when `rebuild` would not reproduce it exactly."""
+    """The tree of the HDF5 file or zip archive at `path`, or None when `rebuild` would not reproduce it."""
     try:
-        with h5py.File(path, "r") as h5:
-            tree = _node(h5, 0)
+        tree = _describe(path)
         with tempfile.TemporaryDirectory(prefix="wcompress-tree-") as work:
-            copy = os.path.join(work, "tree.h5")
+            copy = os.path.join(work, "tree")
             rebuild(tree, copy)
-            with h5py.File(copy, "r") as h5:
-                again = _node(h5, 0)
+            again = _describe(copy)
     except Unsupported:
         return None
     return tree if again == tree else None
 
 
 def rebuild(tree, path):
-    """Write the HDF5 file `tree` describes to `path`; ValueError for a tree that is not one of ours."""
+    """Write the file `tree` describes to `path`; ValueError for a tree that is not one of ours."""
+    if isinstance(tree, dict) and "zip" in tree:
+        _rebuild_zip(tree, path)
+    else:
+        _rebuild_hdf5(tree, path)
+
+
+def _rebuild_hdf5(tree, path):
     _check(tree, 0, [0])
     with create_file(path) as h5:
         _fill(h5, tree)
+
+
+def _describe(path):
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(HDF5_SIGNATURE):
+        with h5py.File(path, "r") as h5:
+            return _node(h5, 0)
+    if head.startswith(ZIP_SIGNATURE):
+        return _describe_zip(path)
+    raise Unsupported("neither HDF5 nor zip")
+
+
+_MEMBER_FIELDS = ("date_time", "compress_type", "external_attr", "create_system")
+
+
+def _describe_zip(path):
+    members = []
+    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix="wcompress-tree-") as work:
+        for info in archive.infolist():
+            if info.comment or info.extra:
+                raise Unsupported("a zip member with a comment or extra fields")
+            member = {"name": info.filename, **{f: getattr(info, f) for f in _MEMBER_FIELDS}}
+            member["date_time"] = list(member["date_time"])
+            data = archive.read(info)
+            if data.startswith(HDF5_SIGNATURE):
+                inner = os.path.join(work, "member.h5")
+                with open(inner, "wb") as fh:
+                    fh.write(data)
+                with h5py.File(inner, "r") as h5:
+                    member["hdf5"] = _node(h5, 0)
+            else:
+                try:
+                    member["text"] = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise Unsupported("a binary zip member") from exc
+            members.append(member)
+    return {"zip": members}
+
+
+def _rebuild_zip(tree, path):
+    members = tree["zip"]
+    if set(tree) != {"zip"} or not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise ValueError("skeleton archive is not a member list")
+    with zipfile.ZipFile(path, "w") as archive, tempfile.TemporaryDirectory(prefix="wcompress-tree-") as work:
+        for member in members:
+            info = _member_info(member)
+            if "hdf5" in member:
+                inner = os.path.join(work, "member.h5")
+                _rebuild_hdf5(member["hdf5"], inner)
+                with open(inner, "rb") as fh:
+                    data = fh.read()
+            else:
+                data = member["text"].encode("utf-8")
+            archive.writestr(info, data)
+
+
+def _member_info(member):
+    """A zip member's header from the tree, every field checked: the name a plain relative path."""
+    if not isinstance(member, dict) or set(member) - {"name", "text", "hdf5", *_MEMBER_FIELDS} \
+            or len({"text", "hdf5"} & set(member)) != 1 or not isinstance(member.get("text", ""), str):
+        raise ValueError("skeleton archive member is malformed")
+    name = member.get("name")
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\0" in name \
+            or ".." in name.split("/"):
+        raise ValueError(f"skeleton archive member name {name!r} is not a plain relative path")
+    stamp = member.get("date_time")
+    if not isinstance(stamp, list) or len(stamp) != 6 or not all(type(v) is int for v in stamp) \
+            or not 1980 <= stamp[0] <= 2107 or not all(0 <= v <= 60 for v in stamp[1:]):
+        raise ValueError("skeleton archive member has no valid date")
+    info = zipfile.ZipInfo(name, tuple(stamp))
+    for field, allowed in (("compress_type", (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)),
+                           ("external_attr", range(2**32)), ("create_system", range(256))):
+        value = member.get(field)
+        if type(value) is not int or value not in allowed:
+            raise ValueError(f"skeleton archive member has an invalid {field}")
+        setattr(info, field, value)
+    return info
 
 
 def _node(item, depth):

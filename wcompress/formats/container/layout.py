@@ -21,20 +21,22 @@ MAGIC = "wcompress-sparse-container"
 # stores ecq's steps as int16 exponents k of 2^(k/8) instead of float32 steps (version 6 stays readable);
 # version 8 adds ecq vectors (biases, batch norms: one step for the tensor, "axis": null) and Exp-Golomb
 # coded levels (levels.GOLOMB); version 9 stores HDF5 skeleton files as trees in the index ("skeleton_trees",
-# formats/h5tree.py) and is written only by a container that has one.
+# formats/h5tree.py) and ecq's step exponents may be coded as levels (coders.py, coder "levels"): written by
+# every ecq container and by any container with a skeleton tree. From version 9 a pooled stream's offset is
+# implicit (the pool's streams lie end to end in index order): written, offsets were a ninth of fer's index.
 VERSION = 5
 
 
-ECQ_VERSION = 8
+ECQ_VERSION = 9
 
 
 TREE_VERSION = 9
 
 
+POOL_ORDER_VERSION = 9
+
+
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
-
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 

@@ -11,8 +11,8 @@ from wcompress.errors import WcompressError, warn
 from wcompress.formats import h5tree
 from wcompress.formats.container import coders, encodings
 from wcompress.formats.container.layout import (
-    COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR, TREE_VERSION, _INDEX_DTYPES,
-    _VALUE_DTYPES, _crc, _fits, _unzipped, read_attributes)
+    COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, POOL_ORDER_VERSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR,
+    TREE_VERSION, _INDEX_DTYPES, _VALUE_DTYPES, _crc, _fits, _unzipped, read_attributes)
 from wcompress.formats.container.quantization import QP_RANGE, STEP_EXPONENT_RANGE, dequantize, steps_from_exponents
 from wcompress.formats.dtypes import is_float
 from wcompress.formats.h5check import check_structure, foreign_storage
@@ -61,6 +61,8 @@ class ContainerStore(ModelStore):
             self._trees = index.get("skeleton_trees", {}) if self.version >= TREE_VERSION else {}
             if not isinstance(self._trees, dict):
                 raise ValueError("skeleton trees are not a table")
+            if self.version >= POOL_ORDER_VERSION:
+                _place_pooled_streams(index.get("tensors", []))
             self._verified = set()
         except WcompressError:
             raise
@@ -195,7 +197,8 @@ class ContainerStore(ModelStore):
                 if coder is None:  # versions 1 and 2, and --codec none or an HDF5 filter: raw elements
                     nbytes = length * np.dtype(dtype).itemsize
                 else:
-                    if coder not in coders.CODERS or not isinstance(ref.get("bytes"), int) or ref["bytes"] < 0:
+                    if coder not in coders.CODERS or not isinstance(ref.get("bytes"), int) or ref["bytes"] < 0 \
+                            or (coder == "levels" and self.version < coders.LEVELS_CODER_VERSION):
                         raise ValueError(f"stream {stream}: unknown coder {coder!r} or stored size")
                     nbytes = ref["bytes"]
                     if coder == "raw" and nbytes != length * np.dtype(dtype).itemsize:
@@ -210,6 +213,8 @@ class ContainerStore(ModelStore):
                 if foreign_storage(ds):
                     raise ValueError(f"stream {stream} {foreign_storage(ds)}")
                 if "pool" in ref:
+                    if "offset" not in ref:
+                        raise ValueError(f"stream {stream} has no offset in its pool")
                     end = int(ref["offset"]) + nbytes
                     if ds.dtype != np.uint8 or int(ref["offset"]) < 0 or end > ds.shape[0]:
                         raise ValueError(f"stream {stream} lies outside its pool")
@@ -369,6 +374,25 @@ class ContainerStore(ModelStore):
         store = kinds[self.source_format].from_skeleton(root, self)
         store.format = self.source_format
         return store
+
+
+def _place_pooled_streams(tensors):
+    """Version 9: a pooled stream's offset is implicit, its pool's streams lie end to end in index order."""
+    ends = {}
+    for entry in tensors:
+        streams = entry.get("streams") if isinstance(entry, dict) else None
+        for ref in (streams.values() if isinstance(streams, dict) else ()):
+            if not isinstance(ref, dict) or "pool" not in ref:
+                continue
+            if "offset" in ref:
+                raise ValueError("a version-9 pooled stream declares an offset")
+            size = ref.get("bytes") if "coder" in ref else ref.get("count")
+            if type(size) is not int or size < 0 or not isinstance(ref["pool"], str):
+                raise ValueError("a pooled stream without a size")
+            if "coder" not in ref:
+                size *= np.dtype(str(ref.get("dtype"))).itemsize
+            ref["offset"] = ends.get(ref["pool"], 0)
+            ends[ref["pool"]] = ref["offset"] + size
 
 
 def is_container(path):

@@ -7,14 +7,15 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
+import h5py
 import numpy as np
 
 from wcompress.errors import WcompressError
 from wcompress.formats.container import coders, encodings, levels
 from wcompress.formats.container.coders import CODECS
 from wcompress.formats.container.layout import (
-    ECQ_VERSION, HDF5_SIGNATURE, MAGIC, POOL_FLUSH_BYTES, POOL_STREAM_BYTES, QUANT_LEVELS, TREE_VERSION,
-    VALUE_CHOICES, VERSION, _crc, _fits, write_attributes)
+    ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_ORDER_VERSION, POOL_STREAM_BYTES, QUANT_LEVELS,
+    TREE_VERSION, VALUE_CHOICES, VERSION, _crc, _fits, write_attributes)
 from wcompress.formats.container.quantization import (
     channel_axis, ecq_axis, ecq_quantizes, ecq_unit, halves_floats, parse_values, quantizable, quantize,
     quantize_calibrated, quantize_ecq, step_exponents, steps_from_exponents)
@@ -58,12 +59,12 @@ def _zipped(data):
 
 
 def _described(files, work):
-    """Take the HDF5 skeleton files a tree describes exactly out of `files`: {path: tree} (h5tree.py). The
-    tree goes into the index, where xz packs it with the tensor names it repeats."""
+    """Take the HDF5 and .keras skeleton files a tree describes exactly out of `files`: {path: tree}
+    (h5tree.py). The tree goes into the index, where xz packs it with the tensor names it repeats."""
     trees = {}
     for rel, data in sorted(files.items()):
-        if data.startswith(HDF5_SIGNATURE):
-            path = os.path.join(work, "described.h5")
+        if data.startswith((h5tree.HDF5_SIGNATURE, h5tree.ZIP_SIGNATURE)):
+            path = os.path.join(work, "described")
             with open(path, "wb") as fh:
                 fh.write(data)
             tree = h5tree.describe(path)
@@ -71,6 +72,43 @@ def _described(files, work):
                 trees[rel] = tree
                 del files[rel]
     return trees
+
+
+# A byte dataset under this size is stored compact, inside its object header: HDF5 hands small raw data
+# out of 2 KiB blocks, and the container's metadata, written between them, strands the rest of each block.
+COMPACT_BYTES = 60_000
+
+
+def _byte_dataset(group, name, data):
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if data.nbytes < COMPACT_BYTES:
+        dcpl.set_layout(h5py.h5d.COMPACT)
+    return group.create_dataset(name, data=data, dcpl=dcpl, **NO_TIMES)
+
+
+def _drop_pool_offsets(entries):
+    """Version 9 readers place pooled streams end to end in index order, which is the order they were pooled."""
+    ends = {}
+    for entry in entries:
+        for ref in entry["streams"].values():
+            if "pool" in ref:
+                assert ref["offset"] == ends.get(ref["pool"], 0)
+                ends[ref["pool"]] = ref["offset"] + (ref["bytes"] if "coder" in ref
+                                                     else ref["count"] * np.dtype(ref["dtype"]).itemsize)
+                del ref["offset"]
+
+
+def _idle_steps_at_median(exponents, codes, axis):
+    """A channel whose levels are all zero restores to zeros at any step: give it the median exponent of
+    the others, which codes in a bit or two, not the outlier its tiny weights chose."""
+    if axis is None or exponents.size < 2:
+        return exponents
+    idle = ~np.any(np.moveaxis(codes, axis, -1).reshape(-1, exponents.size), axis=0)
+    if not idle.any() or idle.all():
+        return exponents
+    out = exponents.copy()
+    out[idle] = np.int16(np.median(exponents[~idle]).round())
+    return out
 
 
 class ContainerWriter:
@@ -126,7 +164,7 @@ class ContainerWriter:
                     entries.append(self._store(streams, len(entries), *pending.result()))
             self._flush_pool(streams)
             if self._ecq:
-                attributes["version"] = ECQ_VERSION
+                attributes["version"] = max(attributes["version"], ECQ_VERSION)
                 h5.attrs["version"] = ECQ_VERSION
             with tempfile.TemporaryDirectory() as work:
                 files, raw = self.store.skeleton(kept, retyped, work)
@@ -139,28 +177,30 @@ class ContainerWriter:
             skeleton = create_group(h5, "skeleton") if files else None
             for n, (rel, data) in enumerate(sorted(files.items())):
                 packed = _zipped(data)
-                skeleton.create_dataset(str(n), data=packed, **NO_TIMES)
+                _byte_dataset(skeleton, str(n), packed)
                 self._checksums[f"skeleton/{n}"] = _crc(packed)
                 blob_names[f"skeleton/{n}"] = rel
             blobs = create_group(h5, "raw") if raw else None
             for n, key in enumerate(sorted(raw)):
                 packed = _zipped(raw[key])
-                blobs.create_dataset(str(n), data=packed, **NO_TIMES)
+                _byte_dataset(blobs, str(n), packed)
                 self._checksums[f"raw/{n}"] = _crc(packed)
                 blob_names[f"raw/{n}"] = key
             document = {"tensors": entries, "checksums": self._checksums, "attributes": attributes,
                         "blobs": blob_names}
             if trees:
                 document["skeleton_trees"] = trees
+            if attributes["version"] >= POOL_ORDER_VERSION:
+                _drop_pool_offsets(entries)
             index = _zipped(json.dumps(document, separators=(",", ":")).encode())
-            h5.create_dataset("index", data=index, **NO_TIMES)
+            _byte_dataset(h5, "index", index)
             h5.attrs["index_crc32"] = _crc(index)
         return [target]
 
     def _flush_pool(self, group):
         if self._pool:
             pool = np.concatenate(self._pool)
-            group.create_dataset(f"pool{self._pools}", data=pool, **NO_TIMES)
+            _byte_dataset(group, f"pool{self._pools}", pool)
             self._checksums[f"streams/pool{self._pools}"] = _crc(pool)
         self._pool, self._pool_bytes, self._pools = [], 0, self._pools + (1 if self._pool else 0)
 
@@ -235,6 +275,7 @@ class ContainerWriter:
         blob = levels.encode(levels.to_plane(codes, axis))
         exponents = step_exponents(steps)  # steps are on the grid already: this recovers each k exactly
         assert np.array_equal(steps_from_exponents(exponents), steps)
+        exponents = _idle_steps_at_median(exponents, codes, axis)
         if not _fits(array.nbytes, blob.nbytes + exponents.nbytes):
             return None
         self._ecq = True
@@ -251,7 +292,7 @@ class ContainerWriter:
         raw_streams = options[raw_encoding]
         if raw_encoding == "ecq":  # range-coded already: no other coder makes the levels smaller
             return entry, "ecq", raw_streams, {"levels": ("raw", raw_streams["levels"]),
-                                               "scales": coders.smallest(raw_streams["scales"])}
+                                               "scales": coders.smallest(raw_streams["scales"], also=("levels",))}
         if self.codec != "auto" or not numeric:
             return entry, raw_encoding, raw_streams, None
         best = None
