@@ -127,9 +127,9 @@ def test_without_ray_installed_the_flag_says_how_to_install_it(real, held, monke
     assert "--jobs and --ray" in run_error(*sweep_args(real, held), "--ray", "--jobs", "2")
 
 
-def test_an_error_inside_a_worker_is_one_line(mhc, cluster):
+def test_an_error_inside_a_worker_is_one_line(mhc, cluster, tmp_path):
     # The dense score runs on a worker: the metric needs labels the data does not have.
-    unlabelled = os.path.join(tempfile.mkdtemp(), "x.npz")
+    unlabelled = str(tmp_path / "x.npz")
     np.savez(unlabelled, x=np.load(mhc["data"])["x"][:20])
     line = run_error("sweep", mhc["ba"], "--data", unlabelled, "--metric", "auc", "--deltas", "0.5",
                      "--methods", "relative", "--ray", cluster)
