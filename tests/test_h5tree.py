@@ -27,6 +27,17 @@ def _rewrite_index(container, index):
         h5.attrs["index_crc32"] = zlib.crc32(packed.tobytes())
 
 
+def _crafted_copy(container, tmp_path, edit):
+    """A copy of `container` whose index `edit` changed, its checksum recomputed as a crafted file's would be."""
+    crafted = str(tmp_path / "crafted.h5")
+    with open(container, "rb") as src, open(crafted, "wb") as dst:
+        dst.write(src.read())
+    index, _ = _index(crafted)
+    edit(index)
+    _rewrite_index(crafted, index)
+    return crafted
+
+
 def _odd_file(path):
     """Every attribute kind Keras and h5py write: variable and fixed-length text, arrays of both, empty
     arrays, numeric scalars, booleans; nested groups; empty datasets of several dtypes."""
@@ -119,12 +130,7 @@ def _nested(depth):
 
 @pytest.mark.parametrize("edit", sorted(HOSTILE))
 def test_a_hostile_tree_is_refused(mhc_container, tmp_path, edit):
-    container = str(tmp_path / "crafted.h5")
-    with open(mhc_container, "rb") as src, open(container, "wb") as dst:
-        dst.write(src.read())
-    index, _ = _index(container)
-    HOSTILE[edit](index["skeleton_trees"])
-    _rewrite_index(container, index)
+    container = _crafted_copy(mhc_container, tmp_path, lambda index: HOSTILE[edit](index["skeleton_trees"]))
     out = tmp_path / "out"
     message = run_error("restore", container, "-o", str(out) + ".h5")
     assert container in message and ("damaged container" in message or "escapes" in message), message
@@ -138,12 +144,12 @@ def test_pooled_streams_lie_end_to_end_and_a_declared_offset_is_refused(mhc_cont
     assert pooled and not any("offset" in ref for ref in pooled)
     with h5py.File(mhc_container, "r") as h5:
         assert sum(ref["bytes"] for ref in pooled) == h5["streams/pool0"].shape[0]
-    container = str(tmp_path / "crafted.h5")
-    with open(mhc_container, "rb") as src, open(container, "wb") as dst:
-        dst.write(src.read())
-    pooled_entry = next(e for e in index["tensors"] if any("pool" in r for r in e["streams"].values()))
-    next(r for r in pooled_entry["streams"].values() if "pool" in r)["offset"] = 0
-    _rewrite_index(container, index)
+
+    def declare_an_offset(index):
+        pooled_entry = next(e for e in index["tensors"] if any("pool" in r for r in e["streams"].values()))
+        next(r for r in pooled_entry["streams"].values() if "pool" in r)["offset"] = 0
+
+    container = _crafted_copy(mhc_container, tmp_path, declare_an_offset)
     assert "declares an offset" in run_error("profile", container)
 
 
@@ -185,12 +191,8 @@ HOSTILE_ARCHIVES = {
 
 @pytest.mark.parametrize("edit", sorted(HOSTILE_ARCHIVES))
 def test_a_hostile_archive_tree_is_refused(keras_container, tmp_path, edit):
-    container = str(tmp_path / "crafted.h5")
-    with open(keras_container, "rb") as src, open(container, "wb") as dst:
-        dst.write(src.read())
-    index, _ = _index(container)
-    HOSTILE_ARCHIVES[edit](index["skeleton_trees"])
-    _rewrite_index(container, index)
+    container = _crafted_copy(keras_container, tmp_path,
+                              lambda index: HOSTILE_ARCHIVES[edit](index["skeleton_trees"]))
     message = run_error("restore", container, "-o", str(tmp_path / "out.keras"))
     assert container in message and "damaged container" in message, message
     assert not os.path.exists(tmp_path / "out.keras") and not os.path.exists(tmp_path / "escaped.json")

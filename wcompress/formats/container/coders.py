@@ -98,7 +98,9 @@ def levels_codable(array):
     """Whether the `levels` coder takes this stream: signed 16/32-bit integers inside the levels' bound."""
     from wcompress.formats.container.levels import MAX_LEVEL
 
-    return str(array.dtype) in _LEVELS_DTYPES and (not array.size or int(np.abs(array.astype(np.int64)).max()) < MAX_LEVEL)
+    if str(array.dtype) not in _LEVELS_DTYPES:
+        return False
+    return not array.size or int(np.abs(array.astype(np.int64)).max()) < MAX_LEVEL
 
 
 def smallest(array, also=()):

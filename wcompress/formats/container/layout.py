@@ -113,6 +113,11 @@ def read_attributes(h5):
     return out
 
 
+def pooled_bytes(ref):
+    """Bytes a pooled stream occupies in its pool: its coded size, or its elements' raw size (no coder)."""
+    return ref["bytes"] if "coder" in ref else ref["count"] * np.dtype(str(ref["dtype"])).itemsize
+
+
 def _fits(decoded, stored):
     """Whether a reader accepts a tensor of `decoded` bytes from `stored` bytes of streams (see _validate)."""
     return decoded <= max(EXPANSION_FLOOR, MAX_EXPANSION * stored)

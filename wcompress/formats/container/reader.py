@@ -12,7 +12,7 @@ from wcompress.formats import h5tree
 from wcompress.formats.container import coders, encodings
 from wcompress.formats.container.layout import (
     COVERED_ATTRIBUTES, MAGIC, MAX_EXPANSION, POOL_ORDER_VERSION, READABLE_VERSIONS, TOTAL_EXPANSION_FLOOR,
-    TREE_VERSION, _INDEX_DTYPES, _VALUE_DTYPES, _crc, _fits, _unzipped, read_attributes)
+    TREE_VERSION, _INDEX_DTYPES, _VALUE_DTYPES, _crc, _fits, _unzipped, pooled_bytes, read_attributes)
 from wcompress.formats.container.quantization import QP_RANGE, STEP_EXPONENT_RANGE, dequantize, steps_from_exponents
 from wcompress.formats.dtypes import is_float
 from wcompress.formats.h5check import check_structure, foreign_storage
@@ -386,11 +386,11 @@ def _place_pooled_streams(tensors):
                 continue
             if "offset" in ref:
                 raise ValueError("a version-9 pooled stream declares an offset")
-            size = ref.get("bytes") if "coder" in ref else ref.get("count")
-            if type(size) is not int or size < 0 or not isinstance(ref["pool"], str):
+            if type(ref.get("bytes" if "coder" in ref else "count")) is not int or not isinstance(ref["pool"], str):
                 raise ValueError("a pooled stream without a size")
-            if "coder" not in ref:
-                size *= np.dtype(str(ref.get("dtype"))).itemsize
+            size = pooled_bytes(ref)
+            if size < 0:
+                raise ValueError("a pooled stream without a size")
             ref["offset"] = ends.get(ref["pool"], 0)
             ends[ref["pool"]] = ref["offset"] + size
 

@@ -15,7 +15,7 @@ from wcompress.formats.container import coders, encodings, levels
 from wcompress.formats.container.coders import CODECS
 from wcompress.formats.container.layout import (
     ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_ORDER_VERSION, POOL_STREAM_BYTES, QUANT_LEVELS,
-    TREE_VERSION, VALUE_CHOICES, VERSION, _crc, _fits, write_attributes)
+    TREE_VERSION, VALUE_CHOICES, VERSION, _crc, _fits, pooled_bytes, write_attributes)
 from wcompress.formats.container.quantization import (
     channel_axis, ecq_axis, ecq_quantizes, ecq_unit, halves_floats, parse_values, quantizable, quantize,
     quantize_calibrated, quantize_ecq, step_exponents, steps_from_exponents)
@@ -93,8 +93,7 @@ def _drop_pool_offsets(entries):
         for ref in entry["streams"].values():
             if "pool" in ref:
                 assert ref["offset"] == ends.get(ref["pool"], 0)
-                ends[ref["pool"]] = ref["offset"] + (ref["bytes"] if "coder" in ref
-                                                     else ref["count"] * np.dtype(ref["dtype"]).itemsize)
+                ends[ref["pool"]] = ref["offset"] + pooled_bytes(ref)
                 del ref["offset"]
 
 
