@@ -182,8 +182,8 @@ def test_restore_gives_exactly_the_values_the_evaluation_used(tiny, packed, tmp_
 
 
 def test_calibrated_ecq_restores_what_gptq_chose(tiny, tmp_path):
-    """With --data the levels are GPTQ-rounded on ecq's grid, its steps moved by the measured sensitivity:
-    restore gives those values, bit for bit."""
+    """With --data the levels are GPTQ-rounded on ecq's grid (each kernel calibrated with the ones before it
+    coded), its steps moved by the measured sensitivity: restore gives those values, bit for bit."""
     from wcompress.formats import open_model
     from wcompress.runtime.capture import input_hessians
 
@@ -191,7 +191,7 @@ def test_calibrated_ecq_restores_what_gptq_chose(tiny, tmp_path):
     np.savez(data, x=tiny["x"][:32])
     container = tmp_path / "c.h5"
     run_cli("pack", tiny["keras"], "--values", "ecq", "--qp", "0", "--data", data, "-o", container)
-    calibration = input_hessians(tiny["keras"], str(data), sensitivity=True)
+    calibration = input_hessians(tiny["keras"], str(data), sensitivity=True, values="ecq:0")
     source, stored = open_model(tiny["keras"]), open_model(str(container))
     calibrated = [n for n, e in stored.entries.items() if (e.get("quantized") or {}).get("calibrated")]
     assert calibrated and set(calibrated) <= set(calibration.units)

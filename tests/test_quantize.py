@@ -176,6 +176,48 @@ def test_captured_input_statistics_match_their_definition(small_keras):
     np.testing.assert_allclose(hessians["layers/dense/vars/0"], gram(inputs[2].reshape(len(x), -1)), rtol=2e-4, atol=1e-4)
 
 
+def test_layer_by_layer_statistics_see_the_kernels_before_them_coded(small_keras):
+    """With `values`, each kernel's H is its inputs' second moment in the model whose earlier kernels already hold
+    what the container restores (each GPTQ-rounded with its own H): computed here from that definition."""
+    import keras
+
+    from wcompress.formats.container.quantization import restored_values
+    from wcompress.runtime.capture import input_hessians
+
+    model, path, data = small_keras
+    x = np.load(data)["x"]
+    hessians = input_hessians(path, data, batch_size=5, values="int4")
+    dense = input_hessians(path, data, batch_size=5)
+    names = {"conv": "layers/conv2d/vars/0", "depthwise": "layers/separable_conv2d/vars/0",
+             "pointwise": "layers/separable_conv2d/vars/1", "head": "layers/dense/vars/0"}
+    assert sorted(hessians) == sorted(names.values())
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    conv, sep, head = (copy.get_layer(n) for n in ("conv", "sep", "head"))
+
+    def gram(rows):
+        rows = rows.astype(np.float64)
+        return rows.T @ rows / len(rows)
+
+    def coded(variable, name):
+        variable.assign(restored_values(variable.numpy(), "int4", hessians[name]))
+
+    def inputs_of(layer):
+        return keras.Model(copy.inputs, layer.input).predict(x, verbose=0)
+
+    np.testing.assert_array_equal(hessians[names["conv"]], dense[names["conv"]])  # the first sees the data alone
+    coded(conv.kernel, names["conv"])
+    patches = _im2col(inputs_of(sep), 3, "valid").reshape(-1, 9, 4)
+    for c in range(4):
+        np.testing.assert_allclose(hessians[names["depthwise"]][c], gram(patches[:, :, c]), rtol=2e-4, atol=1e-4)
+    assert not np.allclose(hessians[names["depthwise"]], dense[names["depthwise"]], rtol=1e-3)
+    coded(sep.depthwise_kernel, names["depthwise"])
+    inner = np.einsum("nkc,kc->nc", patches, sep.depthwise_kernel.numpy().reshape(9, 4))
+    np.testing.assert_allclose(hessians[names["pointwise"]], gram(inner), rtol=2e-4, atol=1e-4)
+    coded(sep.pointwise_kernel, names["pointwise"])
+    np.testing.assert_allclose(hessians[names["head"]], gram(inputs_of(head).reshape(len(x), -1)), rtol=2e-4, atol=1e-4)
+
+
 def test_gptq_rounding_cuts_the_layer_output_error():
     from wcompress.formats.container.quantization import dequantize, gptq, quantize
 

@@ -87,12 +87,12 @@ def _short(name, width=40):
 
 
 @contextlib.contextmanager
-def batch_progress(total, enabled=True, label="predicting"):
-    """Yields advance(n): call it after each batch of n examples."""
+def batch_progress(total, enabled=True, label="predicting", unit="examples"):
+    """Yields advance(n): call it after each batch of n examples (or other `unit`s)."""
     if not enabled:
         yield lambda n: None
         return
-    columns = (TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} examples"),
+    columns = (TextColumn(label), BarColumn(), TextColumn(f"{{task.completed}}/{{task.total}} {unit}"),
                TimeRemainingColumn())
     with _late_bar(columns, label, total) as bar:
         yield lambda n: bar.update(advance=n)

@@ -141,14 +141,16 @@ def sparsify(model, method=None, delta=None, sparsity=None, dconv=None, dfc=None
 
 
 def _hessians(path, data, progress, values=None):
-    """The model's calibration statistics; ecq values also measure each kernel's output sensitivity."""
+    """The model's calibration statistics; ecq values also measure each kernel's output sensitivity. Where
+    `values` stores codes (int8, int4, ecq), each kernel is measured with the kernels before it already coded."""
     from wcompress.formats.container.quantization import parse_values
     from wcompress.runtime.capture import input_hessians
 
     shown = data if isinstance(data, (str, os.PathLike)) else "the calibration data"
     announce(progress, f"calibrating on {shown} …")
-    return input_hessians(path, as_examples(data), show_progress=bars(progress),
-                          sensitivity=parse_values(values)[0] == "ecq")
+    kind = parse_values(values)[0]
+    return input_hessians(path, as_examples(data), show_progress=bars(progress), sensitivity=kind == "ecq",
+                          values=values if kind in ("int8", "int4", "ecq") else None)
 
 
 def pack(model, output=None, values="float32", codec="auto", data=None, force=False, order_file=None,

@@ -43,8 +43,13 @@ class Predictor:
         """A hashable name for a handle of weights()."""
         return handle
 
-    def kernel_input_hessians(self, data, batch_size=16, show_progress=False):
-        """{handle key: X^T X / n} of the inputs of each kernel a product reads (io/capture.py)."""
+    def kernel_keys(self):
+        """The handle keys of the kernels kernel_input_hessians measures, inputs before outputs."""
+        return []
+
+    def kernel_input_hessians(self, data, batch_size=16, show_progress=False, keys=None):
+        """{handle key: X^T X / n} of the inputs of each kernel a product reads (io/capture.py); only the
+        kernels in `keys` where given (running only the part of the model they need)."""
         return {}
 
     def output_fisher(self, data, batch_size=16, show_progress=False):
@@ -143,9 +148,8 @@ class KerasPredictor(Predictor):
     def assign(self, handle, array):
         self.model.weights[handle].assign(array)
 
-    def kernel_input_hessians(self, data, batch_size=16, show_progress=False):
-        import keras
-
+    def _calibration_targets(self):
+        """[(layer, its kernels' handles, patch shape, the input tensors its capture needs)], in layer order."""
         index = {id(v): i for i, v in enumerate(self.model.weights)}
         targets = []
         for layer in self.model.layers:  # nested models' layers have no input in this model's graph
@@ -160,6 +164,15 @@ class KerasPredictor(Predictor):
                 continue
             if inputs:
                 targets.append((layer, kernels, shape, inputs))
+        return targets
+
+    def kernel_keys(self):
+        return [key for _, kernels, _, _ in self._calibration_targets() for key in kernels]
+
+    def kernel_input_hessians(self, data, batch_size=16, show_progress=False, keys=None):
+        import keras
+
+        targets = [t for t in self._calibration_targets() if keys is None or set(t[1]) & set(keys)]
         if not targets:
             return {}
         probe = keras.Model(self.model.inputs, [t for *_, inputs in targets for t in inputs])
@@ -179,8 +192,8 @@ class KerasPredictor(Predictor):
         def step(batch):
             values = [batch[t.name] for t in self.model.inputs]
             result = grams(values if len(values) > 1 else values[0])
-            return {key: (g.numpy(), c.numpy()) for (_, keys, _, _), pairs in zip(targets, result)
-                    for key, (g, c) in zip(keys, pairs)}
+            return {key: (g.numpy(), c.numpy()) for (_, kernels, _, _), pairs in zip(targets, result)
+                    for key, (g, c) in zip(kernels, pairs) if keys is None or key in keys}
 
         return self._accumulate(step, data, batch_size, show_progress)
 
@@ -279,16 +292,24 @@ class GraphPredictor(Predictor):
     def handle_key(self, handle):
         return handle.op.name
 
-    def kernel_input_hessians(self, data, batch_size=16, show_progress=False):
+    def _kernel_reads(self):
+        """[(variable name, op, patch shape)] of each product op reading a kernel variable, in graph order."""
+        reads = []
+        for op in self.graph.get_operations():
+            shape = op_patch(op)
+            variable = variable_behind(op.inputs[1]) if shape is not None else None
+            if variable is not None:
+                reads.append((variable, op, shape))
+        return reads
+
+    def kernel_keys(self):
+        return list(dict.fromkeys(variable for variable, _, _ in self._kernel_reads()))
+
+    def kernel_input_hessians(self, data, batch_size=16, show_progress=False, keys=None):
         fetches = {}
+        reads = [(v, op, shape) for v, op, shape in self._kernel_reads() if keys is None or v in keys]
         with self.graph.as_default(), tf.name_scope("wcompress_capture"):
-            for op in self.graph.get_operations():
-                shape = op_patch(op)
-                if shape is None:
-                    continue
-                variable = variable_behind(op.inputs[1])
-                if variable is None:
-                    continue
+            for variable, op, shape in reads:
                 x = op.inputs[0]
                 if op.type == "MatMul" and op.get_attr("transpose_a"):
                     x = tf.transpose(x)
