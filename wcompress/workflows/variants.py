@@ -59,8 +59,8 @@ class Variant:
         options = dict(self.options)
         if "plan" in options:
             options["plan"] = dict(options["plan"])
-        if needs_calibration(self.method):
-            options["hessians"] = calibration_hessians(self, spec)
+        if needs_calibration(self.method):  # wanda and sparsegpt score the dense model's inputs
+            options["hessians"] = model_hessians(self.model, self.calibration, spec)
         return get_pass(self.method).new(**options)
 
 
@@ -156,23 +156,28 @@ _hessians = {}
 
 
 def calibration_hessians(variant, spec):
-    """The kernels' input statistics on the variant's calibration data, computed once per process."""
+    """The statistics that round the variant's codes (GPTQ), computed once per process: measured layer by
+    layer at the variant's uniform values where those store codes (capture.layer_by_layer), as `pack`
+    measures them; a per-tensor value plan is rounded with its uniform setting's statistics."""
     if variant.calibration is None:
         return None
-    return model_hessians(variant.model, variant.calibration, spec)
+    coded = variant.values if _quantized({variant.values}) else None
+    return model_hessians(variant.model, variant.calibration, spec, coded)
 
 
-def model_hessians(model, calibration, spec):
-    """The kernels' input statistics of `model` on the `calibration` inputs, computed once per process."""
-    key = (model, calibration)
+def model_hessians(model, calibration, spec, values=None):
+    """The kernels' input statistics of `model` on the `calibration` inputs (layer by layer with `values`),
+    computed once per process; the dense model's and one setting's are kept."""
+    key = (model, calibration, values)
     if key not in _hessians:
         from wcompress.runtime.capture import input_hessians
 
         options = {} if spec is None else dict(
             input_names=spec.input_names or None, output_name=spec.output_name, feeds=spec.feeds,
             unsafe=spec.unsafe, custom_objects=spec.custom_objects, model_code=spec.model_code)
-        _hessians.clear()
-        _hessians[key] = input_hessians(model, calibration, sensitivity=True, **options)
+        for kept in [k for k in _hessians if k[2] is not None or values is None]:
+            del _hessians[kept]
+        _hessians[key] = input_hessians(model, calibration, sensitivity=True, values=values, **options)
     return _hessians[key]
 
 
