@@ -218,6 +218,29 @@ def test_layer_by_layer_statistics_see_the_kernels_before_them_coded(small_keras
     np.testing.assert_allclose(hessians[names["head"]], gram(inputs_of(head).reshape(len(x), -1)), rtol=2e-4, atol=1e-4)
 
 
+def test_layer_by_layer_on_a_tf1_graph_and_the_container_it_writes(tiny, tmp_path):
+    """The same on a TF1 graph (x -> relu(x W1 + b1) W2 + b2): W2's H is that of the inputs W1's codes give, and
+    `pack --values int4 --data` stores the codes GPTQ chose with it."""
+    from wcompress.formats import open_model
+    from wcompress.formats.container.quantization import restored_values
+    from wcompress.runtime.capture import input_hessians
+
+    x = np.random.default_rng(5).random((40, 10)).astype(np.float32)
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=x)
+    hessians = input_hessians(tiny["tf1"], str(data), values="int4")
+    source = open_model(tiny["tf1"])
+    w1, b1, w2 = (source.load(n) for n in ("fc1/kernel", "fc1/bias", "fc2/kernel"))
+    x = x.astype(np.float64)
+    np.testing.assert_allclose(hessians["fc1/kernel"], x.T @ x / len(x), rtol=1e-5)
+    hidden = np.maximum(x @ restored_values(w1, "int4", hessians["fc1/kernel"]) + b1, 0)
+    np.testing.assert_allclose(hessians["fc2/kernel"], hidden.T @ hidden / len(x), rtol=2e-4, atol=1e-6)
+    container = tmp_path / "c.h5"
+    run_cli("pack", tiny["tf1"], "--values", "int4", "--data", data, "-o", container)
+    assert np.array_equal(open_model(str(container)).load("fc2/kernel"),
+                          restored_values(w2, "int4", hessians["fc2/kernel"]))
+
+
 def test_gptq_rounding_cuts_the_layer_output_error():
     from wcompress.formats.container.quantization import dequantize, gptq, quantize
 

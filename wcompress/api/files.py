@@ -206,7 +206,7 @@ def quantize(model, bits=8, data=None, output=None, force=False, unsafe=False, o
         from wcompress.methods.runner import run_passes
 
         get_pass("quantize").new(bits=bits).prepare(TensorSource(store))  # formats it cannot write, before calibrating
-        hessians = _hessians(path, data, progress) if data is not None else None
+        hessians = _hessians(path, data, progress, f"int{bits}") if data is not None else None
         result = run_passes(store, [get_pass("quantize").new(bits=bits, hessians=hessians)], output, force=force,
                             show_progress=bars(progress), tag="int8",
                             hint="their values round to zero at this width" + (": try --bits 8" if bits < 8 else ""))
