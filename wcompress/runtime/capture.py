@@ -12,7 +12,7 @@ import numpy as np
 
 from wcompress.errors import WcompressError, warn
 from wcompress.formats import open_model
-from wcompress.formats.container.quantization import Calibration, ecq_units
+from wcompress.formats.container.quantization import Calibration, ecq_units, restored_values
 from wcompress.formats.tfenv import onednn_enabled
 from wcompress.progress import batch_progress
 from wcompress.runtime.data import load_data
@@ -58,8 +58,6 @@ def layer_by_layer(predictor, store, handles, order, values, units, examples, ba
     Measured on MTT_musicnn (bench_rd's data): H from the dense model let GPTQ move the kernels by 1-6x their
     norm at QP 8-12, each layer fitting inputs the quantized model no longer gives it; held-out quality
     at QP 8, 10 and 12 was 0.78, 0.95 and -0.19, and is 0.97, 0.97 and 0.88 measured layer by layer."""
-    from wcompress.formats.container.quantization import restored_values
-
     name_of = {predictor.handle_key(handle): name for name, handle in handles.items()}
     calibrated = set(order)
     for name, handle in handles.items():
