@@ -148,9 +148,8 @@ def _hessians(path, data, progress, values=None):
 
     shown = data if isinstance(data, (str, os.PathLike)) else "the calibration data"
     announce(progress, f"calibrating on {shown} …")
-    kind = parse_values(values)[0]
-    return input_hessians(path, as_examples(data), show_progress=bars(progress), sensitivity=kind == "ecq",
-                          values=values if kind in ("int8", "int4", "ecq") else None)
+    return input_hessians(path, as_examples(data), show_progress=bars(progress),
+                          sensitivity=parse_values(values)[0] == "ecq", values=values)
 
 
 def pack(model, output=None, values="float32", codec="auto", data=None, force=False, order_file=None,
@@ -158,10 +157,10 @@ def pack(model, output=None, values="float32", codec="auto", data=None, force=Fa
     """Write the sparse container: each tensor in its smallest encoding (`wcompress pack`). `values="ecq"`
     with `qp` (or values="ecq:QP") stores entropy-coded levels at that quality parameter."""
     from wcompress.formats.container import ContainerWriter
-    from wcompress.formats.container.quantization import parse_values
+    from wcompress.formats.container.quantization import stores_codes
 
     values = stored_values(values, qp)
-    if data is not None and parse_values(values)[0] not in ("int8", "int4", "ecq"):
+    if data is not None and not stores_codes(values):
         raise WcompressError("--data calibrates int8/int4/ecq codes: add --values int8, int4 or ecq")
 
     def writer(store):

@@ -12,7 +12,7 @@ import numpy as np
 
 from wcompress.errors import WcompressError, warn
 from wcompress.formats import open_model
-from wcompress.formats.container.quantization import Calibration, ecq_units, restored_values
+from wcompress.formats.container.quantization import Calibration, ecq_units, restored_values, stores_codes
 from wcompress.formats.tfenv import onednn_enabled
 from wcompress.progress import batch_progress
 from wcompress.runtime.data import load_data
@@ -24,7 +24,7 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
     read; with `sensitivity`, also ecq's unit steps from how the output moves with each kernel's weights
     (one more pass, forward and backward, over the data).
 
-    With `values` (how the container stores the tensors: int8, int4, ecq:QP) the kernels are measured layer
+    With `values` that store codes (int8, int4, ecq:QP; stores_codes) the kernels are measured layer
     by layer, each with every tensor before it already as the container restores it, so that GPTQ
     compensates the errors of the layers before it instead of compounding them (see layer_by_layer)."""
     examples = load_data(data) if isinstance(data, str) else data
@@ -39,10 +39,10 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
         fisher, variance = predictor.output_fisher(examples, batch_size, show_progress) \
             if sensitivity and _differentiable() else ({}, 0.0)
         units = ecq_units({name: fisher[key] for name, key in keys.items() if key in fisher}, variance)
-        if values is None:
+        if values is None or not stores_codes(values):
             by_key = predictor.kernel_input_hessians(examples, batch_size, show_progress)
         else:
-            by_key = layer_by_layer(predictor, store, handles, order, values, units, examples, batch_size,
+            by_key = layer_by_layer(predictor, store, handles, keys, order, values, units, examples, batch_size,
                                     show_progress)
     finally:
         predictor.close()
@@ -50,18 +50,20 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
     return Calibration(hessians, units)
 
 
-def layer_by_layer(predictor, store, handles, order, values, units, examples, batch_size=16, show_progress=False):
+def layer_by_layer(predictor, store, handles, keys, order, values, units, examples, batch_size=16,
+                   show_progress=False):
     """{kernel key: H} measured in `order` (inputs before outputs) on the predictor's model as it is being
     stored: first every tensor that is not calibrated (vectors, other floats), then each kernel right after
-    its H, by the same `restored_values` the container's writer applies with that H.
+    its H, by the same `restored_values` the container's writer applies with that H. `handles` and `keys`
+    map stored names to the predictor's variables and their keys (match_by_content).
 
     Measured on MTT_musicnn (bench_rd's data): H from the dense model let GPTQ move the kernels by 1-6x their
     norm at QP 8-12, each layer fitting inputs the quantized model no longer gives it; held-out quality
     at QP 8, 10 and 12 was 0.78, 0.95 and -0.19, and is 0.97, 0.97 and 0.88 measured layer by layer."""
-    name_of = {predictor.handle_key(handle): name for name, handle in handles.items()}
+    name_of = {key: name for name, key in keys.items()}
     calibrated = set(order)
     for name, handle in handles.items():
-        if predictor.handle_key(handle) not in calibrated:
+        if keys[name] not in calibrated:
             predictor.assign(handle, restored_values(store.load(name), values, None, units.get(name)))
     hessians = {}
     with batch_progress(len(order), enabled=show_progress, label="calibrating layer by layer",

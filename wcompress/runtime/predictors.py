@@ -172,7 +172,8 @@ class KerasPredictor(Predictor):
     def kernel_input_hessians(self, data, batch_size=16, show_progress=False, keys=None):
         import keras
 
-        targets = [t for t in self._calibration_targets() if keys is None or set(t[1]) & set(keys)]
+        keys = None if keys is None else set(keys)
+        targets = [t for t in self._calibration_targets() if keys is None or keys.intersection(t[1])]
         if not targets:
             return {}
         probe = keras.Model(self.model.inputs, [t for *_, inputs in targets for t in inputs])
@@ -307,6 +308,7 @@ class GraphPredictor(Predictor):
 
     def kernel_input_hessians(self, data, batch_size=16, show_progress=False, keys=None):
         fetches = {}
+        keys = None if keys is None else set(keys)
         reads = [(v, op, shape) for v, op, shape in self._kernel_reads() if keys is None or v in keys]
         with self.graph.as_default(), tf.name_scope("wcompress_capture"):
             for variable, op, shape in reads:

@@ -67,9 +67,9 @@ class Variant:
 def _quantized(values):
     """Whether any of these value settings stores integer codes (int8, int4, ecq:QP), which calibration rounds;
     a malformed setting is refused here, before any evaluation."""
-    from wcompress.formats.container.quantization import parse_values
+    from wcompress.formats.container.quantization import stores_codes
 
-    return any(parse_values(v)[0] in ("int8", "int4", "ecq") for v in values)
+    return any(stores_codes(v) for v in values)
 
 
 def needs_calibration(method):
@@ -175,8 +175,9 @@ def model_hessians(model, calibration, spec, values=None):
         options = {} if spec is None else dict(
             input_names=spec.input_names or None, output_name=spec.output_name, feeds=spec.feeds,
             unsafe=spec.unsafe, custom_objects=spec.custom_objects, model_code=spec.model_code)
-        for kept in [k for k in _hessians if k[2] is not None or values is None]:
-            del _hessians[kept]
+        floats = {k: h for k, h in _hessians.items() if values is not None and k[2] is None}
+        _hessians.clear()
+        _hessians.update(floats)  # a setting's statistics replace another's; the float model's stay beside them
         _hessians[key] = input_hessians(model, calibration, sensitivity=True, values=values, **options)
     return _hessians[key]
 

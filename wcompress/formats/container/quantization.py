@@ -42,6 +42,12 @@ def parse_values(values):
     return "ecq", qp
 
 
+def stores_codes(values):
+    """Whether a container storing `values` keeps integer codes (int8, int4, ecq:QP): what calibration rounds.
+    A malformed ecq setting is a WcompressError."""
+    return parse_values(values)[0] in ("int8", "int4", "ecq")
+
+
 def ecq_values(qp):
     return f"ecq:{int(qp)}"
 
