@@ -177,8 +177,11 @@ def test_interrupted_write_leaves_nothing(big_keras, tmp_path, signum):
     env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
     os.makedirs(env["TMPDIR"])
     out = tmp_path / "newparent" / "deep" / "x.keras"
+    # Ctrl-C as at a terminal: a shell without job control starts background jobs with SIGINT ignored, which
+    # Python (rightly) keeps, so the child gets the default disposition back before it starts.
     proc = subprocess.Popen([sys.executable, "-m", "wcompress.cli", "strip", str(big_keras), "-o", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     staging = tmp_path / "newparent" / "deep"
     while time.time() < deadline and not (staging.exists() and any(n.startswith(".wcompress-") for n in os.listdir(staging))):
