@@ -39,18 +39,18 @@ def ablate(name, model, kind, tune, held, measure, work, low, high):
     from wcompress.runtime.data import load_data
     from wcompress.runtime.predictors import load_predictor
 
-    suffix = os.path.splitext(model)[1] if kind == "keras" else os.sep
-    dense = wcompress.strip(model, output=os.path.join(work, name + "-dense" + suffix)).output.path
+    dense = bench_rd.dense_copy(name, model, kind, work)
     calibration = load_data(bench_rd.inputs_only(work, name, tune))
     statistics = input_hessians(dense, calibration, sensitivity=True, values=ecq_values(low))
     store, predictor = open_model(dense), load_predictor(dense)
     try:
         handles = match_by_content(store, predictor.weights())
+        originals = {tensor: store.load(tensor) for tensor in handles}  # read once: each is restored twice
         parts = {"held": load_data(held), "tune": load_data(tune)}
         reference = {part: predictor.predict(data) for part, data in parts.items()}
 
         def restored(tensor, qp):
-            return restored_values(store.load(tensor), ecq_values(qp), statistics.get(tensor),
+            return restored_values(originals[tensor], ecq_values(qp), statistics.get(tensor),
                                    statistics.units.get(tensor))
 
         def score():
@@ -62,7 +62,7 @@ def ablate(name, model, kind, tune, held, measure, work, low, high):
             predictor.assign(handles[tensor], values)
         result = {"model": name, "qp": [low, high], "all_at_low": score(), "one_kernel_at_high": []}
         for tensor in handles:
-            if not quantizable(store.load(tensor)):
+            if not quantizable(originals[tensor]):
                 continue
             predictor.assign(handles[tensor], restored(tensor, high))
             result["one_kernel_at_high"].append({"tensor": tensor, **score()})

@@ -77,6 +77,12 @@ def models(work):
             ("mhcnuggets", mhc, "keras", mhc_tune, mhc_held, auc_ratio)]
 
 
+def dense_copy(name, model, kind, work):
+    """The path of the model stripped of its training state (what every row compresses), in `work`."""
+    suffix = os.path.splitext(model)[1] if kind == "keras" else os.sep
+    return wcompress.strip(model, output=os.path.join(work, name + "-dense" + suffix)).output.path
+
+
 def dense_weight_bytes(path):
     from wcompress.formats import TRAINING_STATE, open_model
     from wcompress.formats.dtypes import is_float
@@ -96,9 +102,7 @@ def bench_model(name, model, kind, tune, held, measure, work):
 
     import litert
 
-    suffix = os.path.splitext(model)[1] if kind == "keras" else os.sep
-    dense = wcompress.strip(model, output=os.path.join(work, name + "-dense" + suffix))
-    dense_path = dense.output.path
+    dense_path = dense_copy(name, model, kind, work)
     denominator = dense_weight_bytes(dense_path)
     calibration = inputs_only(work, name, tune)
     reference = {"tune": predictions(dense_path, tune), "held": predictions(dense_path, held)}
