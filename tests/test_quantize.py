@@ -257,6 +257,33 @@ def test_gptq_rounding_cuts_the_layer_output_error():
         assert error < 0.9 * np.linalg.norm(x @ w - x @ dequantize(nearest, nearest_scale, np.float32, 1))
 
 
+def test_a_rounding_is_remembered_for_the_same_weights_and_statistics_only():
+    import gc
+
+    from wcompress.formats.container import quantization
+    from wcompress.formats.container.quantization import gptq, quantize_calibrated
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((500, 24))
+    w = rng.standard_normal((24, 8)).astype(np.float32)
+    hessian = x.T @ x / len(x)
+    first = quantize_calibrated(w, hessian, None, 4)
+    codes, steps = first
+    assert quantize_calibrated(w.copy(), hessian, None, 4) is first  # same content, same statistics
+    assert not codes.flags.writeable and not steps.flags.writeable
+    for other in (gptq(w, hessian, None, qp=4), quantize_calibrated(w, hessian.copy(), None, 4)):
+        assert np.array_equal(other[0], codes) and np.array_equal(other[1], steps)  # equal, computed again
+    assert quantize_calibrated(w, hessian, None, 5) is not first and quantize_calibrated(w, hessian, 7) is not first
+    changed = w.copy()
+    changed[0, 0] += 1
+    assert quantize_calibrated(changed, hessian, None, 4) is not first
+    held = len(quantization._rounded)
+    del hessian, first, codes, steps
+    gc.collect()
+    quantize_calibrated(w, x.T @ x, None, 4)  # a new entry clears those whose statistics are gone
+    assert len(quantization._rounded) < held
+
+
 def test_int8_tf1_graph_runs_stock_within_tolerance(real, tmp_path):
     calibration, unseen = tmp_path / "calib.npz", musicnn_feed(4, seed=2)
     np.savez(calibration, x=musicnn_feed(8, seed=1)[MUSICNN_IN])

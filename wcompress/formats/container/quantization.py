@@ -8,6 +8,10 @@ kernels) unless it has size 1: then the one before it, so a depthwise kernel (h,
 scale per channel it filters, and a Dense kernel with one output a scale per input, not one for all.
 """
 
+import hashlib
+import weakref
+from collections import OrderedDict
+
 import numpy as np
 
 from wcompress.errors import WcompressError
@@ -298,14 +302,43 @@ def _lower_inverse(lower, leaf=256):
     return out
 
 
+# GPTQ is most of the cost of a search trial (autotune, sweep) beside running the model, and a trial repeats
+# it for every kernel it leaves as it was, once for the model it scores and once for the bytes it measures.
+# So each rounding is remembered: by the weights' content and the identity of the statistics and units (held
+# weakly: a search drops a setting's statistics, hundreds of MB on a large model, when it moves to the next;
+# an entry whose statistics are gone is dropped), read-only, least recently used out.
+ROUNDED_CACHE_BYTES = 256 << 20
+_rounded = OrderedDict()
+
+
 def quantize_calibrated(array, hessian, levels, qp=None, unit=None):
     """`gptq` codes and scales where `hessian` fits the array, else None (round to nearest instead).
 
     A 2-D hessian is shared by every output channel (Dense, convolutions); a stack of them, one per
     channel (c, k, k), belongs to a depthwise kernel (h, w, c, 1) whose channels each see their own input.
+    The result is read-only: the same call again returns the same arrays.
     """
     if hessian is None:
         return None
+    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).reshape(-1), digest_size=16).digest()
+    key = (array.shape, array.dtype.str, digest, id(hessian), levels, qp, id(unit))
+    held = _rounded.get(key)
+    if held is not None and held[0]() is hessian and held[1]() is unit:
+        _rounded.move_to_end(key)
+        return held[2]
+    result = _quantize_calibrated(array, hessian, levels, qp, unit)
+    if result is not None:
+        for part in result:
+            part.setflags(write=False)
+        for stale in [k for k, (h, u, _) in _rounded.items() if h() is None or (k[-1] != id(None) and u() is None)]:
+            del _rounded[stale]
+        _rounded[key] = (weakref.ref(hessian), (lambda: None) if unit is None else weakref.ref(unit), result)
+        while sum(sum(p.nbytes for p in r) for _, _, r in _rounded.values()) > ROUNDED_CACHE_BYTES:
+            _rounded.popitem(last=False)
+    return result
+
+
+def _quantize_calibrated(array, hessian, levels, qp=None, unit=None):
     rows = array.size // array.shape[-1]
     axis = channel_axis(array.shape) if qp is None else ecq_axis(array.shape)
     if hessian.ndim == 2 and axis == array.ndim - 1 and hessian.shape == (rows, rows):
