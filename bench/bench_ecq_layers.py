@@ -20,17 +20,6 @@ import warnings
 
 import bench_rd  # first: sets up sys.path and TensorFlow's environment as bench_rd runs it
 
-import wcompress  # noqa: E402
-
-
-def vgg(work):
-    from bench_quantize import _split, music_clips
-
-    from wcompress.workflows.metrics import pearson
-
-    tune, held = _split(work, "music", music_clips(100, 1), music_clips(100, 2))
-    return ("MTT_vgg", wcompress.samples.fetch("musicnn-vgg"), "tf1", tune, held, lambda r, p, part: pearson(r, p))
-
 
 def ablate(name, model, kind, tune, held, measure, work, low, high):
     from wcompress.formats import open_model
@@ -83,10 +72,7 @@ def main():
         del args[at:at + 2]
     wanted = args or ["MTT_vgg"]
     with tempfile.TemporaryDirectory() as work:
-        chosen = [vgg(work)] if "MTT_vgg" in wanted else []
-        if set(wanted) - {"MTT_vgg"}:
-            chosen += [model for model in bench_rd.models(work) if model[0] in wanted]
-        for model in chosen:
+        for model in [model for model in bench_rd.models(work, extra=wanted) if model[0] in wanted]:
             print(json.dumps(ablate(*model, work, low, high), indent=1), flush=True)
 
 

