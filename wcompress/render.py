@@ -291,6 +291,12 @@ def sweep_table(result):
     console.print(table)
 
 
+def _error(tuned):
+    """' ± SE', the standard error the held-out judgement allowed for (None before a state was judged)."""
+    error = tuned.get("held_out_standard_error")
+    return f" ± {error:.4f}" if error else ""
+
+
 def autotune_report(result):
     metric, u, t = result["metric"], result["uniform"], result["tuned"]
     console.print(f"{result['examples']}")
@@ -318,7 +324,7 @@ def autotune_report(result):
     verdict = "within" if t["within_budget"] else "OUTSIDE"
     console.print(f"tuned: sparsity {100 * t['sparsity']:.2f}% ({100 * result['gain']:+.2f} points over that uniform), "
                   f"{metric} "
-                  f"{t['value']:.4f} tuning / {t['held_out_value']:.4f} held out ({verdict} the budget), "
+                  f"{t['value']:.4f} tuning / {t['held_out_value']:.4f}{_error(t)} held out ({verdict} the budget), "
                   f"re-evaluated from {result['output']} ({result['output_bytes']:,} B)")
     compare = result.get("compare")
     if compare and compare.get("dense_bytes"):

@@ -171,5 +171,19 @@ def get_metric(name):
 
 def within_budget(metric, score, baseline, max_drop, relative=True):
     """Whether `score` loses at most `max_drop` (a fraction of the baseline, or absolute) against it."""
+    return budget_margin(metric, score, baseline, max_drop, relative) >= -1e-12
+
+
+def budget_margin(metric, score, baseline, max_drop, relative=True):
+    """How far `score` lies inside the budget, in the metric's units (negative: outside it)."""
     allowed = abs(baseline) * max_drop if relative else max_drop
-    return score >= baseline - allowed - 1e-12 if metric.higher_is_better else score <= baseline + allowed + 1e-12
+    return score - (baseline - allowed) if metric.higher_is_better else baseline + allowed - score
+
+
+def margin_error(metric, resampled, base_resampled, max_drop, relative=True):
+    """The standard error of the budget margin, from the scores of a variant and of the dense model on the
+    same bootstrap resamples of the examples (resamples where either is undefined left out; 0.0 with fewer
+    than two)."""
+    margins = np.array([budget_margin(metric, s, b, max_drop, relative) for s, b in zip(resampled, base_resampled)])
+    margins = margins[np.isfinite(margins)]
+    return float(np.std(margins, ddof=1)) if margins.size >= 2 else 0.0

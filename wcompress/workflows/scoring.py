@@ -38,6 +38,7 @@ class EvalSpec:
     custom_objects: str = None  # --custom-objects: FILE.py, module or module:attr
     model_code: str = None  # --model-code module:function, for weights-only files
     examples: tuple = None  # indices of the examples scored (a tuning or held-out part); None: all
+    resamples: int = 0  # also score this many bootstrap resamples of the examples (Evaluator.resampled)
 
     def part(self, examples):
         from dataclasses import replace
@@ -103,6 +104,21 @@ class Evaluator:
 
     def score(self, predictions):
         return float(self.metric.fn(self.truth(), predictions))
+
+    def resampled(self, predictions):
+        """The metric on `spec.resamples` bootstrap resamples of the examples (drawn with replacement from a
+        fixed seed: every variant and the dense model are scored on the same ones), float64; NaN where a
+        resample leaves the metric undefined (one class only, for AUC)."""
+        truth, count = self.truth(), len(predictions)
+        rng = np.random.default_rng(0)
+        out = np.full(self.spec.resamples, np.nan)
+        for r in range(self.spec.resamples):
+            pick = rng.integers(0, count, count)
+            try:
+                out[r] = float(self.metric.fn(truth[pick], predictions[pick]))
+            except (WcompressError, ValueError, ZeroDivisionError):
+                pass
+        return out
 
 
 class LoadedModel:

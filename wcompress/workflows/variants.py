@@ -103,7 +103,8 @@ def score_variant(variant, spec):
             "packed_bytes": packed_bytes(loaded.store, changed, variant.values, hessians, dict(variant.value_plan))
             if variant.pack else None,
             "sparsified_zeros": summary.get("zeros"), "sparsified_params": summary.get("eligible_params"),
-            "skipped_small": len(summary.get("skipped_small") or ())}
+            "skipped_small": len(summary.get("skipped_small") or ()),
+            **({"resampled": evaluator.resampled(predictions).tolist()} if spec.resamples else {})}
 
 
 def _produce(store, changed):
@@ -182,11 +183,15 @@ def model_hessians(model, calibration, spec, values=None):
     return _hessians[key]
 
 
-def dense_score(model, spec):
-    """The unchanged model's score (predicted by the same loaded model the variants use)."""
+def dense_score(model, spec, resampled=False):
+    """The unchanged model's score (predicted by the same loaded model the variants use); with `resampled`,
+    (score, metric, its scores on the spec's bootstrap resamples)."""
     evaluator = evaluator_for(spec)
     loaded = evaluator.loaded(model)
-    return evaluator.score(loaded.predict({}, evaluator.data, spec.batch_size)), evaluator.metric
+    predictions = loaded.predict({}, evaluator.data, spec.batch_size)
+    if resampled:
+        return evaluator.score(predictions), evaluator.metric, evaluator.resampled(predictions)
+    return evaluator.score(predictions), evaluator.metric
 
 
 # --- processes ------------------------------------------------------------------------------------
