@@ -1,5 +1,6 @@
 """What the tensor store knows about a tensor without loading it: name, shape, dtype, layer, role."""
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -156,3 +157,10 @@ def read_order_file(path):
     """An --order file: one layer name per line, '#' comments allowed."""
     with open(path) as fh:
         return [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def content_key(array):
+    """(shape, dtype, 16-byte blake2b of the bytes): equal keys, equal arrays (matching tensors to variables,
+    remembering a rounding)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).reshape(-1), digest_size=16).digest()
+    return array.shape, array.dtype.str, digest

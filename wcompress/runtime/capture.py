@@ -6,13 +6,12 @@ convolution's rows are im2col patches, ordered like the kernel's leading axes), 
 batch so no activations are held. GPTQ-style rounding compensates quantization error through H.
 """
 
-import hashlib
-
 import numpy as np
 
 from wcompress.errors import WcompressError, warn
 from wcompress.formats import open_model
 from wcompress.formats.container.quantization import Calibration, ecq_units, restored_values, stores_codes
+from wcompress.formats.tensors import content_key
 from wcompress.formats.tfenv import onednn_enabled
 from wcompress.progress import batch_progress
 from wcompress.runtime.data import load_data
@@ -88,11 +87,6 @@ def _differentiable():
          "crash on some convolutions; set TF_ENABLE_ONEDNN_OPTS=0 before importing TensorFlow (or import "
          "wcompress first)")
     return False
-
-
-def content_key(array):
-    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).reshape(-1), digest_size=16).digest()
-    return array.shape, array.dtype.str, digest
 
 
 def match_by_content(store, weights):

@@ -668,7 +668,7 @@ def _judge(search, model, held, max_drop, relative, note, best_effort=False):
     uniform_state = next((state for state in candidates if state[0] in search.uniform_variants
                           and holds_out(state)), None)
     return {"chosen": chosen, "uniform_state": uniform_state, "held_base": held_base, "held_rows": held_rows,
-            "errors": errors}
+            "errors": errors, "held": resampled}
 
 
 def _write(model, candidate, tune, spec, dest, plan_path, pack, force):
@@ -719,6 +719,7 @@ def _document(model, spec, search, found, judged, written, tune, held, max_drop,
     model_tensors = [t for t in result.tensors if t.role not in TRAINING_STATE and not t.dropped]
     sparsity = sum(t.zeros for t in model_tensors) / max(1, sum(t.size for t in model_tensors))
     tuned_value = evaluator_for(tune).score(evaluator_for(tune).predict(written["path"]))
+    held = judged["held"]  # the spec _judge scored with: one evaluator (and dense model) for the held-out part
     held_value = evaluator_for(held).score(evaluator_for(held).predict(written["path"]))
     layers, sizes = {}, {}
     touched = set(plan.get("thresholds") or plan.get("tensors") or getattr(written["sparsifier"], "counts", {}))

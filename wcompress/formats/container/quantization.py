@@ -8,7 +8,6 @@ kernels) unless it has size 1: then the one before it, so a depthwise kernel (h,
 scale per channel it filters, and a Dense kernel with one output a scale per input, not one for all.
 """
 
-import hashlib
 import weakref
 from collections import OrderedDict
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from wcompress.errors import WcompressError
 from wcompress.formats.dtypes import is_float
+from wcompress.formats.tensors import content_key
 
 LEVELS = {8: 127, 4: 7}
 
@@ -320,22 +320,25 @@ def quantize_calibrated(array, hessian, levels, qp=None, unit=None):
     """
     if hessian is None:
         return None
-    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).reshape(-1), digest_size=16).digest()
-    key = (array.shape, array.dtype.str, digest, id(hessian), levels, qp, id(unit))
+    key = (content_key(array), id(hessian), levels, qp, id(unit))
     held = _rounded.get(key)
-    if held is not None and held[0]() is hessian and held[1]() is unit:
+    if held is not None and _referent(held[0]) is hessian and _referent(held[1]) is unit:
         _rounded.move_to_end(key)
         return held[2]
     result = _quantize_calibrated(array, hessian, levels, qp, unit)
     if result is not None:
         for part in result:
             part.setflags(write=False)
-        for stale in [k for k, (h, u, _) in _rounded.items() if h() is None or (k[-1] != id(None) and u() is None)]:
+        for stale in [k for k, (h, u, _) in _rounded.items() if h() is None or (u is not None and u() is None)]:
             del _rounded[stale]
-        _rounded[key] = (weakref.ref(hessian), (lambda: None) if unit is None else weakref.ref(unit), result)
+        _rounded[key] = (weakref.ref(hessian), None if unit is None else weakref.ref(unit), result)
         while sum(sum(p.nbytes for p in r) for _, _, r in _rounded.values()) > ROUNDED_CACHE_BYTES:
             _rounded.popitem(last=False)
     return result
+
+
+def _referent(ref):
+    return None if ref is None else ref()
 
 
 def _quantize_calibrated(array, hessian, levels, qp=None, unit=None):
