@@ -12,7 +12,8 @@ import pytest
 from helpers import run_cli, run_error, run_json, split_labelled, stock_tensors
 
 from wcompress.formats.container import levels
-from wcompress.formats.container.quantization import ecq_steps, ecq_unit, ecq_units, quantize_ecq, restored_values
+from wcompress.formats.container.quantization import (
+    calibrated_source, ecq_steps, ecq_unit, ecq_units, quantize_ecq, restored_values)
 
 
 def _laplace_plane(shape, scale, seed=0):
@@ -197,9 +198,10 @@ def test_calibrated_ecq_restores_what_gptq_chose(tiny, tmp_path):
     assert calibrated and set(calibrated) <= set(calibration.units)
     vectors = [n for n, e in stored.entries.items() if e["encoding"] == "ecq" and len(e["shape"]) == 1]
     assert vectors and all(stored.entries[n]["quantized"]["axis"] is None for n in vectors)  # biases: one step
-    for info in source.tensors:
+    for info in source.tensors:  # vectors as fitted to the dense model's outputs (test_fitting.py)
+        array = calibrated_source(calibration, info.name, source.load(info.name), "ecq:0")
         assert np.array_equal(stored.load(info.name), restored_values(
-            source.load(info.name), "ecq:0", calibration.get(info.name), ecq_unit(calibration, info.name)))
+            array, "ecq:0", calibration.get(info.name), ecq_unit(calibration, info.name)))
     for name in calibrated:  # the measured sensitivity moved the steps
         assert not np.array_equal(stored.load(name), restored_values(source.load(name), "ecq:0", calibration[name]))
 

@@ -9,12 +9,14 @@ batch so no activations are held. GPTQ-style rounding compensates quantization e
 import numpy as np
 
 from wcompress.errors import WcompressError, warn
-from wcompress.formats import open_model
-from wcompress.formats.container.quantization import Calibration, ecq_units, restored_values, stores_codes
+from wcompress.formats import TRAINING_STATE, open_model
+from wcompress.formats.container.quantization import (
+    Calibration, ecq_units, parse_values, restored_values, stores_codes)
 from wcompress.formats.tensors import content_key
 from wcompress.formats.tfenv import onednn_enabled
 from wcompress.progress import batch_progress
 from wcompress.runtime.data import load_data
+from wcompress.runtime.fitting import fit_vectors
 from wcompress.runtime.predictors import load_predictor
 
 
@@ -38,15 +40,30 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
         fisher, variance = predictor.output_fisher(examples, batch_size, show_progress) \
             if sensitivity and _differentiable() else ({}, 0.0)
         units = ecq_units({name: fisher[key] for name, key in keys.items() if key in fisher}, variance)
+        fitting = sensitivity and parse_values(values)[0] == "ecq" and _differentiable()
+        reference = predictor.predict(examples, batch_size) if fitting else None
         if values is None or not stores_codes(values):
             by_key = predictor.kernel_input_hessians(examples, batch_size, show_progress)
         else:
             by_key = layer_by_layer(predictor, store, handles, keys, order, values, units, examples, batch_size,
                                     show_progress)
+        vectors, fit = fit_vectors(predictor, _float_vectors(store, handles), examples, reference) if fitting \
+            else ({}, None)
     finally:
         predictor.close()
     hessians = {name: by_key[key] for name, key in keys.items() if key in by_key}
-    return Calibration(hessians, units)
+    return Calibration(hessians, units, vectors, fit)
+
+
+def _float_vectors(store, handles):
+    """{name: (handle, array)} of the model's float vectors (biases, batch norms) that have a variable."""
+    training = {info.name for info in store.tensors if info.role in TRAINING_STATE}
+    out = {}
+    for name, handle in handles.items():
+        array = None if name in training else store.load(name)
+        if array is not None and array.ndim == 1 and array.size > 1 and np.dtype(array.dtype).kind == "f":
+            out[name] = (handle, array)
+    return out
 
 
 def layer_by_layer(predictor, store, handles, keys, order, values, units, examples, batch_size=16,

@@ -59,6 +59,12 @@ class Predictor:
         quantization.ecq_units). ({}, 0.0) where the model cannot be differentiated."""
         return {}, 0.0
 
+    def output_error_gradients(self, handles):
+        """A function (feeds {input: rows}, reference outputs) -> [d mean((f - reference)^2) / d W] for the
+        variables `handles` (None where the output does not depend on one), f the model's output: what
+        fitting.fit_vectors descends. Raises NotImplementedError where the model cannot be differentiated."""
+        raise NotImplementedError
+
     def _batches(self, data, batch_size, show_progress, label):
         """(index, {input: its rows}) for each batch of the data in order, the progress bar advanced after each."""
         feeds = self.match(data)
@@ -198,6 +204,26 @@ class KerasPredictor(Predictor):
 
         return self._accumulate(step, data, batch_size, show_progress)
 
+    def output_error_gradients(self, handles):
+        variables = [getattr(v, "value", v) for v in (self.model.weights[h] for h in handles)]
+        model = self.model
+
+        @tf.function(reduce_retracing=True)
+        def gradients(values, reference):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(variables)
+                out = model(values, training=False)
+                out = tf.cast(out[0] if isinstance(out, (list, tuple)) else out, tf.float32)
+                loss = tf.reduce_mean(tf.square(out - reference))
+            return tape.gradient(loss, variables)
+
+        def step(feeds, reference):
+            values = [feeds[t.name] for t in self.model.inputs]
+            grads = gradients(values if len(values) > 1 else values[0], np.asarray(reference, np.float32))
+            return [None if g is None else tf.convert_to_tensor(g).numpy() for g in grads]
+
+        return step
+
     def output_fisher(self, data, batch_size=16, show_progress=False):
         # Kernels, and the float vectors (biases, batch norms, their moving statistics too) ecq also quantizes.
         kernels = [(i, v) for i, v in enumerate(self.model.weights)
@@ -324,6 +350,24 @@ class GraphPredictor(Predictor):
             return {key: (sum(g for g, _ in parts), sum(c for _, c in parts)) for key, parts in values.items()}
 
         return self._accumulate(step, data, batch_size, show_progress)
+
+    def output_error_gradients(self, handles):
+        if not self.output.dtype.is_floating:
+            raise NotImplementedError
+        with self.graph.as_default(), tf.name_scope("wcompress_fitting"):
+            reference = tf.compat.v1.placeholder(tf.float32, name="reference")
+            loss = tf.reduce_mean(tf.square(tf.cast(self.output, tf.float32) - reference))
+            try:
+                grads = tf.gradients(loss, list(handles))
+            except LookupError as exc:  # an op on the way has no gradient
+                raise NotImplementedError from exc
+        fetches = [tf.convert_to_tensor(g) for g in grads if g is not None]  # IndexedSlices made dense
+
+        def step(feeds, target):
+            values = iter(self.session.run(fetches, {**self.fixed, **feeds, reference: target}) if fetches else [])
+            return [None if g is None else np.asarray(next(values)) for g in grads]
+
+        return step
 
     def output_fisher(self, data, batch_size=16, show_progress=False):
         reads = {}

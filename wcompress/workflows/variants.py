@@ -139,7 +139,7 @@ def with_values(store, changed, values, hessians=None, value_plan=None):
     value_plan = value_plan or {}
     if values == "float32" and not value_plan:
         return changed
-    from wcompress.formats.container.quantization import ecq_unit, restored_values
+    from wcompress.formats.container.quantization import calibrated_source, ecq_unit, restored_values
 
     out = dict(changed)
     for info in store.tensors:
@@ -147,7 +147,7 @@ def with_values(store, changed, values, hessians=None, value_plan=None):
         if info.role in TRAINING_STATE or np.dtype(info.dtype).kind != "f" or chosen == "float32":
             continue
         array = changed.get(info.name)
-        array = store.load(info.name) if array is None else array
+        array = calibrated_source(hessians, info.name, store.load(info.name), chosen) if array is None else array
         hessian = (hessians or {}).get(info.name)
         out[info.name] = restored_values(array, chosen, hessian, ecq_unit(hessians, info.name))
     return out

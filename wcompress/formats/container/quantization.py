@@ -102,12 +102,25 @@ VECTOR_STEP_CAP = 1 / 16  # x the vector's RMS (ecq_units)
 
 
 class Calibration(dict):
-    """What calibration data measured: {tensor name: H, its inputs' second moment} (GPTQ, wanda, sparsegpt)
-    and `units`, {tensor name: ecq's unit step per channel} where the output's sensitivity was measured."""
+    """What calibration data measured: {tensor name: H, its inputs' second moment} (GPTQ, wanda, sparsegpt),
+    `units`, {tensor name: ecq's unit step per channel} where the output's sensitivity was measured, and
+    `vectors`, {tensor name: float vector fitted to the dense model's outputs} (runtime/fitting.py), which
+    an ecq container stores in place of the model's own (calibrated_source)."""
 
-    def __init__(self, hessians=(), units=None):
+    def __init__(self, hessians=(), units=None, vectors=None, fit=None):
         super().__init__(hessians)
         self.units = dict(units or {})
+        self.vectors = dict(vectors or {})
+        self.fit = fit
+
+
+def calibrated_source(calibration, name, array, values):
+    """The array a container storing `values` codes for tensor `name`: its fitted vector where ecq's
+    calibration fitted one, else `array` itself."""
+    fitted = getattr(calibration, "vectors", {}).get(name)
+    if fitted is None or parse_values(values)[0] != "ecq" or np.shape(fitted) != np.shape(array):
+        return array
+    return fitted
 
 
 def ecq_unit(calibration, name):

@@ -17,8 +17,8 @@ from wcompress.formats.container.layout import (
     ECQ_VERSION, MAGIC, POOL_FLUSH_BYTES, POOL_ORDER_VERSION, POOL_STREAM_BYTES, QUANT_LEVELS,
     TREE_VERSION, VALUE_CHOICES, VERSION, _crc, _fits, pooled_bytes, write_attributes)
 from wcompress.formats.container.quantization import (
-    channel_axis, ecq_axis, ecq_quantizes, ecq_unit, halves_floats, parse_values, quantizable, quantize,
-    quantize_calibrated, quantize_ecq, step_exponents, steps_from_exponents)
+    calibrated_source, channel_axis, ecq_axis, ecq_quantizes, ecq_unit, halves_floats, parse_values, quantizable,
+    quantize, quantize_calibrated, quantize_ecq, step_exponents, steps_from_exponents)
 from wcompress.formats import h5tree
 from wcompress.formats.h5util import NO_TIMES, create_file, create_group
 from wcompress.formats.tensors import QUANTIZATION
@@ -218,6 +218,7 @@ class ContainerWriter:
         if info.role in QUANTIZATION:
             values = None  # codes and scales of a layer already quantized: kept exactly as they are
         kind, qp = parse_values(values)
+        array = calibrated_source(self.hessians, info.name, array, values)
         if kind == "ecq" and ecq_quantizes(array, ecq_unit(self.hessians, info.name)):
             prepared = self._prepare_ecq(info, array, qp)
             if prepared is not None:

@@ -1,0 +1,136 @@
+"""Fitting the float vectors of a model whose kernels are rounded to the dense model's outputs
+(runtime/fitting.py), and the output-error gradients it descends, checked against their definition."""
+
+import numpy as np
+import pytest
+
+from wcompress.formats.container.quantization import calibrated_source, ecq_unit, restored_values
+from wcompress.runtime import fitting
+
+from helpers import run_cli
+
+
+def test_keras_output_error_gradient_of_a_linear_head_follows_its_definition(tiny):
+    """out = h W + b: d mean((out - r)^2) / db = 2 sum_n (out - r) / (N K), and h' (2 (out - r) / (N K)) for W."""
+    import keras
+
+    from wcompress.runtime.predictors import load_predictor
+
+    predictor = load_predictor(tiny["keras"])
+    try:
+        model = predictor.model
+        head = model.get_layer("head")
+        handles = [next(i for i, v in enumerate(model.weights) if v is w) for w in (head.kernel, head.bias)]
+        reference = np.random.default_rng(3).random((64, 3)).astype(np.float32)
+        kernel, bias = predictor.output_error_gradients(handles)(predictor.match({"x": tiny["x"]}), reference)
+        hidden = keras.Model(model.inputs, model.get_layer("hidden2").output).predict(tiny["x"], verbose=0)
+        out = model.predict(tiny["x"], verbose=0).astype(np.float64)
+    finally:
+        predictor.close()
+    residual = 2 * (out - reference) / out.size
+    assert np.allclose(bias, residual.sum(axis=0), rtol=1e-4, atol=1e-7)
+    assert np.allclose(kernel, hidden.astype(np.float64).T @ residual, rtol=1e-4, atol=1e-7)
+
+
+def test_tf1_output_error_gradient_follows_its_definition(tiny):
+    """sigmoid(a w2 + b2), a = relu(x w1 + b1): d mean((s - r)^2) / d b2 = sum_n 2 (s - r) s (1 - s) / (N K)."""
+    from wcompress.formats import open_model
+    from wcompress.runtime.capture import match_by_content
+    from wcompress.runtime.predictors import load_predictor
+
+    store = open_model(tiny["tf1"])
+    w1, b1, w2, b2 = (store.load(n).astype(np.float64) for n in ("fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias"))
+    x = np.random.default_rng(5).random((40, 10)).astype(np.float32)
+    reference = np.random.default_rng(6).random((40, 4)).astype(np.float32)
+    predictor = load_predictor(tiny["tf1"])
+    try:
+        handles = match_by_content(store, predictor.weights())
+        grads = predictor.output_error_gradients([handles["fc2/bias"], handles["fc2/kernel"]])(
+            predictor.match({"x": x}), reference)
+    finally:
+        predictor.close()
+    a = np.maximum(x @ w1 + b1, 0)
+    s = 1 / (1 + np.exp(-(a @ w2 + b2)))
+    delta = 2 * (s - reference) * s * (1 - s) / s.size
+    assert np.allclose(grads[0], delta.sum(axis=0), rtol=1e-4, atol=1e-8)
+    assert np.allclose(grads[1], a.T @ delta, rtol=1e-4, atol=1e-8)
+
+
+def _coarse(tiny):
+    """The tiny Keras model with its kernels at a coarse ecq step, and its dense vectors and outputs."""
+    from wcompress.formats import open_model
+    from wcompress.runtime.capture import _float_vectors, match_by_content
+    from wcompress.runtime.predictors import load_predictor
+
+    store = open_model(tiny["keras"])
+    predictor = load_predictor(tiny["keras"])
+    reference = predictor.predict({"x": tiny["x"]})
+    handles = match_by_content(store, predictor.weights())
+    for name, handle in handles.items():
+        array = store.load(name)
+        if array.ndim == 2:
+            predictor.assign(handle, restored_values(array, "ecq:12"))
+    return predictor, _float_vectors(store, handles), reference
+
+
+def test_fitted_vectors_lower_the_kept_out_error_and_are_the_same_each_time(tiny):
+    runs = []
+    for _ in range(2):
+        predictor, vectors, reference = _coarse(tiny)
+        try:
+            fitted, fit = fitting.fit_vectors(predictor, vectors, {"x": tiny["x"]}, reference)
+            held = {n: np.asarray(predictor.model.weights[vectors[n][0]].numpy()) for n in fitted}
+        finally:
+            predictor.close()
+        runs.append(fitted)
+        assert fit.kept_out == round(fitting.KEPT_OUT_SHARE * 64) and fit.fitted_on == 64 - fit.kept_out
+        assert fit.step > 0 and fit.error_after < fit.error_before
+        assert set(fitted) == set(vectors) and any(not np.array_equal(fitted[n], vectors[n][1]) for n in fitted)
+        assert all(np.array_equal(held[n], fitted[n]) for n in fitted)  # the predictor is left with them
+        positive = [n for n in fitted if vectors[n][1].min() > 0]  # the moving variance at least
+        assert positive and all(fitted[n].min() >= 0 for n in positive)
+    assert all(np.array_equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
+def test_too_few_examples_fit_nothing(tiny):
+    predictor, vectors, reference = _coarse(tiny)
+    try:
+        few = fitting.MIN_EXAMPLES - 1
+        assert fitting.fit_vectors(predictor, vectors, {"x": tiny["x"][:few]}, reference[:few]) == ({}, None)
+    finally:
+        predictor.close()
+
+
+def test_packed_ecq_stores_the_fitted_vectors_and_restores_them(tiny, tmp_path):
+    """pack --values ecq --data: the container's vectors are the fitted ones at ecq's step (what the evaluation
+    of that setting uses, variants.with_values); int8 keeps the model's own vectors."""
+    from wcompress.formats import open_model
+    from wcompress.runtime.capture import input_hessians
+    from wcompress.workflows.variants import with_values
+
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=tiny["x"])
+    container = tmp_path / "c.h5"
+    run_cli("pack", tiny["keras"], "--values", "ecq", "--qp", "4", "--data", data, "-o", container)
+    calibration = input_hessians(tiny["keras"], str(data), sensitivity=True, values="ecq:4")
+    assert calibration.vectors and calibration.fit.step > 0
+    source, stored = open_model(tiny["keras"]), open_model(str(container))
+    evaluated = with_values(source, {}, "ecq:4", calibration)
+    for name in calibration.vectors:
+        expected = restored_values(calibrated_source(calibration, name, source.load(name), "ecq:4"), "ecq:4",
+                                   None, ecq_unit(calibration, name))
+        assert np.array_equal(stored.load(name), expected) and np.array_equal(evaluated[name], expected)
+    assert any(not np.array_equal(stored.load(n), restored_values(source.load(n), "ecq:4", None,
+                                                                  ecq_unit(calibration, n)))
+               for n in calibration.vectors)
+    for name in calibration.vectors:
+        assert calibrated_source(calibration, name, source.load(name), "int8") is not calibration.vectors[name]
+
+
+@pytest.mark.parametrize("values", ["int8", None])
+def test_only_ecq_fits_vectors(tiny, tmp_path, values):
+    from wcompress.runtime.capture import input_hessians
+
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=tiny["x"])
+    assert input_hessians(tiny["keras"], str(data), sensitivity=True, values=values).vectors == {}
