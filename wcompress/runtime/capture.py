@@ -27,7 +27,9 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
 
     With `values` that store codes (int8, int4, ecq:QP; stores_codes) the kernels are measured layer
     by layer, each with every tensor before it already as the container restores it, so that GPTQ
-    compensates the errors of the layers before it instead of compounding them (see layer_by_layer)."""
+    compensates the errors of the layers before it instead of compounding them (see layer_by_layer). With
+    ecq values and `sensitivity`, the float vectors are then fitted to the dense model's outputs
+    (fitting.fit_vectors): the Calibration's `vectors` and `fit`."""
     examples = load_data(data) if isinstance(data, str) else data
     store = open_model(path)
     predictor = load_predictor(path, **load_options)
@@ -37,18 +39,19 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
             raise WcompressError("found no Dense/Conv layer or MatMul/Conv2D op reading a kernel to calibrate", path)
         handles = match_by_content(store, predictor.weights())  # before any weight is overwritten
         keys = {name: predictor.handle_key(handle) for name, handle in handles.items()}
+        differentiable = sensitivity and _differentiable()
         fisher, variance = predictor.output_fisher(examples, batch_size, show_progress) \
-            if sensitivity and _differentiable() else ({}, 0.0)
+            if differentiable else ({}, 0.0)
         units = ecq_units({name: fisher[key] for name, key in keys.items() if key in fisher}, variance)
-        fitting = sensitivity and parse_values(values)[0] == "ecq" and _differentiable()
+        fitting = differentiable and parse_values(values)[0] == "ecq"
         reference = predictor.predict(examples, batch_size) if fitting else None
         if values is None or not stores_codes(values):
             by_key = predictor.kernel_input_hessians(examples, batch_size, show_progress)
         else:
             by_key = layer_by_layer(predictor, store, handles, keys, order, values, units, examples, batch_size,
                                     show_progress)
-        vectors, fit = fit_vectors(predictor, _float_vectors(store, handles), examples, reference) if fitting \
-            else ({}, None)
+        vectors, fit = fit_vectors(predictor, _float_vectors(store, handles), examples, reference,
+                                   show_progress=show_progress) if fitting else ({}, None)
     finally:
         predictor.close()
     hessians = {name: by_key[key] for name, key in keys.items() if key in by_key}

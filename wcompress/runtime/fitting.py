@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from wcompress.progress import batch_progress
+
 # A step costs about what one batch of the sensitivity pass costs (a forward and a backward pass), so 50 steps of
 # 16 are some ten passes over a hundred examples: on MTT_musicnn 1.5 s a step, where calibrating takes a minute.
 FIT_STEPS = 50
@@ -40,7 +42,7 @@ class VectorFit:
         return asdict(self)
 
 
-def fit_vectors(predictor, vectors, examples, reference, steps=None):
+def fit_vectors(predictor, vectors, examples, reference, steps=None, show_progress=False):
     """({name: fitted array} (empty where nothing improved or the model cannot be differentiated), VectorFit
     or None). `vectors` is {name: (predictor handle, dense array)}; the predictor holds the model with its
     kernels as stored and is left with the fitted vectors assigned. `reference` is the dense model's output
@@ -56,44 +58,65 @@ def fit_vectors(predictor, vectors, examples, reference, steps=None):
         return {}, None
     feeds = predictor.match(examples)
     order = np.random.default_rng(0).permutation(count)
-    kept, fitted = order[:max(2, round(KEPT_OUT_SHARE * count))], order[max(2, round(KEPT_OUT_SHARE * count)):]
+    split = max(2, round(KEPT_OUT_SHARE * count))
+    kept, fitted = order[:split], order[split:]
     dense = [np.asarray(vectors[n][1]) for n in names]
-    for name, array in zip(names, dense):
-        predictor.assign(vectors[name][0], array)
+
+    def assign(arrays):
+        for name, array, like in zip(names, arrays, dense):
+            predictor.assign(vectors[name][0], array.astype(like.dtype, copy=False))
 
     def kept_error():
         out = predictor.predict({k: v[kept] for k, v in feeds.items()})
         return float(np.mean(np.square(out.astype(np.float64) - reference[kept])))
 
-    scales = _scales(dense)
-    current = [a.astype(np.float64) for a in dense]
-    first = [np.zeros_like(c) for c in current]
-    second = [np.zeros_like(c) for c in current]
+    assign(dense)
+    adam = _Adam(dense)
     before = best_error = kept_error()
     best, best_step = None, 0
     rng = np.random.default_rng(1)
-    for step in range(1, (steps or FIT_STEPS) + 1):
-        batch = fitted[rng.choice(len(fitted), size=min(FIT_BATCH, len(fitted)), replace=False)]
-        grads = gradients({k: v[batch] for k, v in feeds.items()}, reference[batch])
-        for i, grad in enumerate(grads):
-            if grad is None:
-                continue
-            first[i] = 0.9 * first[i] + 0.1 * grad
-            second[i] = 0.999 * second[i] + 0.001 * grad * grad
-            move = (first[i] / (1 - 0.9 ** step)) / (np.sqrt(second[i] / (1 - 0.999 ** step)) + 1e-12)
-            current[i] -= FIT_RATE * scales[i] * move
-            if dense[i].min() > 0:  # a variance, a scale: kept positive, where the model can read it
-                np.maximum(current[i], 0, out=current[i])
-            predictor.assign(vectors[names[i]][0], current[i].astype(dense[i].dtype))
-        if step % CHECK_EVERY == 0:
-            error = kept_error()
-            if error < best_error:
-                best, best_error, best_step = [c.copy() for c in current], error, step
+    total = steps or FIT_STEPS
+    with batch_progress(total, enabled=show_progress, label="fitting biases and batch norms",
+                        unit="steps") as advance:
+        for step in range(1, total + 1):
+            batch = fitted[rng.choice(len(fitted), size=min(FIT_BATCH, len(fitted)), replace=False)]
+            assign(adam.step(gradients({k: v[batch] for k, v in feeds.items()}, reference[batch])))
+            if step % CHECK_EVERY == 0:
+                error = kept_error()
+                if error < best_error:
+                    best, best_error, best_step = [c.copy() for c in adam.values], error, step
+            advance(1)
     chosen = dense if best is None else [c.astype(a.dtype) for c, a in zip(best, dense)]
-    for name, array in zip(names, chosen):
-        predictor.assign(vectors[name][0], array)
+    assign(chosen)
     report = VectorFit(len(names), best_step, len(fitted), len(kept), before, best_error)
     return ({} if best is None else dict(zip(names, chosen))), report
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015, defaults) over float64 copies of the vectors, each step FIT_RATE x the vector's
+    RMS; a vector that is positive throughout (a variance, a scale) is kept non-negative."""
+
+    def __init__(self, arrays):
+        self.values = [a.astype(np.float64) for a in arrays]
+        self.scales = _scales(arrays)
+        self.positive = [a.min() > 0 for a in arrays]
+        self.first = [np.zeros_like(v) for v in self.values]
+        self.second = [np.zeros_like(v) for v in self.values]
+        self.count = 0
+
+    def step(self, grads):
+        self.count += 1
+        for i, grad in enumerate(grads):
+            if grad is None:  # the output does not read this vector
+                continue
+            self.first[i] = 0.9 * self.first[i] + 0.1 * grad
+            self.second[i] = 0.999 * self.second[i] + 0.001 * grad * grad
+            move = (self.first[i] / (1 - 0.9 ** self.count)) / (
+                np.sqrt(self.second[i] / (1 - 0.999 ** self.count)) + 1e-12)
+            self.values[i] -= FIT_RATE * self.scales[i] * move
+            if self.positive[i]:
+                np.maximum(self.values[i], 0, out=self.values[i])
+        return self.values
 
 
 def _scales(arrays):
