@@ -60,13 +60,9 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
 
 def _float_vectors(store, handles):
     """{name: (handle, array)} of the model's float vectors (biases, batch norms) that have a variable."""
-    training = {info.name for info in store.tensors if info.role in TRAINING_STATE}
-    out = {}
-    for name, handle in handles.items():
-        array = None if name in training else store.load(name)
-        if array is not None and array.ndim == 1 and array.size > 1 and np.dtype(array.dtype).kind == "f":
-            out[name] = (handle, array)
-    return out
+    vectors = {info.name for info in store.tensors if info.role not in TRAINING_STATE and len(info.shape) == 1
+               and info.size > 1 and np.dtype(info.dtype).kind == "f"}  # read from the index: no kernel is loaded
+    return {name: (handle, store.load(name)) for name, handle in handles.items() if name in vectors}
 
 
 def layer_by_layer(predictor, store, handles, keys, order, values, units, examples, batch_size=16,
