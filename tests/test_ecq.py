@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from helpers import run_cli, run_error, run_json, split_labelled, stock_tensors
 
+import wcompress
+from wcompress import WcompressWarning
 from wcompress.formats.container import levels
 from wcompress.formats.container.quantization import (
     calibrated_source, ecq_steps, ecq_unit, ecq_units, quantize_ecq, restored_values)
@@ -437,21 +439,39 @@ def test_sparsify_pack_ecq_keeps_the_zeros(tiny, tmp_path):
             assert zeros.any() and not after.load(info.name)[zeros].any()
 
 
-def test_tensorflow_imported_with_onednn_on_skips_the_sensitivity_with_a_warning(tiny, tmp_path):
-    """oneDNN's convolution gradients crash TensorFlow: a script that imported it first (oneDNN on) still
-    gets its container, with steps from H alone and a warning that says how to get the rest."""
+def test_tensorflow_imported_with_onednn_on_calibrates_in_a_child_the_same_bytes(tiny, tmp_path):
+    """oneDNN's convolution gradients crash TensorFlow, and a script that imported it first (oneDNN on, as
+    any in-memory model has it) cannot turn it off: the calibration runs in a child without it, so the
+    script writes the same bytes as a process that never had it, with no warning."""
+    import hashlib
     import subprocess
     import sys
 
     data = tmp_path / "calib.npz"
     np.savez(data, x=tiny["x"][:32])
+    wcompress.pack(tiny["keras"], output=str(tmp_path / "here.h5"), values="ecq", qp=0, data=str(data))
     script = ("import warnings, tensorflow, wcompress\n"
+              "from wcompress.formats.tfenv import onednn_enabled\n"
               "with warnings.catch_warnings(record=True) as seen:\n"
               "    warnings.simplefilter('always')\n"
               f"    wcompress.pack({tiny['keras']!r}, output={str(tmp_path / 'c.h5')!r}, values='ecq', qp=0, "
               f"data={str(data)!r})\n"
-              "print([str(w.message) for w in seen if 'oneDNN' in str(w.message)])\n")
+              "print(onednn_enabled(), [str(w.message) for w in seen if 'oneDNN' in str(w.message)])\n")
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "TF_ENABLE_ONEDNN_OPTS=0" in done.stdout and (tmp_path / "c.h5").exists()
+    assert done.stdout.split("\n")[-2] == "True []"
+    digest = [hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("here.h5", "c.h5")]
+    assert digest[0] == digest[1]
+
+
+def test_onednn_on_and_no_child_possible_skips_the_sensitivity_with_a_warning(tiny, tmp_path, monkeypatch):
+    """Where the calibration cannot cross to a child (custom objects are classes, not data), the steps come
+    from H alone and a warning says how to get the rest."""
+    from wcompress.runtime import capture
+
+    monkeypatch.setattr(capture, "onednn_enabled", lambda: True)
+    with pytest.warns(WcompressWarning, match="TF_ENABLE_ONEDNN_OPTS=0"):
+        calibration = capture.input_hessians(tiny["keras"], {"x": tiny["x"][:32]}, sensitivity=True,
+                                             values="ecq:0", custom_objects={"Unused": object})
+    assert calibration and not calibration.units and not calibration.vectors

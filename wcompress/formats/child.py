@@ -65,11 +65,12 @@ def can_fork():
     return hasattr(os, "fork") and threading.active_count() == 1 and not loaded()
 
 
-def run(function, args, cpu_seconds, wall_seconds=600, fork=None, env=None):
-    """Run `function(*args)` in a guarded child; its JSON-able return value comes back in the outcome."""
+def run(function, args, cpu_seconds, wall_seconds=600, fork=None, env=None, quiet=True):
+    """Run `function(*args)` in a guarded child; its JSON-able return value comes back in the outcome. A new
+    interpreter's stderr (its progress bars) is shown when not `quiet`; a fork's never is."""
     fork = can_fork() if fork is None else fork
     return _run_forked(function, args, cpu_seconds, wall_seconds) if fork else \
-        _run_interpreter(function, args, cpu_seconds, wall_seconds, env)
+        _run_interpreter(function, args, cpu_seconds, wall_seconds, env, quiet)
 
 
 def _run_forked(function, args, cpu_seconds, wall_seconds):
@@ -154,14 +155,14 @@ sys.stdout.write(child._MARK + json.dumps(value) + "\\n")
 """
 
 
-def _run_interpreter(function, args, cpu_seconds, wall_seconds, env):
+def _run_interpreter(function, args, cpu_seconds, wall_seconds, env, quiet=True):
     argv = [sys.executable, "-c", _SCRIPT, str(os.getpid()), str(cpu_seconds), function.__module__,
             function.__qualname__, json.dumps(list(args))]
     environment = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
     # The interpreter must import this package whether it was installed or is run from a checkout.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     environment["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [environment.get("PYTHONPATH")] if p])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None, stdin=subprocess.DEVNULL,
                             env=environment, start_new_session=True)
     try:
         data, waited = _read_until_closed(proc.stdout.fileno(), wall_seconds)

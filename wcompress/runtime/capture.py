@@ -6,6 +6,8 @@ convolution's rows are im2col patches, ordered like the kernel's leading axes), 
 batch so no activations are held. GPTQ-style rounding compensates quantization error through H.
 """
 
+import os
+
 import numpy as np
 
 from wcompress.errors import WcompressError, warn
@@ -31,6 +33,11 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
     ecq values and `sensitivity`, the float vectors are then fitted to the dense model's outputs
     (fitting.fit_vectors): the Calibration's `vectors` and `fit`."""
     examples = load_data(data) if isinstance(data, str) else data
+    if sensitivity and onednn_enabled():
+        calibration = _calibrate_in_child(path, examples, batch_size, show_progress, values, load_options)
+        if calibration is not None:
+            return calibration
+        sensitivity = _differentiable()  # False, with a warning
     store = open_model(path)
     predictor = load_predictor(path, **load_options)
     try:
@@ -100,9 +107,67 @@ def _differentiable():
     if not onednn_enabled():
         return True
     warn("ecq steps leave out the output's sensitivity: TensorFlow was imported with oneDNN on, whose gradients "
-         "crash on some convolutions; set TF_ENABLE_ONEDNN_OPTS=0 before importing TensorFlow (or import "
-         "wcompress first)")
+         "crash on some convolutions, and no child process could calibrate without it; set "
+         "TF_ENABLE_ONEDNN_OPTS=0 before importing TensorFlow")
     return False
+
+
+def _calibrate_in_child(path, examples, batch_size, show_progress, values, load_options):
+    """The Calibration input_hessians gives, computed in a child process with oneDNN off: TensorFlow was
+    imported here with it on (a script that imported Keras first, an in-memory model), which cannot be
+    undone, and its convolution gradients crash. None where the child cannot run or did not finish."""
+    import json
+    import shutil
+    import tempfile
+
+    from wcompress.formats import child
+
+    try:
+        json.dumps(load_options)
+    except TypeError:  # custom objects (classes) cannot cross to another interpreter
+        return None
+    folder = tempfile.mkdtemp(prefix="wcompress-calibration-")
+    try:
+        inputs = list(examples)  # input names may hold "/" and ":": stored by position
+        np.savez(os.path.join(folder, "examples.npz"), *[examples[name] for name in inputs])
+        outcome = child.run(calibrate_to_folder, [os.fspath(path), folder, inputs, batch_size, show_progress, values,
+                                                  load_options],
+                            cpu_seconds=CHILD_SECONDS, wall_seconds=CHILD_SECONDS, fork=False,
+                            env={"TF_ENABLE_ONEDNN_OPTS": "0"}, quiet=not show_progress)
+        return _read_calibration(folder, outcome.value) if outcome.ok and outcome.value else None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+CHILD_SECONDS = 7 * 24 * 3600  # a calibration has no natural limit: the command's own interruption stops it
+
+
+def calibrate_to_folder(path, folder, inputs, batch_size, show_progress, values, load_options):
+    """In the child: input_hessians with sensitivity on `folder`/examples.npz (the arrays of `inputs`, in
+    order), its arrays saved in `folder`; returns their names (a Calibration's dicts, keyed by tensor name)
+    and the fit."""
+    with np.load(os.path.join(folder, "examples.npz"), allow_pickle=False) as arrays:
+        examples = {name: arrays[f"arr_{i}"] for i, name in enumerate(inputs)}
+    calibration = input_hessians(path, examples, batch_size, show_progress, sensitivity=True, values=values,
+                                 **load_options)
+    parts = {"hessians": dict(calibration), "units": calibration.units, "vectors": calibration.vectors}
+    names = {}
+    for part, arrays in parts.items():
+        names[part] = list(arrays)
+        np.savez(os.path.join(folder, part + ".npz"), *[np.asarray(arrays[n]) for n in names[part]])
+    names["fit"] = calibration.fit.to_dict() if calibration.fit is not None else None
+    return names
+
+
+def _read_calibration(folder, names):
+    from wcompress.runtime.fitting import VectorFit
+
+    parts = {}
+    for part in ("hessians", "units", "vectors"):
+        with np.load(os.path.join(folder, part + ".npz"), allow_pickle=False) as arrays:
+            parts[part] = {name: arrays[f"arr_{i}"] for i, name in enumerate(names[part])}
+    fit = VectorFit(**names["fit"]) if names["fit"] else None
+    return Calibration(parts["hessians"], parts["units"], parts["vectors"], fit)
 
 
 def match_by_content(store, weights):

@@ -143,10 +143,17 @@ class KerasPredictor(Predictor):
             # variables at each call, so weights assigned in memory are the ones run.
             model = self.model
             self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        out = self._call(values if len(values) > 1 else values[0])
+        out = self._call(self._structured(values))
         if isinstance(out, (list, tuple)):
             out = out[0]
         return np.asarray(out)
+
+    def _structured(self, values):
+        """The inputs as the model was built to take them: a list where its inputs are a list (a Keras 2 file's
+        are, even of one), else one tensor or a list; otherwise Keras warns at every call."""
+        if isinstance(getattr(self.model, "_inputs_struct", None), (list, tuple)):
+            return list(values)
+        return values if len(values) > 1 else values[0]
 
     def weights(self):
         return [(i, np.asarray(v.numpy())) for i, v in enumerate(self.model.weights)]
@@ -198,7 +205,7 @@ class KerasPredictor(Predictor):
 
         def step(batch):
             values = [batch[t.name] for t in self.model.inputs]
-            result = grams(values if len(values) > 1 else values[0])
+            result = grams(values)  # the probe's inputs are a list
             return {key: (g.numpy(), c.numpy()) for (_, kernels, _, _), pairs in zip(targets, result)
                     for key, (g, c) in zip(kernels, pairs) if keys is None or key in keys}
 
@@ -219,7 +226,7 @@ class KerasPredictor(Predictor):
 
         def step(feeds, reference):
             values = [feeds[t.name] for t in self.model.inputs]
-            grads = gradients(values if len(values) > 1 else values[0], np.asarray(reference, np.float32))
+            grads = gradients(self._structured(values), np.asarray(reference, np.float32))
             return [None if g is None else tf.convert_to_tensor(g).numpy() for g in grads]
 
         return step
@@ -236,7 +243,7 @@ class KerasPredictor(Predictor):
             values = [batch[t.name] for t in self.model.inputs]
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(variables)
-                out = self.model(values if len(values) > 1 else values[0], training=False)
+                out = self.model(self._structured(values), training=False)
                 out = tf.cast(out[0] if isinstance(out, (list, tuple)) else out, tf.float32)
                 probe = tf.random.stateless_normal(tf.shape(out), seed=(seed, 0))
                 total = tf.reduce_sum(out * probe)
