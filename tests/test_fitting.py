@@ -7,7 +7,7 @@ import pytest
 from wcompress.formats.container.quantization import calibrated_source, ecq_unit, restored_values
 from wcompress.runtime import fitting
 
-from helpers import run_cli
+from helpers import run_cli, run_json
 
 
 def test_keras_output_error_gradient_of_a_linear_head_follows_its_definition(tiny):
@@ -111,9 +111,16 @@ def test_packed_ecq_stores_the_fitted_vectors_and_restores_them(tiny, tmp_path):
     data = tmp_path / "calib.npz"
     np.savez(data, x=tiny["x"])
     container = tmp_path / "c.h5"
-    run_cli("pack", tiny["keras"], "--values", "ecq", "--qp", "4", "--data", data, "-o", container)
+    shown = run_cli("pack", tiny["keras"], "--values", "ecq", "--qp", "4", "--data", data, "-o", container)
     calibration = input_hessians(tiny["keras"], str(data), sensitivity=True, values="ecq:4")
     assert calibration.vectors and calibration.fit.step > 0
+    fit = calibration.fit.to_dict()
+    assert (f"vectors: {fit['vectors']} fitted to the dense model's outputs on {fit['fitted_on']} examples, "
+            f"{fit['kept_out']} kept out: kept-out output error {fit['error_before']:.3g} → "
+            f"{fit['error_after']:.3g} (step {fit['step']})") in " ".join(shown.output.split())
+    again = run_json("pack", tiny["keras"], "--values", "ecq", "--qp", "4", "--data", data, "-o", container,
+                     "--force")
+    assert again["passes"]["fitted_vectors"] == fit
     source, stored = open_model(tiny["keras"]), open_model(str(container))
     evaluated = with_values(source, {}, "ecq:4", calibration)
     for name in calibration.vectors:

@@ -270,10 +270,12 @@ def pack(model, output, force, codec, values_dtype, qp, data, order_file, as_jso
     if as_json:
         emit_json(result.to_dict())
         return
-    from wcompress.render import size_change
+    from wcompress.render import fitted_vectors, size_change
 
     size_change(f"{result.input_format} {model} → container {result.output.path}", result.input_bytes,
                 result.output_bytes)
+    if "fitted_vectors" in result.summaries:
+        fitted_vectors(result.summaries["fitted_vectors"])
 
 
 @cli.command("restore")

@@ -185,6 +185,17 @@ def size_change(label, before, after):
                   f"saved {saved:,} B ({pct:.1f}%)")
 
 
+def fitted_vectors(fit):
+    """pack's line on ecq's fitted vectors (runtime/fitting.py's VectorFit)."""
+    examples = f"{fit['fitted_on']} examples, {fit['kept_out']} kept out"
+    if not fit["step"]:
+        console.print(f"vectors: fitting {fit['vectors']} on {examples} did not lower the kept-out output error "
+                      f"({fit['error_before']:.3g}): the model's own are stored")
+        return
+    console.print(f"vectors: {fit['vectors']} fitted to the dense model's outputs on {examples}: kept-out output "
+                  f"error {fit['error_before']:.3g} → {fit['error_after']:.3g} (step {fit['step']})")
+
+
 def plugins_table(rows):
     table = Table(title="wcompress plugins", header_style="bold")
     for col in ("plugin", "passes", "source", "file"):

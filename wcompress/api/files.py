@@ -163,11 +163,18 @@ def pack(model, output=None, values="float32", codec="auto", data=None, force=Fa
     if data is not None and not stores_codes(values):
         raise WcompressError("--data calibrates int8/int4/ecq codes: add --values int8, int4 or ecq")
 
+    calibrated = []
+
     def writer(store):
         hessians = _hessians(store.path, data, progress, values) if data is not None else None
+        calibrated.append(hessians)
         return ContainerWriter(store, values=values, codec=codec, hessians=hessians)
 
-    return _run(model, [], fspath(output), force, order_file, progress, "packed", writer=writer)
+    result = _run(model, [], fspath(output), force, order_file, progress, "packed", writer=writer)
+    fit = getattr(calibrated[0], "fit", None) if calibrated else None
+    if fit is not None:  # ecq's vectors fitted to the dense model's outputs (runtime/fitting.py)
+        result.summaries["fitted_vectors"] = fit.to_dict()
+    return result
 
 
 def restore(container, output=None, force=False, unsafe=False, load=False):
