@@ -162,8 +162,8 @@ def _run_interpreter(function, args, cpu_seconds, wall_seconds, env, quiet=True)
     # The interpreter must import this package whether it was installed or is run from a checkout.
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     environment["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [environment.get("PYTHONPATH")] if p])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None, stdin=subprocess.DEVNULL,
-                            env=environment, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None,
+                            stdin=subprocess.DEVNULL, env=environment, start_new_session=True)
     try:
         data, waited = _read_until_closed(proc.stdout.fileno(), wall_seconds)
     except BaseException:
