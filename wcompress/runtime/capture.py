@@ -128,8 +128,7 @@ def _calibrate_in_child(path, examples, batch_size, show_progress, values, load_
         return None
     folder = tempfile.mkdtemp(prefix="wcompress-calibration-")
     try:
-        inputs = list(examples)  # input names may hold "/" and ":": stored by position
-        np.savez(os.path.join(folder, "examples.npz"), *[examples[name] for name in inputs])
+        inputs = _save_named(os.path.join(folder, "examples.npz"), examples)
         outcome = child.run(calibrate_to_folder, [os.fspath(path), folder, inputs, batch_size, show_progress, values,
                                                   load_options],
                             cpu_seconds=CHILD_SECONDS, wall_seconds=CHILD_SECONDS, fork=False,
@@ -146,26 +145,32 @@ def calibrate_to_folder(path, folder, inputs, batch_size, show_progress, values,
     """In the child: input_hessians with sensitivity on `folder`/examples.npz (the arrays of `inputs`, in
     order), its arrays saved in `folder`; returns their names (a Calibration's dicts, keyed by tensor name)
     and the fit."""
-    with np.load(os.path.join(folder, "examples.npz"), allow_pickle=False) as arrays:
-        examples = {name: arrays[f"arr_{i}"] for i, name in enumerate(inputs)}
+    examples = _load_named(os.path.join(folder, "examples.npz"), inputs)
     calibration = input_hessians(path, examples, batch_size, show_progress, sensitivity=True, values=values,
                                  **load_options)
     parts = {"hessians": dict(calibration), "units": calibration.units, "vectors": calibration.vectors}
-    names = {}
-    for part, arrays in parts.items():
-        names[part] = list(arrays)
-        np.savez(os.path.join(folder, part + ".npz"), *[np.asarray(arrays[n]) for n in names[part]])
+    names = {part: _save_named(os.path.join(folder, part + ".npz"), arrays) for part, arrays in parts.items()}
     names["fit"] = calibration.fit.to_dict() if calibration.fit is not None else None
     return names
+
+
+def _save_named(path, arrays):
+    """{name: array} saved by position (names, e.g. tensor and input names, may hold "/" and ":"); the names."""
+    names = list(arrays)
+    np.savez(path, *[np.asarray(arrays[name]) for name in names])
+    return names
+
+
+def _load_named(path, names):
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: arrays[f"arr_{i}"] for i, name in enumerate(names)}
 
 
 def _read_calibration(folder, names):
     from wcompress.runtime.fitting import VectorFit
 
-    parts = {}
-    for part in ("hessians", "units", "vectors"):
-        with np.load(os.path.join(folder, part + ".npz"), allow_pickle=False) as arrays:
-            parts[part] = {name: arrays[f"arr_{i}"] for i, name in enumerate(names[part])}
+    parts = {part: _load_named(os.path.join(folder, part + ".npz"), names[part])
+             for part in ("hessians", "units", "vectors")}
     fit = VectorFit(**names["fit"]) if names["fit"] else None
     return Calibration(parts["hessians"], parts["units"], parts["vectors"], fit)
 
