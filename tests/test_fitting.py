@@ -7,7 +7,7 @@ import pytest
 from wcompress.formats.container.quantization import calibrated_source, ecq_unit, restored_values
 from wcompress.runtime import fitting
 
-from helpers import run_cli, run_json
+from helpers import musicnn_feed, run_cli, run_json
 
 
 def test_keras_output_error_gradient_of_a_linear_head_follows_its_definition(tiny):
@@ -141,3 +141,63 @@ def test_only_ecq_fits_vectors(tiny, tmp_path, values):
     data = tmp_path / "calib.npz"
     np.savez(data, x=tiny["x"])
     assert input_hessians(tiny["keras"], str(data), sensitivity=True, values=values).vectors == {}
+
+
+def _fold(path, examples, batch_norms=None):
+    """fold_batch_norms on the model at `path`: (folded, statistics, the dense arrays, the output before and
+    after), `batch_norms` replacing what the predictor finds where given."""
+    from wcompress.formats import open_model
+    from wcompress.runtime.capture import fold_batch_norms, match_by_content
+    from wcompress.runtime.predictors import load_predictor
+
+    store = open_model(path)
+    predictor = load_predictor(path)
+    try:
+        handles = match_by_content(store, predictor.weights())
+        keys = {name: predictor.handle_key(handle) for name, handle in handles.items()}
+        if batch_norms is not None:
+            predictor.batch_norms = lambda: batch_norms(predictor)
+        reference = predictor.predict(examples)
+        folded, statistics = fold_batch_norms(predictor, store, handles, keys, examples, reference)
+        after = predictor.predict(examples)
+    finally:
+        predictor.close()
+    return folded, statistics, {name: store.load(name) for name in folded}, reference, after
+
+
+def test_a_batch_norm_folds_into_a_scale_and_an_offset_with_the_same_output(tiny):
+    """gamma' = gamma / sqrt(var + eps) sqrt(eps), beta' = beta - mean gamma / sqrt(var + eps), mean' = var' = 0:
+    (x - 0) / sqrt(0 + eps) gamma' + beta' is the layer's output, computed from the definition."""
+    folded, statistics, dense, reference, after = _fold(tiny["keras"], {"features": tiny["x"]})
+    names = list(folded)  # the layer's gamma, beta, moving mean and variance (a .keras file numbers them)
+    assert len(names) == 4 and statistics == set(names[2:])
+    gamma, beta, mean, variance = (dense[name].astype(np.float64) for name in names)
+    eps = 1e-3  # Keras' default, the tiny model's
+    assert not np.allclose(mean, 0) and not np.allclose(variance, 1)  # trained statistics
+    assert np.allclose(folded[names[0]], gamma / np.sqrt(variance + eps) * np.sqrt(eps), rtol=1e-6)
+    assert np.allclose(folded[names[1]], beta - mean * gamma / np.sqrt(variance + eps), rtol=1e-6, atol=1e-7)
+    assert not folded[names[2]].any() and not folded[names[3]].any()
+    assert np.allclose(after, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_norm_whose_output_would_move_is_not_folded(tiny):
+    """An epsilon other than the one the layer runs with (as a fused kernel's clamp would give) moves the
+    output: nothing is folded, with a warning, and the model's own vectors are back."""
+    def wrong_epsilon(predictor):
+        return [(*group, epsilon * 100) for *group, epsilon in type(predictor).batch_norms(predictor)]
+
+    with pytest.warns(UserWarning, match="batch norms kept unfolded"):
+        folded, statistics, _, reference, after = _fold(tiny["keras"], {"features": tiny["x"]}, wrong_epsilon)
+    assert folded == {} and statistics == set()
+    assert np.array_equal(after, reference)
+
+
+def test_tf1_batch_norms_behind_an_is_training_cond_fold(real):
+    """MTT_musicnn's tf.layers batch norms read their variables through the Switch of an is-training cond; the
+    inference branch's batch norms fold, and the graph's output does not move. Eight of its nine: the first
+    normalises one channel, and one-value tensors are never matched to variables (capture.match_by_content)."""
+    from helpers import MUSICNN_IN
+
+    folded, statistics, _, reference, after = _fold(real["musicnn"], {MUSICNN_IN: musicnn_feed(4)[MUSICNN_IN]})
+    assert len(folded) == 32 and len(statistics) == 16
+    assert np.allclose(after, reference, rtol=1e-4, atol=1e-5)

@@ -188,6 +188,9 @@ def size_change(label, before, after):
 def fitted_vectors(fit):
     """pack's line on ecq's fitted vectors (runtime/fitting.py's VectorFit)."""
     examples = f"{fit['fitted_on']} examples, {fit['kept_out']} kept out"
+    if fit.get("batch_norms_folded"):
+        console.print(f"batch norms: {fit['batch_norms_folded']} folded into a scale and an offset (their moving "
+                      f"mean and variance stored as zeros)")
     if not fit["step"]:
         console.print(f"vectors: fitting {fit['vectors']} on {examples} did not lower the kept-out output error "
                       f"({fit['error_before']:.3g}): the model's own are stored")

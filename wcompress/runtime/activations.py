@@ -107,10 +107,11 @@ def op_patch(op):
             op.get_attr("padding").decode())
 
 
-def variable_behind(tensor):
-    """The name of the variable a kernel input reads (through Identity / ReadVariableOp), or None."""
+def variable_behind(tensor, through=()):
+    """The name of the variable a kernel input reads (through Identity / ReadVariableOp, and the op types in
+    `through`), or None."""
     op = tensor.op
-    while op.type in ("Identity", "ReadVariableOp") and op.inputs:
+    while (op.type in ("Identity", "ReadVariableOp") or op.type in through) and op.inputs:
         op = op.inputs[0].op
     return op.name if op.type in ("VariableV2", "Variable", "VarHandleOp") else None
 

@@ -29,7 +29,8 @@ MIN_EXAMPLES = 10  # fewer cannot spare a part to stop on: vectors are not fitte
 @dataclass
 class VectorFit:
     """What fitting did: vectors fitted, the step kept (0: none improved), examples fitted on and kept out,
-    and the kept-out examples' mean squared output error before and after."""
+    the kept-out examples' mean squared output error before and after, and how many batch norms were folded
+    into a scale and an offset before it (capture.fold_batch_norms)."""
 
     vectors: int
     step: int
@@ -37,6 +38,7 @@ class VectorFit:
     kept_out: int
     error_before: float
     error_after: float
+    batch_norms_folded: int = 0
 
     def to_dict(self):
         return asdict(self)

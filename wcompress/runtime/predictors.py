@@ -59,6 +59,12 @@ class Predictor:
         quantization.ecq_units). ({}, 0.0) where the model cannot be differentiated."""
         return {}, 0.0
 
+    def batch_norms(self):
+        """[(scale, offset, mean, variance handle keys, epsilon)] of each batch normalization the model runs as
+        (x - mean) / sqrt(variance + epsilon) x scale + offset at inference, each with four variables of its own
+        (capture.fold_batch_norms); [] where unsupported."""
+        return []
+
     def output_error_gradients(self, handles):
         """A function (feeds {input: rows}, reference outputs) -> [d mean((f - reference)^2) / d W] for the
         variables `handles` (None where the output does not depend on one), f the model's output: what
@@ -129,6 +135,18 @@ def _short(name):
     return name.split(":")[0].split("/")[-1]
 
 
+BATCH_NORM_ATTRS = ("gamma", "beta", "moving_mean", "moving_variance")
+FUSED_BATCH_NORMS = {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
+
+
+def _unshared(groups):
+    """The batch norms whose four variables are distinct and read by no other batch norm: only those fold."""
+    from collections import Counter
+
+    uses = Counter(key for *keys, _ in groups for key in keys)
+    return [g for g in groups if len(set(g[:4])) == 4 and all(uses[key] == 1 for key in g[:4])]
+
+
 class KerasPredictor(Predictor):
     """A Keras model: loaded from `path` with load_model, or `model`, one already built (--model-code)."""
 
@@ -181,6 +199,18 @@ class KerasPredictor(Predictor):
 
     def kernel_keys(self):
         return [key for _, kernels, _, _ in self._calibration_targets() for key in kernels]
+
+    def batch_norms(self):
+        index = {id(v): i for i, v in enumerate(self.model.weights)}
+        found = []
+        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+            if type(layer).__name__ != "BatchNormalization" or getattr(layer, "renorm", False) \
+                    or not (getattr(layer, "scale", False) and getattr(layer, "center", False)):
+                continue
+            handles = [index.get(id(getattr(layer, a, None))) for a in BATCH_NORM_ATTRS]
+            if None not in handles:
+                found.append((*handles, float(layer.epsilon)))
+        return _unshared(found)
 
     def kernel_input_hessians(self, data, batch_size=16, show_progress=False, keys=None):
         import keras
@@ -338,6 +368,16 @@ class GraphPredictor(Predictor):
 
     def kernel_keys(self):
         return list(dict.fromkeys(variable for variable, _, _ in self._kernel_reads()))
+
+    def batch_norms(self):
+        found = []
+        for op in self.graph.get_operations():
+            if op.type in FUSED_BATCH_NORMS and not op.get_attr("is_training"):
+                # tf.layers' batch norm reads its variables through the Switch of its is-training cond
+                names = [variable_behind(t, through=("Switch",)) for t in op.inputs[1:5]]
+                if None not in names:
+                    found.append((*names, float(op.get_attr("epsilon"))))
+        return _unshared(found)
 
     def kernel_input_hessians(self, data, batch_size=16, show_progress=False, keys=None):
         fetches = {}

@@ -94,8 +94,10 @@ def ecq_units(fisher, variance):
 
 
 def ecq_vector(array, unit):
-    """Whether ecq quantizes this float vector: one with a measured unit (see ecq_units)."""
-    return array.ndim == 1 and array.size > 0 and is_float(array.dtype) and unit is not None and np.shape(unit) == (1,)
+    """Whether ecq quantizes this float vector: one with a measured unit (see ecq_units) and a non-zero value
+    (an all-zero vector, such as a folded batch norm's statistics, costs nothing stored as it is)."""
+    return array.ndim == 1 and array.size > 0 and is_float(array.dtype) and unit is not None \
+        and np.shape(unit) == (1,) and bool(np.any(array))
 
 
 VECTOR_STEP_CAP = 1 / 16  # x the vector's RMS (ecq_units)
