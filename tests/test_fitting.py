@@ -144,10 +144,10 @@ def test_only_ecq_fits_vectors(tiny, tmp_path, values):
 
 
 def _fold(path, examples, batch_norms=None):
-    """fold_batch_norms on the model at `path`: (folded, statistics, the dense arrays, the output before and
-    after), `batch_norms` replacing what the predictor finds where given."""
+    """fold_batch_norms on the model at `path`: (folded, the dense arrays, the output before and after),
+    `batch_norms` replacing what the predictor finds where given."""
     from wcompress.formats import open_model
-    from wcompress.runtime.capture import fold_batch_norms, match_by_content
+    from wcompress.runtime.capture import batch_norm_groups, fold_batch_norms, match_by_content
     from wcompress.runtime.predictors import load_predictor
 
     store = open_model(path)
@@ -158,19 +158,19 @@ def _fold(path, examples, batch_norms=None):
         if batch_norms is not None:
             predictor.batch_norms = lambda: batch_norms(predictor)
         reference = predictor.predict(examples)
-        folded, statistics = fold_batch_norms(predictor, store, handles, keys, examples, reference)
+        folded = fold_batch_norms(predictor, handles, batch_norm_groups(predictor, store, keys), store.load, examples)
         after = predictor.predict(examples)
     finally:
         predictor.close()
-    return folded, statistics, {name: store.load(name) for name in folded}, reference, after
+    return folded, {name: store.load(name) for name in folded}, reference, after
 
 
 def test_a_batch_norm_folds_into_a_scale_and_an_offset_with_the_same_output(tiny):
     """gamma' = gamma / sqrt(var + eps) sqrt(eps), beta' = beta - mean gamma / sqrt(var + eps), mean' = var' = 0:
     (x - 0) / sqrt(0 + eps) gamma' + beta' is the layer's output, computed from the definition."""
-    folded, statistics, dense, reference, after = _fold(tiny["keras"], {"features": tiny["x"]})
+    folded, dense, reference, after = _fold(tiny["keras"], {"features": tiny["x"]})
     names = list(folded)  # the layer's gamma, beta, moving mean and variance (a .keras file numbers them)
-    assert len(names) == 4 and statistics == set(names[2:])
+    assert len(names) == 4
     gamma, beta, mean, variance = (dense[name].astype(np.float64) for name in names)
     eps = 1e-3  # Keras' default, the tiny model's
     assert not np.allclose(mean, 0) and not np.allclose(variance, 1)  # trained statistics
@@ -187,8 +187,8 @@ def test_a_batch_norm_whose_output_would_move_is_not_folded(tiny):
         return [(*group, epsilon * 100) for *group, epsilon in type(predictor).batch_norms(predictor)]
 
     with pytest.warns(UserWarning, match="batch norms kept unfolded"):
-        folded, statistics, _, reference, after = _fold(tiny["keras"], {"features": tiny["x"]}, wrong_epsilon)
-    assert folded == {} and statistics == set()
+        folded, _, reference, after = _fold(tiny["keras"], {"features": tiny["x"]}, wrong_epsilon)
+    assert folded == {}
     assert np.array_equal(after, reference)
 
 
@@ -198,6 +198,6 @@ def test_tf1_batch_norms_behind_an_is_training_cond_fold(real):
     normalises one channel, and one-value tensors are never matched to variables (capture.match_by_content)."""
     from helpers import MUSICNN_IN
 
-    folded, statistics, _, reference, after = _fold(real["musicnn"], {MUSICNN_IN: musicnn_feed(4)[MUSICNN_IN]})
-    assert len(folded) == 32 and len(statistics) == 16
+    folded, _, reference, after = _fold(real["musicnn"], {MUSICNN_IN: musicnn_feed(4)[MUSICNN_IN]})
+    assert len(folded) == 32
     assert np.allclose(after, reference, rtol=1e-4, atol=1e-5)
