@@ -322,3 +322,14 @@ def test_every_lossy_width_warns_on_restore(real, tmp_path):
         result = run_cli("restore", container, "-o", tmp_path / f"{values}.hdf5")
         lines = [line for line in result.stderr.splitlines() if "warning" in line]
         assert (lines == []) if expected is None else (len(lines) == 1 and expected in lines[0]), lines
+
+
+def test_the_lossy_warning_counts_one_tensor_in_the_singular():
+    from types import SimpleNamespace
+
+    from wcompress.formats.container.restore import lossy_values
+
+    one = SimpleNamespace(entries={"k": {"quantized": {"bits": 8, "axis": 1}, "dtype": "float32"}})
+    two = SimpleNamespace(entries={n: {"value_dtype": "float16", "dtype": "float32"} for n in "ab"})
+    assert next(lossy_values(one)).startswith("1 tensor was stored as int8 codes: ")
+    assert next(lossy_values(two)).startswith("2 tensors were stored as float16: ")

@@ -501,7 +501,8 @@ def load_predictor(path, input_names=None, output_name=None, feeds=(), unsafe=Fa
         work = tempfile.mkdtemp(prefix="wcompress-eval-")
         try:
             with warnings.catch_warnings():  # the model as the container restores it is what is scored
-                warnings.filterwarnings("ignore", message=".*tensors were stored as", category=WcompressWarning)
+                warnings.filterwarnings("ignore", message=".*(tensors were|tensor was) stored as",
+                                        category=WcompressWarning)
                 written = restore(path, os.path.join(work, "model") + (
                     os.sep if "checkpoint" in store.source_format else keras_suffix(store.source_name)))
             try:

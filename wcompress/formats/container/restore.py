@@ -16,13 +16,17 @@ def lossy_values(container):
     quantized = [e for e in entries if e.get("quantized")]
     if quantized:
         kinds = sorted({quantized_label(e["quantized"]) for e in quantized})
-        yield (f"{len(quantized)} tensors were stored as {'/'.join(kinds)} codes: the restored "
+        yield (f"{_tensors_were(len(quantized))} stored as {'/'.join(kinds)} codes: the restored "
                "tensors are dequantized (codes x channel scale or step), not the original values")
     halved = [e for e in entries if not e.get("quantized") and e.get("value_dtype") == "float16"
               and e.get("dtype") in ("float32", "float64")]
     if halved:
-        yield (f"{len(halved)} tensors were stored as float16: the restored tensors are their values rounded to "
+        yield (f"{_tensors_were(len(halved))} stored as float16: the restored tensors are their values rounded to "
                "float16, not the original values")
+
+
+def _tensors_were(count):
+    return f"{count} tensor was" if count == 1 else f"{count} tensors were"
 
 
 def restore(container_path, dest, force=False, unsafe=False):
