@@ -47,11 +47,11 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
         handles = match_by_content(store, predictor.weights())  # before any weight is overwritten
         keys = {name: predictor.handle_key(handle) for name, handle in handles.items()}
         differentiable = sensitivity and _differentiable()
-        fitting = differentiable and parse_values(values)[0] == "ecq"
-        reference = predictor.predict(examples, batch_size) if fitting else None
         fisher, variance = predictor.output_fisher(examples, batch_size, show_progress) \
             if differentiable else ({}, 0.0)
         units = ecq_units({name: fisher[key] for name, key in keys.items() if key in fisher}, variance)
+        fitting = differentiable and parse_values(values)[0] == "ecq"
+        reference = predictor.predict(examples, batch_size) if fitting else None
         norms = batch_norm_groups(predictor, store, keys) if fitting else []
         if values is None or not stores_codes(values):
             by_key = predictor.kernel_input_hessians(examples, batch_size, show_progress)
@@ -60,8 +60,8 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
                                     show_progress)
         fitted, fit = fit_vectors(predictor, _float_vectors(store, handles), examples, reference,
                                   show_progress=show_progress) if fitting else ({}, None)
-        folded = fold_batch_norms(predictor, handles, norms, lambda name: fitted.get(name, store.load(name)),
-                                  examples, batch_size) if norms else {}
+        current = lambda name: fitted[name] if name in fitted else store.load(name)  # noqa: E731
+        folded = fold_batch_norms(predictor, handles, norms, current, examples, batch_size) if norms else {}
     finally:
         predictor.close()
     if fit is not None:
