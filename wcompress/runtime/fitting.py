@@ -30,7 +30,7 @@ MIN_EXAMPLES = 10  # fewer cannot spare a part to stop on: vectors are not fitte
 class VectorFit:
     """What fitting did: vectors fitted, the step kept (0: none improved), examples fitted on and kept out,
     the kept-out examples' mean squared output error before and after, and how many batch norms were folded
-    into a scale and an offset before it (capture.fold_batch_norms)."""
+    into a scale and an offset after it (capture.fold_batch_norms)."""
 
     vectors: int
     step: int
