@@ -201,3 +201,17 @@ def test_tf1_batch_norms_behind_an_is_training_cond_fold(real):
     folded, _, reference, after = _fold(real["musicnn"], {MUSICNN_IN: musicnn_feed(4)[MUSICNN_IN]})
     assert len(folded) == 32
     assert np.allclose(after, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_the_fit_line_says_folded_batch_norms_are_stored_folded_when_no_step_improved():
+    from wcompress import render
+
+    fit = {"vectors": 8, "step": 0, "fitted_on": 32, "kept_out": 8, "error_before": 0.5, "error_after": 0.5}
+    with render.console.capture() as shown:
+        render.fitted_vectors(fit)
+        render.fitted_vectors({**fit, "batch_norms_folded": 2})
+    lines = shown.get().splitlines()
+    assert lines[0].endswith("the model's own are stored")
+    assert lines[1] == "batch norms: 2 folded into a scale and an offset (their moving mean and variance stored " \
+        "as zeros)"
+    assert lines[2].endswith("the model's own are stored, folded")

@@ -193,7 +193,8 @@ def fitted_vectors(fit):
                       f"mean and variance stored as zeros)")
     if not fit["step"]:
         console.print(f"vectors: fitting {fit['vectors']} on {examples} did not lower the kept-out output error "
-                      f"({fit['error_before']:.3g}): the model's own are stored")
+                      f"({fit['error_before']:.3g}): the model's own are stored"
+                      + (", folded" if fit.get("batch_norms_folded") else ""))
         return
     console.print(f"vectors: {fit['vectors']} fitted to the dense model's outputs on {examples}: kept-out output "
                   f"error {fit['error_before']:.3g} → {fit['error_after']:.3g} (step {fit['step']})")
