@@ -25,7 +25,8 @@ Printed for each: the smallest file within the budget on the held-out part (the 
 choice, as "at a 5% held-out drop" asks), and, honest ones: ecq with the QP chosen on the tuning part, and
 `autotune --bits ecq --target bytes` given the tuning part only (it holds part of that out itself) and judged
 on the bench's held-out part. Then ecq's speed and memory on a VGG16-sized synthetic model (ratios in one run).
-Prints JSON (each model's part to stderr too, once measured); README summarises it. BENCH_TIME_LIMIT bounds each autotune (default 3m).
+Prints JSON (each model's part to stderr too, once measured); README summarises it. BENCH_TIME_LIMIT bounds
+each autotune (default 3m).
 """
 
 import json
