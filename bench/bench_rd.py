@@ -140,8 +140,7 @@ def bench_model(name, model, kind, tune, held, measure, work):
         if ecq_point(qp)["tuning_quality"] < BUDGET:
             break
         holding.append(qp)
-    for qp in range(max(holding) + 1, max(holding) + ECQ_QPS.step) if holding else ():
-        ecq_point(qp)
+    refine_above(ecq_point, holding, ECQ_QPS.step)
     for values in ("int8", "int4"):
         out = os.path.join(work, f"{name}-{values}.h5")
         wcompress.pack(dense_path, output=out, values=values, data=calibration, force=True)
@@ -182,6 +181,14 @@ def bench_model(name, model, kind, tune, held, measure, work):
     return result
 
 
+def refine_above(point, holding, stride):
+    """`point` at each QP above the coarsest of `holding` (the coarse QPs that held on the tuning part) up to the
+    next coarse one, `stride` further."""
+    if holding:
+        for qp in range(max(holding) + 1, max(holding) + stride):
+            point(qp)
+
+
 def nncodec_curve(name, dense_path, tune, held, work, add):
     """NNCodec 2.1.3 (bench/nncodec_peer.py, its own venv) on every float tensor the denominator counts, at
     NNC_QPS (its default non-weight QP -75 for vectors), the decoded tensors assigned into the loaded model and
@@ -220,9 +227,7 @@ def nncodec_curve(name, dense_path, tune, held, work, add):
                        size=coded["bytes"])
 
         holding = [qp for qp in NNC_QPS if point(qp)["tuning_quality"] >= BUDGET]
-        if holding:
-            for qp in range(max(holding) + 1, max(holding) + NNC_QPS.step):
-                point(qp)
+        refine_above(point, holding, NNC_QPS.step)
     finally:
         predictor.close()
 

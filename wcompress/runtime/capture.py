@@ -61,8 +61,8 @@ def input_hessians(path, data, batch_size=16, show_progress=False, sensitivity=F
         vectors = _float_vectors(store, handles) if fitting else {}
         fitted, fit = fit_vectors(predictor, vectors, examples, reference,
                                   show_progress=show_progress) if fitting else ({}, None)
-        current = lambda name: fitted[name] if name in fitted else (  # noqa: E731
-            vectors[name][1] if name in vectors else store.load(name))  # loaded once, for the fit
+        now = {**{name: array for name, (_, array) in vectors.items()}, **fitted}  # the fit loaded them already
+        current = lambda name: now[name] if name in now else store.load(name)  # noqa: E731
         folded = fold_batch_norms(predictor, handles, norms, current, examples, batch_size) if norms else {}
     finally:
         predictor.close()
